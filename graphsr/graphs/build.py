@@ -1,0 +1,248 @@
+"""Awkward arrays of COCOA events -> paired coarse / fine graphs, for many events at once.
+
+``build_storage`` turns a chunk of events (as read by :mod:`graphsr.io`) into PyG's collated in-memory form: one
+:class:`PairData` holding every event's tensors end to end (indices local to their event) plus ``slices``, the
+offsets of each event in each tensor, exactly what :class:`torch_geometric.data.InMemoryDataset` stores. Features
+are assembled from awkward offsets in flat numpy / torch passes: there is no Python loop over events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import awkward as ak
+import numpy as np
+import torch
+from torch_geometric.utils import coalesce
+
+from graphsr import ops
+from graphsr.detector import NUM_ECAL_LAYERS, Geometry
+from graphsr.graphs.data import PairData
+
+MEV_PER_GEV = 1000.0
+
+
+@dataclass(frozen=True)
+class GraphOptions:
+    """What goes into a graph; every option changes processing, so its ``repr`` keys processed caches.
+
+    Args:
+        layers: calorimeter layers to keep (default: the three ECAL layers, as the published study).
+        edges: ``"knn"`` (k nearest cells of the same layer) or ``"radius"`` (cells within ``radius`` in
+            (eta, phi) units, at most ``k`` of them).
+        k: neighbours per cell within its layer.
+        k_between: neighbours per cell in each adjacent kept layer (links both ways).
+        radius: neighbourhood radius in (eta, phi) for ``edges="radius"``.
+    """
+
+    layers: tuple[int, ...] = tuple(range(NUM_ECAL_LAYERS))
+    edges: str = "knn"
+    k: int = 8
+    k_between: int = 4
+    radius: float = 0.1
+
+    def __post_init__(self):
+        if self.edges not in ("knn", "radius"):
+            raise ValueError(f"edges must be 'knn' or 'radius', got {self.edges!r}")
+        object.__setattr__(self, "layers", tuple(sorted(int(la) for la in self.layers)))
+
+
+def _flat(array: ak.Array, dtype) -> np.ndarray:
+    return np.asarray(ak.flatten(array, axis=1).to_numpy(), dtype=dtype)
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(np.asarray(counts))]).astype(np.int64)
+
+
+def neighbour_edges(eta, phi, layer, event, options: GraphOptions) -> torch.Tensor:
+    """Edges among cells of many events: neighbours within each layer plus links between adjacent kept layers.
+
+    Cells must be sorted by ``event``. Distances are taken on (eta, cos phi, sin phi), which wraps phi.
+
+    Returns:
+        [2, E] edge_index (source, target) over the given cells, coalesced and sorted by source.
+    """
+    points = torch.stack([eta, torch.cos(phi), torch.sin(phi)], dim=1)
+    # segments = (event, layer); torch_cluster wants them sorted
+    segment = event * (max(options.layers) + 1) + layer
+    order = torch.argsort(segment, stable=True)
+    if options.edges == "knn":
+        within = ops.knn_graph(points[order], options.k, segment[order])
+    else:
+        within = ops.radius_graph(points[order], options.radius, segment[order], max_num_neighbors=options.k)
+    parts = [order[within]]
+    for inner, outer in zip(options.layers[:-1], options.layers[1:]):
+        if outer != inner + 1 or options.k_between == 0:
+            continue
+        a, b = torch.nonzero(layer == inner).squeeze(1), torch.nonzero(layer == outer).squeeze(1)
+        for query, found in ((a, b), (b, a)):
+            q, f = ops.knn(points[found], points[query], options.k_between, event[found], event[query])
+            parts.append(torch.stack([found[f], query[q]]))
+            parts.append(torch.stack([query[q], found[f]]))
+    return coalesce(torch.cat(parts, dim=1), num_nodes=len(eta))
+
+
+def _local_edges(edges: torch.Tensor, node_event: torch.Tensor, node_ptr: torch.Tensor, num_events: int):
+    """Global edges (sorted by source) -> indices local to their event, and per-event edge offsets."""
+    edge_event = node_event[edges[0]]
+    local = edges - node_ptr[edge_event]
+    return local, torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(edge_event, minlength=num_events)
+                             .cumsum(0)])
+
+
+def build_storage(
+    low: ak.Array,
+    high: ak.Array | None = None,
+    options: GraphOptions = GraphOptions(),
+    *,
+    factor: int | None = None,
+    geometry: Geometry | None = None,
+    first_event: int = 0,
+    drop_empty: bool = False,
+) -> tuple[PairData, dict[str, torch.Tensor]]:
+    """Collated graphs of a chunk of events.
+
+    Args:
+        low: coarse cells per event (``Low_Tree`` or ``Out_Tree``): ``cell_layer``, ``cell_eta``, ``cell_phi``,
+            ``cell_e`` (MeV) and, with ``high``, the mapping pair ``low_cell_to_high_cell_edge`` /
+            ``high_cell_to_low_cell_edge``; ``particle_e``/``_eta``/``_phi``/``_pdgid`` when present.
+        high: fine cells per event (``High_Tree``), or None when only coarse cells exist: the fine nodes are then
+            the ``factor x factor`` children of each coarse cell, placed by ``geometry``, with no ``fine_energy``.
+        options: layers and edges.
+        factor: fine cells per coarse cell per side; inferred from the mapping when ``high`` is given.
+        geometry: the fine geometry (default COCOA's), used for cell ids and, without ``high``, fine cell centres.
+        first_event: entry number of the chunk's first event in its file (stored as ``event``).
+        drop_empty: leave out events with no kept cells.
+
+    Returns:
+        ``(data, slices)`` as stored by :class:`~torch_geometric.data.InMemoryDataset`.
+    """
+    geometry = geometry or Geometry.cocoa()
+    num_events = len(low)
+    c_count = ak.num(low.cell_layer, axis=1).to_numpy()
+    c_ptr = _offsets(c_count)
+    c_event = np.repeat(np.arange(num_events), c_count)
+    c_layer = _flat(low.cell_layer, np.int64)
+    keep_c = np.isin(c_layer, options.layers)
+
+    if high is not None:
+        pair_count = ak.num(low.low_cell_to_high_cell_edge, axis=1).to_numpy()
+        pair_event = np.repeat(np.arange(num_events), pair_count)
+        pair_c = _flat(low.low_cell_to_high_cell_edge, np.int64) + c_ptr[pair_event]
+        pair_f = _flat(low.high_cell_to_low_cell_edge, np.int64) + _offsets(ak.num(high.cell_layer, axis=1))[pair_event]
+        if factor is None:
+            factor = int(round(np.sqrt(len(pair_c) / max(len(c_layer), 1)))) or 1
+        # block order: children grouped by parent, parents in stored order
+        order = np.argsort(pair_c, kind="stable")
+        pair_c, pair_f = pair_c[order], pair_f[order]
+        keep_pair = keep_c[pair_c]
+        parent, fine = pair_c[keep_pair], pair_f[keep_pair]
+        f_layer = _flat(high.cell_layer, np.int64)[fine]
+        f_eta, f_phi = _flat(high.cell_eta, np.float64)[fine], _flat(high.cell_phi, np.float64)[fine]
+        f_energy = _flat(high.cell_e, np.float32)[fine] / MEV_PER_GEV
+        f_ieta, f_iphi = geometry.cell_at(f_layer, f_eta, f_phi)
+    else:
+        if factor is None:
+            raise ValueError("factor is required to build fine cells from coarse cells alone")
+        coarse_geometry = geometry.coarsen(factor)
+        kept = np.nonzero(keep_c)[0]
+        c_ieta, c_iphi = coarse_geometry.cell_at(c_layer[kept], _flat(low.cell_eta, np.float64)[kept],
+                                                 _flat(low.cell_phi, np.float64)[kept])
+        f_layer, f_ieta, f_iphi = (a.reshape(-1) for a in coarse_geometry.children(geometry, c_layer[kept],
+                                                                                   c_ieta, c_iphi))
+        parent = np.repeat(kept, factor * factor)
+        f_eta, f_phi = geometry.cell_center(f_layer, f_ieta, f_iphi)
+        f_energy = None
+    coarse_geometry = geometry.coarsen(factor)
+
+    # renumber kept coarse cells; every kept coarse cell has its children in the fine list
+    new_index = np.cumsum(keep_c) - 1
+    c_event, kept_c = c_event[keep_c], np.nonzero(keep_c)[0]
+    nc = np.bincount(c_event, minlength=num_events)
+    f_event = c_event[new_index[parent]]
+    nf = np.bincount(f_event, minlength=num_events)
+    nc_ptr, nf_ptr = _offsets(nc), _offsets(nf)
+    fine_parent = new_index[parent] - nc_ptr[f_event]
+
+    c_eta = _flat(low.cell_eta, np.float64)[kept_c]
+    c_phi = _flat(low.cell_phi, np.float64)[kept_c]
+    c_layer = c_layer[kept_c]
+    c_ieta, c_iphi = coarse_geometry.cell_at(c_layer, c_eta, c_phi)
+
+    t = lambda a, dtype=torch.float32: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
+    c_event_t, f_event_t = t(c_event, torch.long), t(f_event, torch.long)
+    c_ptr_t, f_ptr_t = t(nc_ptr, torch.long), t(nf_ptr, torch.long)
+    coarse_edges, coarse_edge_ptr = _local_edges(
+        neighbour_edges(t(c_eta), t(c_phi), t(c_layer, torch.long), c_event_t, options), c_event_t, c_ptr_t,
+        num_events)
+    fine_edges, fine_edge_ptr = _local_edges(
+        neighbour_edges(t(f_eta), t(f_phi), t(f_layer, torch.long), f_event_t, options), f_event_t, f_ptr_t,
+        num_events)
+
+    data = PairData(
+        coarse_pos=t(np.stack([c_eta, c_phi], axis=1)),
+        coarse_layer=t(c_layer, torch.long),
+        coarse_energy=t(_flat(low.cell_e, np.float32)[kept_c] / MEV_PER_GEV),
+        coarse_cell=t(coarse_geometry.cell_id(c_layer, c_ieta, c_iphi), torch.long),
+        coarse_edge_index=coarse_edges,
+        coarse_batch=torch.zeros(len(c_layer), dtype=torch.long),
+        fine_pos=t(np.stack([f_eta, f_phi], axis=1)),
+        fine_layer=t(f_layer, torch.long),
+        fine_cell=t(geometry.cell_id(f_layer, f_ieta, f_iphi), torch.long),
+        fine_parent=t(fine_parent, torch.long),
+        fine_edge_index=fine_edges,
+        event=torch.arange(first_event, first_event + num_events),
+    )
+    slices = {key: c_ptr_t for key in ("coarse_pos", "coarse_layer", "coarse_energy", "coarse_cell", "coarse_batch")}
+    slices.update({key: f_ptr_t for key in ("fine_pos", "fine_layer", "fine_cell", "fine_parent")})
+    slices.update(coarse_edge_index=coarse_edge_ptr, fine_edge_index=fine_edge_ptr,
+                  event=torch.arange(num_events + 1))
+    if f_energy is not None:
+        data.fine_energy = t(f_energy)
+        slices["fine_energy"] = f_ptr_t
+    if "particle_e" in low.fields:
+        p_count = ak.num(low.particle_e, axis=1).to_numpy()
+        data.num_particles = t(p_count, torch.long)
+        data.particle_kin = t(np.stack([_flat(low.particle_e, np.float32) / MEV_PER_GEV,
+                                        _flat(low.particle_eta, np.float32),
+                                        _flat(low.particle_phi, np.float32)], axis=1))
+        data.particle_pdgid = t(_flat(low.particle_pdgid, np.int64), torch.long)
+        slices.update(num_particles=slices["event"], particle_kin=t(_offsets(p_count), torch.long),
+                      particle_pdgid=t(_offsets(p_count), torch.long))
+    if drop_empty:
+        data, slices = select_events(data, slices, torch.nonzero(torch.as_tensor(nf) > 0).squeeze(1))
+    return data, slices
+
+
+def _segment_index(ptr: torch.Tensor, events: torch.Tensor):
+    """Positions (along the cat dim) of the given events' segments, and each segment's length."""
+    start, count = ptr[events], ptr[events + 1] - ptr[events]
+    owner = torch.repeat_interleave(torch.arange(len(events), device=ptr.device), count)
+    exclusive = torch.cumsum(count, 0) - count
+    return start[owner] + torch.arange(int(count.sum()), device=ptr.device) - exclusive[owner], count
+
+
+def select_events(data: PairData, slices: dict[str, torch.Tensor], events: torch.Tensor):
+    """The collated storage of a subset of events (indices stay local to their events)."""
+    out, out_slices = PairData(), {}
+    for key, ptr in slices.items():
+        value = data[key]
+        index, count = _segment_index(ptr, events)
+        out[key] = value.index_select(data.__cat_dim__(key, value) % value.dim(), index)
+        out_slices[key] = torch.cat([count.new_zeros(1), count.cumsum(0)])
+    return out, out_slices
+
+
+def concat_storages(parts: list[tuple[PairData, dict[str, torch.Tensor]]]):
+    """Join collated storages of consecutive chunks into one."""
+    if len(parts) == 1:
+        return parts[0]
+    data, slices = PairData(), {}
+    for key in parts[0][1]:
+        value = parts[0][0][key]
+        data[key] = torch.cat([d[key] for d, _ in parts], dim=parts[0][0].__cat_dim__(key, value))
+        shifts = np.cumsum([0] + [int(s[key][-1]) for _, s in parts[:-1]])
+        slices[key] = torch.cat([parts[0][1][key][:1]] + [s[key][1:] + int(shift) for (_, s), shift
+                                                           in zip(parts, shifts)])
+    return data, slices

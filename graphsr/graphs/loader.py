@@ -1,0 +1,87 @@
+"""Batches straight from collated storage: gather many events' segments in one vectorised pass.
+
+PyG's ``DataLoader`` works on graphsr datasets too, but it separates every event into its own ``Data`` object and
+collates them again in Python. :class:`GraphLoader` gathers the chosen events' rows with index arithmetic on the
+storage and offsets the index keys in one go, which is several times faster for events of a few hundred cells.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch_geometric.data import Batch
+
+from graphsr.graphs.build import select_events
+from graphsr.graphs.data import PairData
+
+
+def _exclusive_cumsum(count: torch.Tensor) -> torch.Tensor:
+    return torch.cumsum(count, 0) - count
+
+
+def collate_events(data: PairData, slices: dict[str, torch.Tensor], events: torch.Tensor) -> Batch:
+    """A PyG ``Batch`` of the given events of a collated storage, identical to ``Batch.from_data_list``."""
+    sub, sub_slices = select_events(data, slices, events)
+    num_graphs = len(events)
+    graphs = torch.arange(num_graphs)
+    count = {key: ptr[1:] - ptr[:-1] for key, ptr in sub_slices.items()}
+    num_fine, num_coarse = count["fine_layer"], count["coarse_layer"]
+    per_graph_inc = {
+        "fine_edge_index": _exclusive_cumsum(num_fine),
+        "coarse_edge_index": _exclusive_cumsum(num_coarse),
+        "fine_parent": _exclusive_cumsum(num_coarse),
+        "coarse_batch": graphs,
+    }
+    batch = Batch(_base_cls=PairData)
+    inc_dict = {}
+    for key in sub_slices:
+        value = sub[key]
+        inc = per_graph_inc.get(key)
+        if inc is not None:
+            value = value + inc.repeat_interleave(count[key])
+        batch[key] = value
+        # PyG keeps one increment per graph for to_data_list(): the amount added to that graph's rows
+        inc_dict[key] = inc if inc is not None else torch.zeros(num_graphs, dtype=torch.long)
+    batch.batch = graphs.repeat_interleave(num_fine)
+    batch.ptr = sub_slices["fine_layer"]
+    batch._slice_dict = sub_slices
+    batch._inc_dict = inc_dict
+    batch._num_graphs = num_graphs
+    return batch
+
+
+class GraphLoader:
+    """Iterate over a graphsr dataset in batches of events.
+
+    Args:
+        dataset: a :class:`~graphsr.datasets.CocoaDataset` (or any InMemoryDataset of :class:`PairData`, or a
+            ``(data, slices)`` pair).
+        batch_size: events per batch.
+        shuffle: draw events in a random order each epoch, from ``generator``.
+        drop_last: skip the last incomplete batch.
+        generator: torch.Generator for reproducible shuffling.
+    """
+
+    def __init__(self, dataset, batch_size: int = 32, shuffle: bool = False, drop_last: bool = False,
+                 generator: torch.Generator | None = None):
+        if isinstance(dataset, tuple):
+            (self.data, self.slices), self.indices, self.transform = dataset, None, None
+        else:
+            self.data, self.slices, self.transform = dataset._data, dataset.slices, dataset.transform
+            self.indices = torch.as_tensor(dataset.indices()) if dataset._indices is not None else None
+        self.batch_size, self.shuffle, self.drop_last, self.generator = batch_size, shuffle, drop_last, generator
+
+    def __len__(self) -> int:
+        n = self._num_events()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _num_events(self) -> int:
+        return len(self.indices) if self.indices is not None else len(self.slices["event"]) - 1
+
+    def __iter__(self):
+        n = self._num_events()
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.indices is not None:
+            order = self.indices[order]
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            batch = collate_events(self.data, self.slices, order[start:start + self.batch_size])
+            yield self.transform(batch) if self.transform is not None else batch

@@ -1,0 +1,189 @@
+"""Segment reductions and nearest-neighbour search, the one place graphsr touches torch_scatter / torch_cluster.
+
+torch_scatter and torch_cluster are compiled extensions: GPU hosts often have torch and PyG but not these two, and
+PyG 2.8's own ``knn_graph`` needs pyg-lib, which cannot be installed everywhere. Every function here uses the
+extension when it is importable and a pure-torch implementation otherwise; both give the same results (the tests
+compare them). ``use_extensions(False)`` forces the pure-torch path, e.g. to test it on a host that has both.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+try:
+    import torch_scatter
+except ImportError:  # pragma: no cover - depends on the host
+    torch_scatter = None
+try:
+    import torch_cluster
+except ImportError:  # pragma: no cover - depends on the host
+    torch_cluster = None
+
+_use_extensions = True
+
+
+@contextmanager
+def use_extensions(enabled: bool):
+    """Context manager: ``enabled=False`` makes every op take its pure-torch path."""
+    global _use_extensions
+    previous, _use_extensions = _use_extensions, enabled
+    try:
+        yield
+    finally:
+        _use_extensions = previous
+
+
+def has_torch_scatter() -> bool:
+    return torch_scatter is not None and _use_extensions
+
+
+def has_torch_cluster() -> bool:
+    return torch_cluster is not None and _use_extensions
+
+
+# ------------------------------------------------------------------------------------------------ segment reductions
+def scatter(src: torch.Tensor, index: torch.Tensor, dim_size: int | None = None, reduce: str = "sum") -> torch.Tensor:
+    """Reduce rows of ``src`` ([N, ...]) into ``dim_size`` segments given by ``index`` ([N]).
+
+    Args:
+        reduce: ``"sum"``, ``"mean"``, ``"max"`` or ``"min"``. Empty segments give 0.
+    """
+    if dim_size is None:
+        dim_size = int(index.max()) + 1 if index.numel() else 0
+    if has_torch_scatter():
+        return torch_scatter.scatter(src, index, dim=0, dim_size=dim_size, reduce=reduce)
+    out = src.new_zeros((dim_size, *src.shape[1:]))
+    expanded = index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
+    torch_reduce = {"sum": "sum", "mean": "mean", "max": "amax", "min": "amin"}[reduce]
+    return out.scatter_reduce(0, expanded, src, reduce=torch_reduce, include_self=False)
+
+
+def segment_softmax(src: torch.Tensor, index: torch.Tensor, dim_size: int | None = None) -> torch.Tensor:
+    """Softmax of ``src`` ([N, ...]) over the rows that share a segment ``index`` ([N])."""
+    if dim_size is None:
+        dim_size = int(index.max()) + 1 if index.numel() else 0
+    if has_torch_scatter():
+        return torch_scatter.scatter_softmax(src, index, dim=0, dim_size=dim_size)
+    shifted = src - scatter(src.detach(), index, dim_size, "max")[index]
+    exp = shifted.exp()
+    return exp / scatter(exp, index, dim_size, "sum")[index]
+
+
+# ------------------------------------------------------------------------------------------ nearest neighbours
+def knn(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    k: int,
+    batch_x: torch.Tensor | None = None,
+    batch_y: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """For each point of ``y`` its ``k`` nearest points of ``x`` in the same segment (Euclidean).
+
+    Args:
+        x: [Nx, D] points searched; y: [Ny, D] query points.
+        batch_x, batch_y: sorted segment ids of x and y (default: one segment).
+
+    Returns:
+        [2, E] pairs ``(index into y, index into x)``, as ``torch_cluster.knn``. Segments with fewer than ``k``
+        points of ``x`` give fewer pairs.
+    """
+    if batch_x is None:
+        batch_x = x.new_zeros(x.size(0), dtype=torch.long)
+    if batch_y is None:
+        batch_y = y.new_zeros(y.size(0), dtype=torch.long)
+    if x.numel() == 0 or y.numel() == 0:
+        return torch.empty(2, 0, dtype=torch.long, device=x.device)
+    if has_torch_cluster():
+        return torch_cluster.knn(x, y, k, batch_x, batch_y)
+    return _knn_dense(x, y, k, batch_x, batch_y)
+
+
+def knn_graph(x: torch.Tensor, k: int, batch: torch.Tensor | None = None, loop: bool = False) -> torch.Tensor:
+    """Directed kNN graph: edges ``(j -> i)`` from each point's ``k`` nearest neighbours ``j`` in its segment.
+
+    Returns:
+        ``edge_index`` [2, E] in PyG's source-to-target convention (row 0 source j, row 1 target i).
+    """
+    if batch is None:
+        batch = x.new_zeros(x.size(0), dtype=torch.long)
+    if x.numel() == 0:
+        return torch.empty(2, 0, dtype=torch.long, device=x.device)
+    if has_torch_cluster():
+        return torch_cluster.knn_graph(x, k, batch, loop=loop, flow="source_to_target")
+    target, source = _knn_dense(x, x, k + (0 if loop else 1), batch, batch)
+    keep = source != target if not loop else torch.ones_like(source, dtype=torch.bool)
+    target, source = target[keep], source[keep]
+    if not loop:
+        # a segment may have returned k+1 neighbours without the point itself (duplicated positions): keep k
+        rank = _rank_within(target)
+        target, source = target[rank < k], source[rank < k]
+    return torch.stack([source, target])
+
+
+def radius_graph(
+    x: torch.Tensor, r: float, batch: torch.Tensor | None = None, max_num_neighbors: int = 32
+) -> torch.Tensor:
+    """Directed graph linking each point to its neighbours within distance ``r`` in its segment (no self loops).
+
+    At most ``max_num_neighbors`` neighbours per point, the nearest ones. Returns ``edge_index`` [2, E] (source j,
+    target i).
+    """
+    if batch is None:
+        batch = x.new_zeros(x.size(0), dtype=torch.long)
+    edge_index = knn_graph(x, max_num_neighbors, batch)
+    source, target = edge_index
+    return edge_index[:, (x[source] - x[target]).norm(dim=1) <= r]
+
+
+def _rank_within(group: torch.Tensor) -> torch.Tensor:
+    """Position of each element among the (consecutive) elements of its group."""
+    start = torch.zeros_like(group)
+    first = torch.ones_like(group, dtype=torch.bool)
+    first[1:] = group[1:] != group[:-1]
+    start[first] = torch.arange(group.numel(), device=group.device)[first]
+    start = torch.cummax(start, 0).values
+    return torch.arange(group.numel(), device=group.device) - start
+
+
+def _knn_dense(x, y, k, batch_x, batch_y, max_elements: int = 1 << 24):
+    """Exact kNN by padded per-segment distance matrices, processed in groups of segments to bound memory."""
+    num_segments = int(max(batch_x.max(), batch_y.max())) + 1
+    count_x = torch.bincount(batch_x, minlength=num_segments)
+    count_y = torch.bincount(batch_y, minlength=num_segments)
+    start_x = torch.cumsum(count_x, 0) - count_x
+    start_y = torch.cumsum(count_y, 0) - count_y
+    pos_x = torch.arange(x.size(0), device=x.device) - start_x[batch_x]
+    pos_y = torch.arange(y.size(0), device=y.device) - start_y[batch_y]
+    rows, cols = [], []
+    cx, cy = count_x.tolist(), count_y.tolist()
+    segment = 0
+    while segment < num_segments:
+        # grow the group while the padded [segments, max_y, max_x] block stays small
+        end, m_x, m_y = segment + 1, cx[segment], cy[segment]
+        while end < num_segments and (end + 1 - segment) * max(m_y, cy[end]) * max(m_x, cx[end]) <= max_elements:
+            m_x, m_y = max(m_x, cx[end]), max(m_y, cy[end])
+            end += 1
+        in_x = (batch_x >= segment) & (batch_x < end)
+        in_y = (batch_y >= segment) & (batch_y < end)
+        n_seg = end - segment
+        if m_x and m_y:
+            dense_x = x.new_full((n_seg, m_x, x.size(1)), float("inf"))
+            dense_x[batch_x[in_x] - segment, pos_x[in_x]] = x[in_x]
+            dense_y = y.new_zeros((n_seg, m_y, y.size(1)))
+            dense_y[batch_y[in_y] - segment, pos_y[in_y]] = y[in_y]
+            dist = torch.cdist(dense_y, dense_x.nan_to_num(posinf=0.0))
+            dist.masked_fill_(torch.isinf(dense_x[..., 0]).unsqueeze(1), float("inf"))
+            k_eff = min(k, m_x)
+            dist_k, nearest = dist.topk(k_eff, dim=2, largest=False)
+            seg_y, slot_y = batch_y[in_y] - segment, pos_y[in_y]
+            valid = torch.isfinite(dist_k[seg_y, slot_y])
+            query = torch.nonzero(in_y).squeeze(1).unsqueeze(1).expand(-1, k_eff)
+            found = nearest[seg_y, slot_y] + start_x[batch_y[in_y]].unsqueeze(1)
+            rows.append(query[valid])
+            cols.append(found[valid])
+        segment = end
+    if not rows:
+        return torch.empty(2, 0, dtype=torch.long, device=x.device)
+    return torch.stack([torch.cat(rows), torch.cat(cols)])
