@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Batch
+from torch_geometric.data.separate import separate
+
+from graphsr.detector import Geometry
+from graphsr.graphs import GraphLoader, GraphOptions, PairData, build_storage, collate_events, concat_storages
+from graphsr.graphs.transforms import FractionOfParent, InvertibleCompose, SignedLog, Standardize
+
+from conftest import TOY_CELLS, make_toy_events
+
+
+def events_of(storage):
+    data, slices = storage
+    return [separate(PairData, data, i, slices, decrement=False) for i in range(len(slices["event"]) - 1)]
+
+
+def test_build_selects_ecal_and_orders_children_in_blocks(toy_chunk):
+    low, high = toy_chunk
+    first, empty, last = events_of(build_storage(low, high))
+    assert first.num_coarse_nodes == 5 and first.num_nodes == 20  # the HCAL cell is left out
+    assert empty.num_nodes == 0 and empty.num_coarse_nodes == 0
+    assert last.num_coarse_nodes == 3 and last.num_nodes == 12
+    for event, cells in zip((first, last), (TOY_CELLS[0][:5], TOY_CELLS[2])):
+        assert torch.equal(event.fine_parent, torch.arange(len(cells)).repeat_interleave(4))
+        coarse = Geometry.cocoa().coarsen(2)
+        layer, ieta, iphi = (torch.tensor(a) for a in np.array(cells).T)
+        assert torch.equal(event.coarse_cell, coarse.cell_id(layer, ieta, iphi))
+        # each fine node is a child of its parent, in (ieta, iphi) block order
+        children = coarse.children(Geometry.cocoa(), layer, ieta, iphi)
+        assert torch.equal(event.fine_cell, Geometry.cocoa().cell_id(*children).reshape(-1))
+
+
+def test_fine_energies_follow_the_mapping(toy_chunk):
+    low, high = toy_chunk
+    first = events_of(build_storage(low, high))[0]
+    # toy: fine cells are stored sorted by cell, so the mapping reorders them; energies must travel with cells
+    order = torch.argsort(first.fine_cell)  # = the stored order; the 4 HCAL children come last in the file
+    stored_energy = torch.tensor(high.cell_e[0].to_numpy()[: len(order)], dtype=torch.float32) / 1000
+    assert torch.allclose(first.fine_energy[order], stored_energy)
+
+
+def test_coarse_only_input_builds_the_same_fine_cells(toy_chunk):
+    low, high = toy_chunk
+    with_fine = build_storage(low, high)[0]
+    coarse_only = build_storage(low, None, factor=2)[0]
+    assert torch.equal(with_fine.fine_cell, coarse_only.fine_cell)
+    assert torch.allclose(with_fine.fine_pos, coarse_only.fine_pos, atol=1e-6)
+    assert "fine_energy" not in coarse_only
+    with pytest.raises(ValueError, match="factor"):
+        build_storage(low, None)
+
+
+@pytest.mark.parametrize("edges", ["knn", "radius"])
+def test_edges_stay_inside_events_and_adjacent_layers(toy_chunk, edges):
+    low, high = toy_chunk
+    options = GraphOptions(edges=edges, k=3, k_between=2, radius=0.05)
+    for event in events_of(build_storage(low, high, options)):
+        for pos, layer, edge_index in ((event.fine_pos, event.fine_layer, event.fine_edge_index),
+                                       (event.coarse_pos, event.coarse_layer, event.coarse_edge_index)):
+            if edge_index.numel() == 0:
+                continue
+            assert edge_index.min() >= 0 and edge_index.max() < len(layer)
+            assert (edge_index[0] != edge_index[1]).all()
+            assert (layer[edge_index[0]] - layer[edge_index[1]]).abs().max() <= 1
+            if edges == "radius":
+                d_eta = pos[edge_index[0], 0] - pos[edge_index[1], 0]
+                d_phi = torch.remainder(pos[edge_index[0], 1] - pos[edge_index[1], 1] + torch.pi, 2 * torch.pi) - torch.pi
+                same = layer[edge_index[0]] == layer[edge_index[1]]
+                assert (torch.hypot(d_eta, d_phi)[same] < 0.051).all()
+
+
+def test_knn_wraps_phi():
+    # cells 63 and 64 sit at phi = +-(pi - 0.025): nearest to each other only if phi wraps (cell 0 is at phi 0.025)
+    low, high = make_toy_events([[(0, 60, 63), (0, 60, 64), (0, 60, 0)]])
+    event = events_of(build_storage(low, high, GraphOptions(k=1, k_between=0)))[0]
+    src, dst = event.coarse_edge_index
+    pairs = set(zip(src.tolist(), dst.tolist()))
+    assert (0, 1) in pairs and (1, 0) in pairs
+
+
+def test_layers_option_and_drop_empty(toy_chunk):
+    low, high = toy_chunk
+    data, slices = build_storage(low, high, GraphOptions(layers=(0, 1, 2, 3)), drop_empty=True)
+    assert data.event.tolist() == [0, 2]
+    assert int(slices["coarse_layer"][1]) == 6  # the HCAL cell is kept now
+    assert repr(GraphOptions(layers=(0, 1, 2, 3))) != repr(GraphOptions())
+
+
+def test_collate_events_matches_pyg_batching(toy_chunk):
+    low, high = toy_chunk
+    storage = build_storage(low, high)
+    events = torch.tensor([2, 0, 1])
+    reference = Batch.from_data_list([events_of(storage)[i] for i in events])
+    fast = collate_events(*storage, events)
+    for key in reference.keys():
+        assert torch.equal(reference[key], fast[key]), key
+    assert torch.equal(fast.coarse_batch, torch.tensor([0, 0, 0, 1, 1, 1, 1, 1]))
+    # fine_parent indexes the batch's coarse nodes
+    assert torch.equal(fast.coarse_batch[fast.fine_parent], fast.batch)
+    for back, original in zip(fast.to_data_list(), [events_of(storage)[i] for i in events]):
+        for key in original.keys():
+            assert torch.equal(back[key], original[key]), key
+
+
+def test_concat_storages_equals_one_chunk(toy_chunk):
+    low, high = toy_chunk
+    whole = build_storage(low, high)
+    parts = concat_storages([build_storage(low[:2], high[:2]), build_storage(low[2:], high[2:], first_event=2)])
+    for key, value in whole[0]:
+        assert torch.equal(value, parts[0][key]), key
+        assert torch.equal(whole[1][key], parts[1][key]), key
+
+
+def test_graph_loader_shuffles_reproducibly(toy_chunk):
+    low, high = toy_chunk
+    storage = build_storage(low, high)
+    order = lambda seed: [b.event.tolist() for b in GraphLoader(storage, 2, shuffle=True,  # noqa: E731
+                                                              generator=torch.Generator().manual_seed(seed))]
+    assert order(0) == order(0)
+    assert sorted(sum(order(0), [])) == [0, 1, 2]
+    assert len(GraphLoader(storage, 2, drop_last=True)) == 1
+
+
+def test_energy_transforms_invert(toy_chunk):
+    low, high = toy_chunk
+    batch = collate_events(*build_storage(low, high), torch.arange(3))
+    energy = batch.fine_energy.clone()
+    transform = InvertibleCompose([FractionOfParent(out_key="fine_target"),
+                                   Standardize("fine_target", mean=-3.0, std=2.0)])
+    batch = transform(batch)
+    assert torch.isfinite(batch.fine_target).all()
+    # fractions above 1 are clipped by design: compare where the child is below 1.2 x its parent
+    inside = energy <= 1.2 * batch.coarse_energy.clamp_min(1e-3)[batch.fine_parent]
+    assert inside.float().mean() > 0.5
+    restored = transform.inverse(batch, batch.fine_target)
+    assert torch.allclose(restored[inside], energy[inside], rtol=1e-4, atol=1e-6)
+    signed = SignedLog(out_key="coarse_input")
+    noisy = torch.tensor([-0.05, 0.0, 0.002, 40.0])
+    assert torch.allclose(signed.inverse(None, signed.apply(None, noisy)), noisy, rtol=1e-5)
+    assert "margin=1.2" in repr(transform) and "mean=-3.0" in repr(transform)
+    fitted = Standardize().fit(torch.tensor([1.0, 3.0]))
+    assert fitted.mean == 2.0 and fitted.std == pytest.approx(np.sqrt(2))
