@@ -1,30 +1,65 @@
-# graphsr: every target installs what it needs first (see `make install`).
+# graphsr: `make demo` runs the main job end to end, `make test` the tests. Both install what they need first.
 PYTHON      ?= python3
 VENV        ?= .venv
 PY          := $(VENV)/bin/python
 PIP         := $(PY) -m pip
-# Built torch-scatter / torch-cluster wheels live outside the clone so a fresh clone reuses them.
-WHEEL_CACHE ?= $(HOME)/.cache/graphsr/wheels/torch-$(TORCH_VERSION)
 TORCH_VERSION   := 2.13.0
 SCATTER_VERSION := 2.1.2
 CLUSTER_VERSION := 1.6.3
-STAMP       := $(VENV)/.graphsr-installed
+# torch-scatter / torch-cluster compiled against this torch, kept outside the clone so fresh clones reuse them
+WHEEL_CACHE ?= $(HOME)/.cache/graphsr/wheels/torch-$(TORCH_VERSION)
+STAMP       := $(VENV)/.installed
+GRAPHSR     := $(VENV)/bin/graphsr
 
-.PHONY: install
+DATA        ?= data
+EVENTS      ?= 4000
+SEED        ?= 1
+
+.PHONY: install demo test test-slow data bench clean
+
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel ninja
-	# torch first and pinned: the CPU wheel on disk, never the multi-GB CUDA download.
+	# torch first and pinned: the CPU wheel on disk, never the multi-GB CUDA download
 	$(PIP) install -q torch==$(TORCH_VERSION)
 	mkdir -p $(WHEEL_CACHE)
-	# Compile both extensions against this torch at once (each takes ~10 min on 2 cores); reuse cached wheels.
+	# compile both extensions at once (~10-25 min on 2 cores); skipped when the wheels are cached
 	ls $(WHEEL_CACHE)/torch_scatter-$(SCATTER_VERSION)-*.whl >/dev/null 2>&1 || \
 	  MAX_JOBS=1 $(PIP) wheel -q --no-deps --no-build-isolation -w $(WHEEL_CACHE) torch-scatter==$(SCATTER_VERSION) & \
 	ls $(WHEEL_CACHE)/torch_cluster-$(CLUSTER_VERSION)-*.whl >/dev/null 2>&1 || \
 	  MAX_JOBS=1 $(PIP) wheel -q --no-deps --no-build-isolation -w $(WHEEL_CACHE) torch-cluster==$(CLUSTER_VERSION) & \
 	wait
-	$(PIP) install -q --no-deps $(WHEEL_CACHE)/torch_scatter-$(SCATTER_VERSION)-*.whl $(WHEEL_CACHE)/torch_cluster-$(CLUSTER_VERSION)-*.whl
+	$(PIP) install -q --no-deps $(WHEEL_CACHE)/torch_scatter-$(SCATTER_VERSION)-*.whl \
+	  $(WHEEL_CACHE)/torch_cluster-$(CLUSTER_VERSION)-*.whl
 	$(PIP) install -q -e '.[dev]'
+	$(PY) -c "import torch_scatter, torch_cluster, torch_geometric, uproot, awkward"
 	touch $@
+
+# ----------------------------------------------------------------------------------------------- data
+$(DATA)/single_electron_2x.root: | $(STAMP)
+	$(GRAPHSR) simulate --gun single-electron --factor 2 --events $(EVENTS) --seed $(SEED) --output $@
+
+$(DATA)/multi_particle_4x.root: | $(STAMP)
+	$(GRAPHSR) simulate --gun multi-particle --factor 4 --events $(EVENTS) --seed $(SEED) --output $@
+
+data: $(DATA)/single_electron_2x.root $(DATA)/multi_particle_4x.root
+
+# ----------------------------------------------------------------------------------------------- main job
+demo: $(STAMP) $(DATA)/single_electron_2x.root
+	$(GRAPHSR) summary --input $(DATA)/single_electron_2x.root --plot reports/demo/event_display.png
+
+# ----------------------------------------------------------------------------------------------- checks
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+bench: $(STAMP)
+	$(PY) bench/bench_simulator.py
+	$(PY) bench/bench_loading.py
+
+clean:
+	rm -rf $(VENV) reports runs $(DATA)/*.root

@@ -1,0 +1,95 @@
+"""Event displays and distributions (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+
+from graphsr.detector import Geometry  # noqa: E402
+
+
+def layer_image(cell_ids, energy, layer: int, center: tuple[float, float], half_width: int = 10,
+                geometry: Geometry | None = None) -> np.ndarray:
+    """Energies of one layer's fine cells around ``center`` (eta, phi) as an image [2 hw, 2 hw] (eta rows, phi cols).
+
+    ``cell_ids`` are fine-cell ids of ``geometry`` (default COCOA's); energy of a coarser cell can be drawn by
+    passing each of its children with ``energy / children``. Phi wraps around.
+    """
+    geometry = geometry or Geometry.cocoa()
+    cell_layer, ieta, iphi = geometry.cell_index(np.asarray(cell_ids))
+    n = geometry.grid_sizes[layer]
+    c_eta, c_phi = geometry.cell_at(np.array([layer]), np.array([center[0]]), np.array([center[1]]))
+    row = ieta - c_eta[0] + half_width
+    col = (iphi - c_phi[0] + half_width) % n
+    inside = (cell_layer == layer) & (row >= 0) & (row < 2 * half_width) & (col < 2 * half_width)
+    image = np.zeros((2 * half_width, 2 * half_width))
+    np.add.at(image, (row[inside], col[inside]), np.asarray(energy)[inside])
+    return image
+
+
+def event_display(event, path: str | Path, generated=None, layers=(0, 1, 2), half_width: int = 10,
+                  title: str | None = None):
+    """Coarse cells, fine truth and (optionally) generated fine cells of one event, per layer, in GeV.
+
+    Args:
+        event: a :class:`~graphsr.graphs.PairData` (one event).
+        generated: a [Nf] tensor / array of generated fine energies, or a dict ``{label: energies}`` for several.
+    """
+    fine_cell = event.fine_cell.cpu().numpy()
+    parent = event.fine_parent.cpu().numpy()
+    children = np.bincount(parent, minlength=event.num_coarse_nodes)
+    rows = {"coarse (per fine cell)": event.coarse_energy.cpu().numpy()[parent] / children[parent]}
+    if "fine_energy" in event:
+        rows["fine truth"] = event.fine_energy.cpu().numpy()
+    if generated is not None:
+        generated = generated if isinstance(generated, dict) else {"super-resolved": generated}
+        rows.update({label: np.asarray(getattr(v, "cpu", lambda: v)()) for label, v in generated.items()})
+    truth = rows.get("fine truth", rows["coarse (per fine cell)"])
+    hottest = int(np.argmax(truth))
+    center = tuple(event.fine_pos[hottest].cpu().numpy())
+    images = {label: [layer_image(fine_cell, energy, la, center, half_width) for la in layers]
+              for label, energy in rows.items()}
+    vmax = max(img.max() for imgs in images.values() for img in imgs)
+    norm = LogNorm(vmin=max(vmax * 1e-4, 1e-6), vmax=max(vmax, 1e-5))
+    fig, axes = plt.subplots(len(rows), len(layers), figsize=(3.2 * len(layers), 3.0 * len(rows)), squeeze=False)
+    for r, (label, imgs) in enumerate(images.items()):
+        for c, (layer, img) in enumerate(zip(layers, imgs)):
+            ax = axes[r, c]
+            mesh = ax.imshow(np.ma.masked_less_equal(img, 0), norm=norm, cmap="viridis", origin="lower")
+            ax.set_xticks([]), ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{Geometry.cocoa().layers[layer].name}")
+            if c == 0:
+                ax.set_ylabel(f"{label}\n(eta)")
+            if r == len(rows) - 1:
+                ax.set_xlabel("phi")
+    fig.colorbar(mesh, ax=axes, label="energy per fine cell [GeV]", shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def energy_histograms(values: dict[str, np.ndarray], path: str | Path, xlabel: str, bins=60, log: bool = True):
+    """Overlaid normalised histograms of several samples (e.g. truth vs model vs baselines)."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    finite = np.concatenate([np.asarray(v)[np.isfinite(v)] for v in values.values()])
+    edges = np.histogram_bin_edges(finite, bins=bins)
+    for label, v in values.items():
+        ax.hist(np.asarray(v), bins=edges, histtype="step", density=True, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_yscale("log" if log else "linear")
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
