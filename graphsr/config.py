@@ -1,0 +1,113 @@
+"""Run configuration: nested dataclasses read from YAML (``configs/*.yaml``).
+
+Unknown keys are errors (a typo must not silently fall back to a default). Every field has a default, so a
+config file names only what differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=lambda: ["data/single_electron_2x.root"])  # ROOT files
+    cache: str = "data/cache"                 # processed-graph cache directory
+    max_events: int | None = None             # events read per file (None: all)
+    val_fraction: float = 0.1                 # held out for the validation loss
+    test_fraction: float = 0.1                # held out for evaluation (never trained on)
+    split_seed: int = 0                       # seed of the train / val / test split
+    layers: list[int] = field(default_factory=lambda: [0, 1, 2])  # calorimeter layers super-resolved
+    k: int = 8                                # kNN neighbours within a layer
+    k_between: int = 4                        # kNN neighbours in each adjacent layer
+
+
+@dataclass
+class ModelConfig:
+    width: int = 128                          # hidden features per node
+    depth: int = 4                            # fine-graph transformer blocks
+    coarse_depth: int = 2                     # coarse-graph encoder blocks
+    heads: int = 4                            # attention heads
+    context_tokens: int = 4                   # pooled event-context tokens per graph
+    dropout: float = 0.0
+
+
+@dataclass
+class DiffusionConfig:
+    parameterisation: str = "edm"             # "edm", "eps" or "v"
+    schedule: str = "cosine"                  # VP schedule for eps / v: "cosine" or "linear"
+    sigma_data: float = 1.0                   # EDM: std of the (standardised) target
+    p_mean: float = -1.2                      # EDM: lognormal training sigma, mean of ln(sigma)
+    p_std: float = 1.2                        # EDM: ... and its std
+    sigma_min: float = 0.002                  # sampling range
+    sigma_max: float = 80.0
+    min_snr_gamma: float | None = None        # min-SNR loss weighting (None: off)
+    margin: float = 1.2                       # target = logit(E_fine / (margin * E_parent))
+    conserving: bool = False                  # project children to sum exactly to the parent energy
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000                         # optimiser steps
+    batch_size: int = 32                      # events per batch
+    lr: float = 3e-4                          # peak learning rate (AdamW)
+    weight_decay: float = 0.01
+    warmup: int = 100                         # linear warm-up steps, then cosine decay to 0
+    grad_clip: float = 1.0                    # max gradient norm
+    ema_decay: float = 0.999                  # EMA of the weights (used for sampling)
+    val_every: int = 200                      # steps between validation losses and checkpoints
+    seed: int = 0
+    device: str = "auto"                      # "auto" (CUDA if present), "cpu", "cuda", "cuda:1", ...
+    amp: bool = True                          # bf16 autocast on CUDA (ignored on CPU)
+    time_limit: float | None = None           # stop (and checkpoint) after this many seconds
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "heun"                     # "ddpm", "ddim", "heun", "dpmpp_2m"
+    steps: int = 8                            # sampling steps
+    ensemble: int = 10                        # samples per event (mean and spread are reported)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _build(cls, values: dict, where: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected a mapping, got {values!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        default = known[name].default_factory() if callable(known[name].default_factory) else known[name].default
+        kwargs[name] = _build(type(default), value, f"{where}.{name}") if is_dataclass(default) else value
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> Config:
+    return _build(Config, values or {}, "config")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a YAML config; errors name the file and the offending key."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        return config_from_dict(yaml.safe_load(path.read_text()))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
