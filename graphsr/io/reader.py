@@ -1,0 +1,524 @@
+"""Read COCOA ROOT files, real or written by graphsr, chunk by chunk, with validation.
+
+A file is either super-resolution (``Low_Tree`` with coarse cells, particles and the coarse -> fine mapping, plus
+``High_Tree`` with fine cells) or plain (COCOA's default ``Out_Tree``, coarse-style branches only, no mapping).
+Branches are named as in COCOA. Lists of lists (``cell_parent_list``, ``cell_parent_energy``,
+``particle_to_node_idx``, ``particle_to_node_weight``) may be COCOA's ``vector<vector<float>>`` or graphsr's
+flattened pair ``<name>_flat`` + ``<name>_counts`` (:mod:`graphsr.io.writer`); either way the reader returns the same
+``var * var`` awkward array under ``<name>``. Counter branches (``ncell``, ...) are never returned.
+
+Real COCOA output needs no conversion: pass its files to :func:`iter_cocoa` / :func:`read_cocoa`, e.g.
+``iter_cocoa(sorted(Path("cocoa_out").glob("*.root")))``. Files from COCOA's super-resolution mode
+(``"Use_high_granularity": true``) give paired coarse / fine events; plain files give coarse events only
+(``chunk.high is None``).
+
+Every chunk is validated before it is returned, with whole-chunk numpy passes (no loop over events): finite
+energies; parallel mapping arrays of equal length; every fine cell listed exactly once, pointing at an existing coarse
+cell; the same ``factor**2`` fine cells under every coarse cell, for one integer ``factor`` per file
+(``chunk.factor``). A problem raises :class:`~graphsr.io.errors.CocoaFormatError` naming the file, tree, branch and
+the first offending event (its entry number in the file).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import uproot
+
+from graphsr.io.errors import CocoaFormatError
+from graphsr.io.writer import COUNTS_SUFFIX, FLAT_SUFFIX, MAPPING_BRANCHES, PLAIN_TREE, SR_TREES, write_cocoa
+
+SUPER_RESOLUTION, PLAIN = "super-resolution", "plain"
+ALL_BRANCHES = "all"
+LOW_TO_HIGH, HIGH_TO_LOW = MAPPING_BRANCHES
+# what the graph builder needs (graphsr.graphs.build)
+GRAPH_BRANCHES_LOW = ("cell_layer", "cell_eta", "cell_phi", "cell_e", LOW_TO_HIGH, HIGH_TO_LOW,
+                      "particle_pdgid", "particle_e", "particle_pt", "particle_eta", "particle_phi")
+GRAPH_BRANCHES_HIGH = ("cell_layer", "cell_eta", "cell_phi", "cell_e")
+ENERGY_BRANCHES = ("cell_e", "cell_che", "cell_nue", "cell_parent_energy", "particle_e", "particle_pt",
+                   "particle_dep_energy", "topo_e")
+DEFAULT_STEP_SIZE = 1000
+
+PathLikes = str | PathLike | Sequence[str | PathLike]
+
+
+@dataclass(frozen=True)
+class CocoaFile:
+    """What :func:`open_cocoa` finds in a file (metadata only, no event data read).
+
+    Attributes:
+        path: the file.
+        mode: ``"super-resolution"`` (``Low_Tree`` + ``High_Tree``) or ``"plain"`` (``Out_Tree``).
+        num_events: entries per tree.
+        branches: tree name -> branch names as the reader returns them (counters left out, flattened pairs
+            under their COCOA name).
+        nested: tree name -> {list-of-lists branch: ``"vector"`` (COCOA's ``vector<vector<float>>``) or
+            ``"flattened"`` (``<name>_flat`` + ``<name>_counts``)}.
+    """
+
+    path: Path
+    mode: str
+    num_events: int
+    branches: dict[str, tuple[str, ...]]
+    nested: dict[str, dict[str, str]]
+
+    @property
+    def low_tree(self) -> str:
+        """``"Low_Tree"`` or ``"Out_Tree"``: the tree with coarse cells."""
+        return SR_TREES[0] if self.mode == SUPER_RESOLUTION else PLAIN_TREE
+
+    @property
+    def high_tree(self) -> str | None:
+        """``"High_Tree"``, or None for plain files."""
+        return SR_TREES[1] if self.mode == SUPER_RESOLUTION else None
+
+
+@dataclass
+class CocoaChunk:
+    """Consecutive events of one file.
+
+    Attributes:
+        path: the file.
+        low: ``[num_events]`` records of the requested coarse-tree branches (``Low_Tree`` or ``Out_Tree``).
+        high: ``[num_events]`` records of the requested ``High_Tree`` branches; None for plain files or when
+            none were requested.
+        entry_start: entry number of the first event in its file.
+        global_start: index of the first event among all events of the files iterated over.
+        factor: fine cells per coarse cell per side, inferred from the mapping (constant over the file);
+            None when the mapping was not read or no event so far had cells.
+    """
+
+    path: Path
+    low: ak.Array
+    high: ak.Array | None
+    entry_start: int
+    global_start: int
+    factor: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.low)
+
+    @property
+    def entry_stop(self) -> int:
+        return self.entry_start + len(self.low)
+
+
+def _wrap_read_error(exc: Exception, path: Path, tree: str | None = None) -> CocoaFormatError:
+    return CocoaFormatError(f"cannot be read, the file is truncated or corrupt ({type(exc).__name__}: {exc})",
+                            file=path, tree=tree)
+
+
+def _is_nested_vector(branch) -> bool:
+    return "vector<vector<" in branch.typename.replace("std::", "").replace(" ", "")
+
+
+def _tree_branches(tree) -> tuple[tuple[str, ...], dict[str, str]]:
+    """Branch names as returned by the reader, and the form of each list-of-lists branch."""
+    names = list(tree.keys(recursive=False))
+    counters = {tree[name].count_branch.name for name in names if tree[name].count_branch is not None}
+    nested, logical = {}, []
+    for name in names:
+        base = name.removesuffix(FLAT_SUFFIX)
+        if name in counters or name.endswith(COUNTS_SUFFIX) and name.removesuffix(COUNTS_SUFFIX) + FLAT_SUFFIX in names:
+            continue
+        if name.endswith(FLAT_SUFFIX) and base + COUNTS_SUFFIX in names:
+            nested[base] = "flattened"
+            logical.append(base)
+            continue
+        if _is_nested_vector(tree[name]):
+            nested[name] = "vector"
+        logical.append(name)
+    return tuple(logical), nested
+
+
+def _inspect(path: Path, file) -> CocoaFile:
+    size = os.path.getsize(path)
+    if size < file.file.fEND:
+        raise CocoaFormatError(f"truncated: {size} bytes on disk, the ROOT header says {file.file.fEND}", file=path)
+    names = {key.split(";")[0] for key, cls in file.classnames().items() if cls == "TTree"}
+    if set(SR_TREES) <= names:
+        mode, trees = SUPER_RESOLUTION, SR_TREES
+    elif PLAIN_TREE in names:
+        mode, trees = PLAIN, (PLAIN_TREE,)
+    else:
+        missing = next((t for t in SR_TREES if t not in names), None) if names & set(SR_TREES) else PLAIN_TREE
+        raise CocoaFormatError(f"missing: expected {' + '.join(SR_TREES)} or {PLAIN_TREE}, found trees "
+                               f"{sorted(names) or 'none'}", file=path, tree=missing)
+    entries = {t: file[t].num_entries for t in trees}
+    if len(set(entries.values())) > 1:
+        raise CocoaFormatError(f"trees hold different numbers of events: {entries}", file=path, tree=trees[1])
+    branches, nested = {}, {}
+    for t in trees:
+        branches[t], nested[t] = _tree_branches(file[t])
+    return CocoaFile(path, mode, entries[trees[0]], branches, nested)
+
+
+def _open(path: str | PathLike):
+    """``(uproot file, CocoaFile)``; the caller closes the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"COCOA file not found: {path}")
+    try:
+        file = uproot.open(path)
+    except Exception as exc:  # uproot raises assorted types for foreign or damaged files
+        raise CocoaFormatError(f"not a readable ROOT file ({type(exc).__name__}: {exc})", file=path) from exc
+    try:
+        return file, _inspect(path, file)
+    except CocoaFormatError:
+        file.close()
+        raise
+    except Exception as exc:
+        file.close()
+        raise _wrap_read_error(exc, path) from exc
+
+
+def open_cocoa(path: str | PathLike) -> CocoaFile:
+    """Inspect a COCOA file: mode, number of events, branches and the form of its list-of-lists branches.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CocoaFormatError: not a ROOT file, truncated, no COCOA trees, or ``Low_Tree`` / ``High_Tree`` of different
+            lengths.
+    """
+    file, info = _open(path)
+    file.close()
+    return info
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _event_of(flat_index: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    return np.searchsorted(offsets, flat_index, side="right") - 1
+
+
+@dataclass
+class _TreeReader:
+    """Reads chosen branches of one tree, joining flattened lists of lists back together."""
+
+    path: Path
+    name: str
+    tree: object
+    branches: tuple[str, ...]
+    nested: dict[str, str] = field(default_factory=dict)
+
+    def physical(self) -> list[str]:
+        names = []
+        for b in self.branches:
+            names += [b + FLAT_SUFFIX, b + COUNTS_SUFFIX] if self.nested.get(b) == "flattened" else [b]
+        return names
+
+    def read(self, start: int, stop: int) -> ak.Array:
+        try:
+            arrays = self.tree.arrays(self.physical(), entry_start=start, entry_stop=stop, library="ak")
+        except Exception as exc:
+            raise _wrap_read_error(exc, self.path, self.name) from exc
+        columns = {}
+        for b in self.branches:
+            if self.nested.get(b) == "flattened":
+                columns[b] = self._join(b, arrays[b + FLAT_SUFFIX], arrays[b + COUNTS_SUFFIX], start)
+            else:
+                columns[b] = arrays[b]
+        return ak.zip(columns, depth_limit=1)
+
+    def _join(self, name: str, flat: ak.Array, counts: ak.Array, start: int) -> ak.Array:
+        """``var * var`` array from the values of each event and the inner lengths of its outer elements."""
+        bad = ak.to_numpy(ak.sum(counts, axis=1)) != ak.to_numpy(ak.num(flat, axis=1))
+        if bad.any():
+            raise CocoaFormatError(f"{name}{COUNTS_SUFFIX} does not sum to the length of {name}{FLAT_SUFFIX}",
+                                   file=self.path, tree=self.name, branch=name, event=start + _first(bad))
+        inner = ak.unflatten(ak.flatten(flat, axis=1), ak.flatten(counts, axis=1))
+        return ak.unflatten(inner, ak.num(counts, axis=1))
+
+
+def _resolve(info: CocoaFile, tree: str, requested, *, optional: Sequence[str] = ()) -> tuple[str, ...]:
+    available = info.branches[tree]
+    if requested == ALL_BRANCHES:
+        return available
+    requested = tuple(requested)
+    for b in requested:
+        if b not in available and b not in optional:
+            raise CocoaFormatError(f"missing (the tree has {', '.join(available) or 'no branches'})",
+                                   file=info.path, tree=tree, branch=b)
+    return tuple(b for b in requested if b in available)
+
+
+def _is_cell_branch(name: str) -> bool:
+    return name.startswith("cell_") and not name.startswith("cell_to_cell_edge")
+
+
+def _cell_counts(events: ak.Array | None) -> np.ndarray | None:
+    """Cells per event, from any per-cell branch read."""
+    name = next((f for f in ak.fields(events) if _is_cell_branch(f)), None) if events is not None else None
+    return None if name is None else ak.to_numpy(ak.num(events[name], axis=1))
+
+
+class _Validator:
+    """Checks chunks of one file; remembers the granularity factor across them."""
+
+    def __init__(self, info: CocoaFile):
+        self.info, self.factor = info, None
+
+    def error(self, message: str, tree: str, branch: str, event: int) -> CocoaFormatError:
+        return CocoaFormatError(message, file=self.info.path, tree=tree, branch=branch, event=event)
+
+    def check(self, low: ak.Array, high: ak.Array | None, start: int) -> None:
+        for tree, events in ((self.info.low_tree, low), (self.info.high_tree, high)):
+            if events is not None:
+                self.check_finite(events, tree, start)
+        if LOW_TO_HIGH in ak.fields(low) and HIGH_TO_LOW in ak.fields(low):
+            self.check_mapping(low, high, start)
+
+    def check_finite(self, events: ak.Array, tree: str, start: int) -> None:
+        for name in ENERGY_BRANCHES:
+            if name not in ak.fields(events):
+                continue
+            bad = ~np.isfinite(events[name])
+            while bad.ndim > 1:
+                bad = ak.any(bad, axis=-1)
+            bad = ak.to_numpy(bad)
+            if bad.any():
+                raise self.error("NaN or infinite energy", tree, name, start + _first(bad))
+
+    def check_mapping(self, low: ak.Array, high: ak.Array | None, start: int) -> None:
+        tree = self.info.low_tree
+        pairs = ak.to_numpy(ak.num(low[LOW_TO_HIGH], axis=1))
+        bad = ak.to_numpy(ak.num(low[HIGH_TO_LOW], axis=1)) != pairs
+        if bad.any():
+            raise self.error(f"length differs from the parallel {LOW_TO_HIGH}", tree, HIGH_TO_LOW,
+                             start + _first(bad))
+        coarse = ak.to_numpy(ak.flatten(low[LOW_TO_HIGH])).astype(np.int64)
+        fine = ak.to_numpy(ak.flatten(low[HIGH_TO_LOW])).astype(np.int64)
+        event = np.repeat(np.arange(len(pairs)), pairs)
+        num_coarse = _cell_counts(low)
+        if num_coarse is None:  # no coarse cell branch read: coarse cells are those referenced
+            num_coarse = ak.to_numpy(ak.fill_none(ak.max(low[LOW_TO_HIGH], axis=1), -1)).astype(np.int64) + 1
+        bad = (coarse < 0) | (coarse >= num_coarse[event])
+        if bad.any():
+            raise self.error("points outside the coarse cells of its event", tree, LOW_TO_HIGH,
+                             start + event[_first(bad)])
+        num_fine = _cell_counts(high)
+        if num_fine is not None:
+            self.check_fine_cover(fine, event, pairs, num_fine, start)
+        self.check_factor(coarse, event, num_coarse, start)
+
+    def check_fine_cover(self, fine: np.ndarray, event: np.ndarray, pairs: np.ndarray, num_fine: np.ndarray,
+                         start: int) -> None:
+        tree, high = self.info.low_tree, self.info.high_tree
+        bad = (fine < 0) | (fine >= num_fine[event])
+        if bad.any():
+            raise self.error(f"points outside the fine cells of {high}", tree, HIGH_TO_LOW,
+                             start + event[_first(bad)])
+        bad = pairs != num_fine
+        if bad.any():
+            e = _first(bad)
+            raise self.error(f"maps {pairs[e]} fine cells, {high} has {num_fine[e]}: every fine cell must appear "
+                             "exactly once", tree, HIGH_TO_LOW, start + e)
+        offsets = np.concatenate([[0], np.cumsum(num_fine)])
+        times = np.bincount(fine + offsets[event], minlength=offsets[-1])
+        bad = times != 1
+        if bad.any():
+            raise self.error("lists a fine cell more than once (and leaves another out)", tree, HIGH_TO_LOW,
+                             start + int(_event_of(np.array([_first(bad)]), offsets)[0]))
+
+    def check_factor(self, coarse: np.ndarray, event: np.ndarray, num_coarse: np.ndarray, start: int) -> None:
+        offsets = np.concatenate([[0], np.cumsum(num_coarse)])
+        if offsets[-1] == 0:
+            return
+        children = np.bincount(coarse + offsets[event], minlength=offsets[-1])
+        if self.factor is None:
+            # the most common count, so that the error below points at the odd coarse cells
+            typical = int(np.bincount(children).argmax())
+            factor = math.isqrt(typical)
+            if factor < 1 or factor * factor != typical:
+                i = _first(children == typical)
+                raise self.error(f"{typical} fine cells under a coarse cell, not the square of an integer >= 1",
+                                 self.info.low_tree, LOW_TO_HIGH, start + int(_event_of(np.array([i]), offsets)[0]))
+            self.factor = factor
+        bad = children != self.factor**2
+        if bad.any():
+            i = _first(bad)
+            raise self.error(f"{children[i]} fine cells under a coarse cell where the file has {self.factor**2} "
+                             f"(factor {self.factor})", self.info.low_tree, LOW_TO_HIGH,
+                             start + int(_event_of(np.array([i]), offsets)[0]))
+
+
+class _FileReader:
+    """An open file with the branches to read from each tree."""
+
+    def __init__(self, path: str | PathLike, low_branches, high_branches):
+        self.file, self.info = _open(path)
+        try:
+            info = self.info
+            optional = MAPPING_BRANCHES if info.mode == PLAIN else ()  # plain files have no mapping
+            self.low = _TreeReader(info.path, info.low_tree, self.file[info.low_tree],
+                                   _resolve(info, info.low_tree, low_branches, optional=optional),
+                                   info.nested[info.low_tree])
+            self.high = None
+            if info.high_tree is not None and high_branches is not None:
+                self.high = _TreeReader(info.path, info.high_tree, self.file[info.high_tree],
+                                        _resolve(info, info.high_tree, high_branches), info.nested[info.high_tree])
+        except Exception:
+            self.file.close()
+            raise
+        self.validator = _Validator(self.info)
+
+    def read(self, start: int, stop: int, global_start: int) -> CocoaChunk:
+        low = self.low.read(start, stop)
+        high = self.high.read(start, stop) if self.high is not None else None
+        self.validator.check(low, high, start)
+        return CocoaChunk(self.info.path, low, high, start, global_start, self.validator.factor)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _as_paths(paths: PathLikes) -> list[Path]:
+    return [Path(paths)] if isinstance(paths, (str, PathLike)) else [Path(p) for p in paths]
+
+
+def iter_cocoa(paths: PathLikes, *, low_branches: Sequence[str] | str = GRAPH_BRANCHES_LOW,
+               high_branches: Sequence[str] | str | None = None, step_size: int = DEFAULT_STEP_SIZE,
+               entry_start: int | None = None, entry_stop: int | None = None,
+               max_events: int | None = None) -> Iterator[CocoaChunk]:
+    """Stream validated chunks of events from COCOA files; only the current chunk is held in memory.
+
+    Only the requested branches are read (plus the counters uproot needs). Both trees of a super-resolution file
+    are read over the same entry range, so ``chunk.low[i]`` and ``chunk.high[i]`` are the same event.
+
+    Args:
+        paths: one file or several, read in order.
+        low_branches: branches of ``Low_Tree`` (``Out_Tree`` for plain files), or ``"all"``. The mapping
+            branches are skipped for plain files, which have none.
+        high_branches: branches of ``High_Tree``, ``"all"``, or None to read none (plain files never have any).
+        step_size: events per chunk (a chunk never spans two files).
+        entry_start, entry_stop: range of events to read, counted over all files in order.
+        max_events: read at most this many events of each file.
+
+    Yields:
+        :class:`CocoaChunk`.
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        CocoaFormatError: a file, tree, branch or event is malformed (see the module docstring).
+    """
+    if step_size < 1:
+        raise ValueError(f"step_size must be >= 1, got {step_size}")
+    first = 0  # global index of the current file's first event
+    for path in _as_paths(paths):
+        reader = _FileReader(path, low_branches, high_branches)
+        try:
+            n = reader.info.num_events
+            start = max(0, (entry_start or 0) - first)
+            stop = n if entry_stop is None else min(n, max(0, entry_stop - first))
+            if max_events is not None:
+                stop = min(stop, start + max_events)
+            for a in range(start, stop, step_size):
+                yield reader.read(a, min(a + step_size, stop), first + a)
+        finally:
+            reader.close()
+        first += n
+        if entry_stop is not None and first >= entry_stop:
+            return
+
+
+def read_cocoa(path: str | PathLike, *, low_branches: Sequence[str] | str = ALL_BRANCHES,
+               high_branches: Sequence[str] | str | None = ALL_BRANCHES, entry_start: int = 0,
+               entry_stop: int | None = None) -> dict[str, ak.Array]:
+    """Read (and validate) a whole COCOA file into memory, as the ``trees`` dict :func:`write_cocoa` takes.
+
+    Args:
+        path: the file.
+        low_branches, high_branches: as :func:`iter_cocoa`; default every branch.
+        entry_start, entry_stop: range of events.
+
+    Returns:
+        ``{"Low_Tree": ..., "High_Tree": ...}`` or ``{"Out_Tree": ...}`` (``High_Tree`` left out when
+        ``high_branches`` is None), each ``[num_events]`` records.
+    """
+    reader = _FileReader(path, low_branches, high_branches)
+    try:
+        stop = reader.info.num_events if entry_stop is None else min(entry_stop, reader.info.num_events)
+        chunk = reader.read(entry_start, max(entry_start, stop), entry_start)
+    finally:
+        reader.close()
+    trees = {reader.info.low_tree: chunk.low}
+    if chunk.high is not None:
+        trees[reader.info.high_tree] = chunk.high
+    return trees
+
+
+def _differing_events(a: ak.Array, b: ak.Array) -> np.ndarray:
+    """``[len(a)]`` bool: entries whose nested lists or values differ (NaN equals NaN)."""
+    if a.ndim == 1:
+        x, y = ak.to_numpy(a), ak.to_numpy(b)
+        same = x == y
+        if np.issubdtype(x.dtype, np.floating):
+            same |= np.isnan(x) & np.isnan(y)
+        return ~same
+    counts_a, counts_b = ak.to_numpy(ak.num(a, axis=1)), ak.to_numpy(ak.num(b, axis=1))
+    differs = counts_a != counts_b
+    same = np.flatnonzero(~differs)
+    inner = _differing_events(ak.flatten(a[same], axis=1), ak.flatten(b[same], axis=1))
+    owner = np.repeat(np.arange(len(same)), counts_a[same])
+    differs[same] = np.bincount(owner[inner], minlength=len(same)) > 0
+    return differs
+
+
+def compare_trees(expected: Mapping[str, ak.Array], actual: Mapping[str, ak.Array]) -> list[str]:
+    """Differences between two sets of trees, field by field: types must match and values be exactly equal.
+
+    Returns:
+        One line per difference naming the tree, field and first differing event; empty when identical.
+    """
+    if set(expected) != set(actual):
+        return [f"trees {sorted(expected)} != {sorted(actual)}"]
+    problems = []
+    for tree, events in expected.items():
+        other = actual[tree]
+        if len(events) != len(other):
+            problems.append(f"{tree}: {len(events)} events != {len(other)}")
+            continue
+        if set(ak.fields(events)) != set(ak.fields(other)):
+            problems.append(f"{tree}: fields {sorted(ak.fields(events))} != {sorted(ak.fields(other))}")
+            continue
+        for name in ak.fields(events):
+            a, b = events[name], other[name]
+            if str(a.type.content) != str(b.type.content):
+                problems.append(f"{tree}.{name}: type {a.type.content} != {b.type.content}")
+                continue
+            differs = _differing_events(a, b)
+            if differs.any():
+                problems.append(f"{tree}.{name}: {int(differs.sum())} events differ, first {_first(differs)}")
+    return problems
+
+
+def check_roundtrip(path: str | PathLike, trees: Mapping[str, ak.Array], *, overwrite: bool = False,
+                    **write_options) -> dict[str, ak.Array]:
+    """Write ``trees`` to ``path``, read the file back and check it holds exactly the same events.
+
+    Args:
+        path: file to write.
+        trees: as :func:`~graphsr.io.writer.write_cocoa`.
+        overwrite, write_options: passed to :func:`~graphsr.io.writer.write_cocoa`.
+
+    Returns:
+        The trees read back.
+
+    Raises:
+        AssertionError: listing every field that differs.
+    """
+    write_cocoa(path, trees, overwrite=overwrite, **write_options)
+    back = read_cocoa(path)
+    problems = compare_trees(trees, back)
+    if problems:
+        raise AssertionError(f"{path} does not round-trip:\n  " + "\n  ".join(problems))
+    return back

@@ -1,0 +1,197 @@
+"""Writing COCOA TTrees: branch layout, exact round trips, atomic and non-clobbering writes.
+
+``cocoa_events`` (also used by test_io_reader.py and test_io_validation.py) builds small COCOA-like events with
+every branch of the real trees.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+
+from graphsr.detector import Geometry
+from graphsr.io import CocoaFormatError, CocoaWriter, check_roundtrip, compare_trees, read_cocoa, write_cocoa
+
+INT_BRANCHES = {"cell_layer", "cell_topo_idx", "cell_parent_idx", "particle_pdgid", "particle_track_idx", "topo_idx",
+                "low_cell_to_high_cell_edge", "high_cell_to_low_cell_edge", "cell_to_cell_edge_start",
+                "cell_to_cell_edge_end"}
+NESTED_BRANCHES = ("cell_parent_list", "cell_parent_energy", "particle_to_node_idx", "particle_to_node_weight")
+
+
+def _to_awkward(columns: dict[str, list]) -> ak.Array:
+    """Records from per-event numpy arrays (or lists of numpy arrays for lists of lists), dtypes kept."""
+    fields = {}
+    for name, events in columns.items():
+        dtype = np.int32 if name in INT_BRANCHES else np.float32
+        if name in NESTED_BRANCHES:
+            inner = [x for event in events for x in event]
+            values = np.concatenate(inner + [np.zeros(0)]).astype(dtype)
+            lists = ak.unflatten(values, np.array([len(x) for x in inner], np.int64))
+            fields[name] = ak.unflatten(lists, np.array([len(event) for event in events], np.int64))
+        else:
+            fields[name] = ak.unflatten(np.concatenate(events + [np.zeros(0)]).astype(dtype),
+                                        np.array([len(x) for x in events], np.int64))
+    return ak.zip(fields, depth_limit=1)
+
+
+def _cells(rng, columns, geometry, layer, ieta, iphi, num_particles):
+    eta, phi = geometry.cell_center(layer, ieta, iphi)
+    x, y, z = geometry.cell_position(layer, ieta, iphi)
+    n = len(layer)
+    energy = rng.exponential(200.0, n)
+    parents = [rng.choice(max(num_particles, 1), rng.integers(0, min(num_particles, 2) + 1), replace=False)
+               for _ in range(n)]
+    for name, values in dict(cell_layer=layer, cell_x=x, cell_y=y, cell_z=z, cell_eta=eta, cell_phi=phi,
+                             cell_e=energy, cell_che=0.6 * energy, cell_nue=0.3 * energy,
+                             cell_topo_idx=np.ones(n), cell_parent_idx=[p[0] if len(p) else -1 for p in parents],
+                             ).items():
+        columns[name].append(np.asarray(values))
+    columns["cell_parent_list"].append([p.astype(float) for p in parents])
+    columns["cell_parent_energy"].append([rng.uniform(0, 1, len(p)) * e for p, e in zip(parents, energy)])
+    edges = rng.integers(0, max(n, 1), (2, 2 * n))
+    columns["cell_to_cell_edge_start"].append(edges[0])
+    columns["cell_to_cell_edge_end"].append(edges[1])
+    nodes = [rng.choice(n, min(n, 3), replace=False) for _ in range(num_particles)]
+    columns["particle_to_node_idx"].append([c.astype(float) for c in nodes])
+    columns["particle_to_node_weight"].append([rng.uniform(0, 1, len(c)) for c in nodes])
+
+
+def cocoa_events(num_events: int = 5, factor: int = 2, seed: int = 0, empty=(1,)) -> dict[str, ak.Array]:
+    """``{"Low_Tree", "High_Tree"}`` of small events with every COCOA branch; events in ``empty`` have no cells.
+
+    Each coarse cell has ``factor**2`` fine children; fine cells are stored in shuffled order, the mapping is ordered
+    by coarse cell. Some cells have no parent particle (empty inner lists), some events no particles.
+    """
+    rng = np.random.default_rng(seed)
+    fine = Geometry.cocoa()
+    coarse = fine.coarsen(factor)
+    low, high = defaultdict(list), defaultdict(list)
+    for event in range(num_events):
+        num_coarse = 0 if event in empty else int(rng.integers(1, 5))
+        layer = rng.integers(0, 6, num_coarse)
+        ieta = rng.integers(0, coarse.n[layer])
+        iphi = rng.integers(0, coarse.n[layer])
+        num_particles = int(rng.integers(0, 3))
+        _cells(rng, low, coarse, layer, ieta, iphi, num_particles)
+        f_layer, f_ieta, f_iphi = (a.reshape(-1) for a in coarse.children(fine, layer, ieta, iphi))
+        stored_at = rng.permutation(len(f_layer))  # fine cell k of the block order is stored at stored_at[k]
+        order = np.argsort(stored_at)
+        _cells(rng, high, fine, f_layer[order], f_ieta[order], f_iphi[order], num_particles)
+        low["low_cell_to_high_cell_edge"].append(np.repeat(np.arange(num_coarse), factor * factor))
+        low["high_cell_to_low_cell_edge"].append(stored_at)
+        for name, values in dict(particle_pdgid=rng.choice([11, 22], num_particles),
+                                 particle_pt=rng.uniform(5e3, 5e4, num_particles),
+                                 particle_e=rng.uniform(5e4, 1e5, num_particles),
+                                 particle_eta=rng.uniform(-2.5, 2.5, num_particles),
+                                 particle_phi=rng.uniform(-np.pi, np.pi, num_particles),
+                                 particle_prod_x=np.zeros(num_particles), particle_prod_y=np.zeros(num_particles),
+                                 particle_prod_z=np.zeros(num_particles),
+                                 particle_dep_energy=rng.uniform(0, 5e4, num_particles),
+                                 particle_track_idx=-np.ones(num_particles)).items():
+            low[name].append(values)
+        for name in ("topo_idx", "topo_bary_eta", "topo_bary_phi", "topo_bary_rho", "topo_bary_sigma_eta",
+                     "topo_bary_sigma_phi", "topo_e"):
+            low[name].append(np.zeros(0))
+    for name in ("cell_parent_list", "cell_parent_energy"):  # High_Tree carries cell, track and graph branches
+        del high[name]
+    return {"Low_Tree": _to_awkward(low), "High_Tree": _to_awkward(high)}
+
+
+def test_roundtrip_is_exact_for_every_branch(tmp_path):
+    trees = cocoa_events(6)
+    back = check_roundtrip(tmp_path / "sr.root", trees, step=4)
+    assert compare_trees(trees, back) == []
+    # float32 stays float32, int32 stays int32, lists of lists come back as lists of lists
+    assert str(back["Low_Tree"].cell_e.type.content) == "var * float32"
+    assert str(back["Low_Tree"].cell_layer.type.content) == "var * int32"
+    assert str(back["High_Tree"].particle_to_node_weight.type.content) == "var * var * float32"
+    assert ak.all(back["Low_Tree"].cell_e == trees["Low_Tree"].cell_e)
+
+
+def test_branch_names_and_counters(tmp_path):
+    path = write_cocoa(tmp_path / "sr.root", cocoa_events(3))
+    with uproot.open(path) as file:
+        low, high = file["Low_Tree"], file["High_Tree"]
+        counters = {name: low[name].count_branch.name for name in low.keys() if low[name].count_branch is not None}
+        assert counters["cell_e"] == counters["cell_layer"] == counters["cell_parent_list_counts"] == "ncell"
+        assert counters["particle_pt"] == counters["particle_to_node_idx_counts"] == "nparticle"
+        assert counters["topo_e"] == "ntopo"
+        assert counters["cell_to_cell_edge_start"] == counters["cell_to_cell_edge_end"] == "ncell_to_cell_edge"
+        assert counters["low_cell_to_high_cell_edge"] == counters["high_cell_to_low_cell_edge"] \
+            == "nlow_high_cell_edge"
+        assert counters["cell_parent_energy_flat"] == "ncell_parent_energy_flat"
+        assert "cell_parent_list" not in low.keys() and "cell_parent_list_flat" in low.keys()
+        assert low["cell_e"].typename == "float[]" and low["cell_layer"].typename == "int32_t[]"
+        assert set(high.keys()) >= {"ncell", "cell_e", "particle_to_node_weight_flat", "particle_to_node_weight_counts"}
+        # the flattened form really is flat values + inner lengths
+        flat = high["particle_to_node_weight_flat"].array()
+        counts = high["particle_to_node_weight_counts"].array()
+        assert ak.all(ak.sum(counts, axis=1) == ak.num(flat, axis=1))
+
+
+def test_plain_out_tree(tmp_path):
+    low = cocoa_events(4)["Low_Tree"]
+    plain = low[[f for f in low.fields if "high_cell" not in f]]
+    back = check_roundtrip(tmp_path / "plain.root", {"Out_Tree": plain})
+    assert list(back) == ["Out_Tree"] and len(back["Out_Tree"]) == 4
+
+
+def test_streaming_writer_equals_one_write(tmp_path):
+    trees = cocoa_events(7)
+    with CocoaWriter(tmp_path / "stream.root", step=2) as writer:
+        for start in (0, 3, 5):
+            writer.write({name: events[start:start + (3 if start == 0 else 2)] for name, events in trees.items()})
+    assert writer.num_events == 7
+    assert compare_trees(trees, read_cocoa(tmp_path / "stream.root")) == []
+    with uproot.open(tmp_path / "stream.root") as file:
+        assert file["Low_Tree"]["cell_e"].num_baskets > 1
+
+
+def test_refuses_to_overwrite(tmp_path):
+    path = tmp_path / "sr.root"
+    path.write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match=str(path)):
+        write_cocoa(path, cocoa_events(2))
+    assert path.read_bytes() == b"precious"
+    write_cocoa(path, cocoa_events(2), overwrite=True)
+    assert len(read_cocoa(path)["Low_Tree"]) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["sr.root"]
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    path = tmp_path / "sr.root"
+    trees = cocoa_events(4)
+    with pytest.raises(RuntimeError):
+        with CocoaWriter(path) as writer:
+            writer.write({name: events[:2] for name, events in trees.items()})
+            raise RuntimeError("simulated crash")
+    assert list(tmp_path.iterdir()) == []
+    # an existing file survives a failed overwrite untouched
+    write_cocoa(path, trees)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="differ from the first chunk"):
+        with CocoaWriter(path, overwrite=True) as writer:
+            writer.write(trees)
+            writer.write({"Low_Tree": trees["Low_Tree"][["cell_e"]], "High_Tree": trees["High_Tree"]})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["sr.root"]
+
+
+def test_rejects_inconsistent_input(tmp_path):
+    trees = cocoa_events(4)
+    with pytest.raises(ValueError, match="Low_Tree"):
+        write_cocoa(tmp_path / "a.root", {"Low_Tree": trees["Low_Tree"]})
+    with pytest.raises(ValueError, match="different numbers of events"):
+        write_cocoa(tmp_path / "b.root", {"Low_Tree": trees["Low_Tree"], "High_Tree": trees["High_Tree"][:3]})
+    low = trees["Low_Tree"]
+    # cell_x of event 2 one entry short: cell_* branches share the counter ncell
+    shorter = ak.concatenate([low.cell_x[:2], low.cell_x[2:3, :-1], low.cell_x[3:]])
+    bad = {"Low_Tree": ak.with_field(low, shorter, "cell_x"), "High_Tree": trees["High_Tree"]}
+    with pytest.raises(CocoaFormatError, match="ncell") as error:
+        write_cocoa(tmp_path / "c.root", bad)
+    assert (error.value.tree, error.value.branch, error.value.event) == ("Low_Tree", "cell_x", 2)
+    assert list(tmp_path.iterdir()) == []
