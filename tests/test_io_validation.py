@@ -1,0 +1,265 @@
+"""Malformed COCOA files raise CocoaFormatError naming the file, tree, branch and first offending event."""
+
+from __future__ import annotations
+
+import awkward as ak
+import numpy as np
+import pytest
+import uproot
+from test_io_writer import cocoa_events
+
+from graphsr.io import GRAPH_BRANCHES_HIGH, CocoaFormatError, iter_cocoa, open_cocoa, read_cocoa, write_cocoa
+
+LOW_TO_HIGH, HIGH_TO_LOW = "low_cell_to_high_cell_edge", "high_cell_to_low_cell_edge"
+SR_BRANCHES = dict(low_branches=["cell_e", LOW_TO_HIGH, HIGH_TO_LOW], high_branches=["cell_e"])
+
+
+def write_raw(path, trees: dict[str, dict[str, ak.Array]]):
+    """A file as a foreign tool could write it: one counter per list branch, no checks."""
+    with uproot.recreate(path) as file:
+        for name, branches in trees.items():
+            file.mktree(name, {b: a.type.content for b, a in branches.items()}).extend(branches)
+    return path
+
+
+def replace_event(events: ak.Array, name: str, event: int, values) -> ak.Array:
+    """``events`` with field ``name`` of one event replaced (dtype kept)."""
+    column = events[name]
+    lists = ak.to_list(column)
+    lists[event] = list(values)
+    dtype = ak.to_numpy(ak.flatten(column, axis=None)).dtype
+    return ak.with_field(events, ak.values_astype(ak.Array(lists), dtype), name)
+
+
+def read_all(path, **branches):
+    return list(iter_cocoa(path, **(branches or SR_BRANCHES), step_size=2))
+
+
+def expect_error(path, tree, branch, event, match, **branches):
+    with pytest.raises(CocoaFormatError, match=match) as error:
+        read_all(path, **branches)
+    found = error.value
+    assert (found.file, found.tree, found.branch, found.event) == (str(path), tree, branch, event)
+    # the message names every location on its own
+    for part in (str(path), tree, branch, f"event {event}"):
+        assert part is None or part in str(found)
+    return found
+
+
+def test_message_names_everything():
+    error = CocoaFormatError("bad", file="a.root", tree="Low_Tree", branch="cell_e", event=7)
+    assert str(error) == "file a.root, tree 'Low_Tree', branch 'cell_e', event 7: bad"
+    assert isinstance(error, ValueError) and str(CocoaFormatError("bad", file="a.root")) == "file a.root: bad"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.root"):
+        open_cocoa(tmp_path / "nowhere.root")
+    with pytest.raises(FileNotFoundError, match="nowhere.root"):
+        next(iter_cocoa([tmp_path / "nowhere.root"]))
+
+
+def test_not_a_root_file(tmp_path):
+    path = tmp_path / "notes.root"
+    path.write_text("these are not the events you are looking for\n" * 10)
+    with pytest.raises(CocoaFormatError, match="not a readable ROOT file") as error:
+        open_cocoa(path)
+    assert error.value.file == str(path)
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.9, 0.999])
+def test_truncated_file(tmp_path, keep):
+    path = write_cocoa(tmp_path / "sr.root", cocoa_events(20))
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+    with pytest.raises(CocoaFormatError, match="truncated|not a readable") as error:
+        read_cocoa(path)
+    assert error.value.file == str(path)
+
+
+def test_corrupt_basket_is_a_format_error(tmp_path):
+    path = write_cocoa(tmp_path / "sr.root", cocoa_events(20))
+    with uproot.open(path) as file:
+        seek = int(file["High_Tree"]["cell_e"].member("fBasketSeek")[0])
+    data = bytearray(path.read_bytes())
+    data[seek + 80:seek + 120] = b"\xff" * 40  # inside the compressed payload of the first basket
+    path.write_bytes(bytes(data))
+    with pytest.raises(CocoaFormatError, match="truncated or corrupt") as error:
+        read_cocoa(path)
+    assert error.value.tree == "High_Tree"
+
+
+def test_missing_tree(tmp_path):
+    trees = cocoa_events(3)
+    path = write_raw(tmp_path / "low_only.root", {"Low_Tree": {"cell_e": trees["Low_Tree"].cell_e}})
+    with pytest.raises(CocoaFormatError, match="missing") as error:
+        open_cocoa(path)
+    assert error.value.tree == "High_Tree"
+    path = write_raw(tmp_path / "other.root", {"Events": {"cell_e": trees["Low_Tree"].cell_e}})
+    with pytest.raises(CocoaFormatError, match="Events") as error:
+        open_cocoa(path)
+    assert error.value.tree == "Out_Tree"
+
+
+def test_missing_branch(tmp_path):
+    path = write_cocoa(tmp_path / "sr.root", cocoa_events(3))
+    with pytest.raises(CocoaFormatError, match="missing") as error:
+        read_all(path, low_branches=["cell_e"], high_branches=["cell_e", "cell_weight"])
+    assert (error.value.tree, error.value.branch) == ("High_Tree", "cell_weight")
+    # the mapping is required from super-resolution files (only plain files may lack it)
+    trees = cocoa_events(3)
+    low = trees["Low_Tree"]
+    write_cocoa(tmp_path / "nomap.root", {"Low_Tree": low[[f for f in low.fields if "high_cell" not in f]],
+                                          "High_Tree": trees["High_Tree"]})
+    with pytest.raises(CocoaFormatError, match="missing") as error:
+        read_all(tmp_path / "nomap.root", high_branches=GRAPH_BRANCHES_HIGH)
+    assert (error.value.tree, error.value.branch) == ("Low_Tree", LOW_TO_HIGH)
+
+
+def test_event_counts_differ(tmp_path):
+    trees = cocoa_events(4)
+    path = write_raw(tmp_path / "sr.root", {"Low_Tree": {"cell_e": trees["Low_Tree"].cell_e},
+                                            "High_Tree": {"cell_e": trees["High_Tree"].cell_e[:3]}})
+    with pytest.raises(CocoaFormatError, match="different numbers of events") as error:
+        open_cocoa(path)
+    assert error.value.file == str(path)
+
+
+def test_fine_cell_listed_twice(tmp_path):
+    trees = cocoa_events(5)
+    mapping = ak.to_numpy(trees["Low_Tree"][HIGH_TO_LOW][3]).copy()
+    mapping[1] = mapping[0]  # one fine cell twice, another never
+    trees["Low_Tree"] = replace_event(trees["Low_Tree"], HIGH_TO_LOW, 3, mapping)
+    path = write_cocoa(tmp_path / "sr.root", trees)
+    expect_error(path, "Low_Tree", HIGH_TO_LOW, 3, "more than once")
+
+
+def test_fine_cells_missing_from_mapping(tmp_path):
+    trees = cocoa_events(5)
+    for name in (LOW_TO_HIGH, HIGH_TO_LOW):  # drop the last pair of event 2, keeping the arrays parallel
+        trees["Low_Tree"] = replace_event(trees["Low_Tree"], name, 2, ak.to_list(trees["Low_Tree"][name][2])[:-1])
+    path = write_cocoa(tmp_path / "sr.root", trees)
+    expect_error(path, "Low_Tree", HIGH_TO_LOW, 2, "exactly once")
+
+
+def test_mapping_points_outside_the_cells(tmp_path):
+    trees = cocoa_events(5)
+    low = trees["Low_Tree"]
+    num_coarse = len(low.cell_e[4])
+    coarse = replace_event(low, LOW_TO_HIGH, 4, [num_coarse] + ak.to_list(low[LOW_TO_HIGH][4])[1:])
+    path = write_cocoa(tmp_path / "coarse.root", {"Low_Tree": coarse, "High_Tree": trees["High_Tree"]})
+    expect_error(path, "Low_Tree", LOW_TO_HIGH, 4, "outside the coarse cells")
+    num_fine = len(trees["High_Tree"].cell_e[2])
+    fine = replace_event(low, HIGH_TO_LOW, 2, [-1] + ak.to_list(low[HIGH_TO_LOW][2])[1:])
+    path = write_cocoa(tmp_path / "fine.root", {"Low_Tree": fine, "High_Tree": trees["High_Tree"]})
+    expect_error(path, "Low_Tree", HIGH_TO_LOW, 2, "outside the fine cells")
+    fine = replace_event(low, HIGH_TO_LOW, 2, [num_fine] + ak.to_list(low[HIGH_TO_LOW][2])[1:])
+    path = write_cocoa(tmp_path / "fine2.root", {"Low_Tree": fine, "High_Tree": trees["High_Tree"]})
+    expect_error(path, "Low_Tree", HIGH_TO_LOW, 2, "outside the fine cells")
+
+
+def test_parallel_mapping_arrays_of_different_length(tmp_path):
+    trees = cocoa_events(5)
+    low = trees["Low_Tree"]
+    shorter = replace_event(low, HIGH_TO_LOW, 3, ak.to_list(low[HIGH_TO_LOW][3])[:-1])
+    branches = {name: shorter[name] for name in ("cell_e", LOW_TO_HIGH, HIGH_TO_LOW)}
+    path = write_raw(tmp_path / "sr.root", {"Low_Tree": branches, "High_Tree": {"cell_e": trees["High_Tree"].cell_e}})
+    expect_error(path, "Low_Tree", HIGH_TO_LOW, 3, "length differs")
+    # graphsr's writer refuses to write such a file in the first place
+    with pytest.raises(CocoaFormatError, match="nlow_high_cell_edge"):
+        write_cocoa(tmp_path / "refused.root", {"Low_Tree": shorter, "High_Tree": trees["High_Tree"]})
+
+
+@pytest.mark.parametrize("tree, branch, event, value", [
+    ("High_Tree", "cell_e", 3, np.nan),
+    ("Low_Tree", "cell_e", 2, np.inf),
+    ("Low_Tree", "particle_e", 4, -np.inf),
+])
+def test_non_finite_energy(tmp_path, tree, branch, event, value):
+    trees = cocoa_events(5, seed=3)
+    values = ak.to_list(trees[tree][branch][event])
+    assert values, "the chosen event must have entries"
+    trees[tree] = replace_event(trees[tree], branch, event, [*values[:-1], value])
+    path = write_cocoa(tmp_path / "sr.root", trees)
+    expect_error(path, tree, branch, event, "NaN or infinite", low_branches=["cell_e", "particle_e"],
+                 high_branches=["cell_e"])
+
+
+def test_non_finite_energy_in_nested_branch(tmp_path):
+    trees = cocoa_events(5, seed=3)
+    low = trees["Low_Tree"]
+    nested = ak.to_list(low.cell_parent_energy)
+    event = next(e for e in range(5) if any(len(x) for x in nested[e]))
+    cell = next(i for i, x in enumerate(nested[event]) if len(x))
+    nested[event][cell][0] = float("nan")
+    trees["Low_Tree"] = ak.with_field(low, ak.values_astype(ak.Array(nested), np.float32), "cell_parent_energy")
+    path = write_cocoa(tmp_path / "sr.root", trees)
+    expect_error(path, "Low_Tree", "cell_parent_energy", event, "NaN", low_branches=["cell_parent_energy"],
+                 high_branches=None)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4])
+def test_factor_is_inferred(tmp_path, factor):
+    path = write_cocoa(tmp_path / "sr.root", cocoa_events(4, factor=factor))
+    assert {chunk.factor for chunk in read_all(path)} == {factor}
+
+
+def test_children_not_a_square(tmp_path):
+    trees = cocoa_events(5)
+    low = trees["Low_Tree"]
+    # every coarse cell with 3 children: regroup event 0's pairs as (3, 3, ...) over fewer coarse cells
+    pairs = len(low[LOW_TO_HIGH][0])
+    low = replace_event(low, LOW_TO_HIGH, 0, np.arange(pairs) // 3)
+    for e in range(2, 5):
+        low = replace_event(low, LOW_TO_HIGH, e, np.arange(len(low[LOW_TO_HIGH][e])) // 3)
+    path = write_raw(tmp_path / "sr.root", {
+        "Low_Tree": {name: low[name] for name in ("cell_e", LOW_TO_HIGH, HIGH_TO_LOW)},
+        "High_Tree": {"cell_e": trees["High_Tree"].cell_e}})
+    found = expect_error(path, "Low_Tree", LOW_TO_HIGH, 0, "not the square", low_branches=[LOW_TO_HIGH, HIGH_TO_LOW])
+    assert "3 fine cells" in str(found)
+
+
+def test_factor_changes_within_a_file(tmp_path):
+    two, three = cocoa_events(3, factor=2, seed=1, empty=()), cocoa_events(3, factor=4, seed=2, empty=())
+    trees = {name: ak.concatenate([two[name], three[name]]) for name in two}
+    path = write_cocoa(tmp_path / "sr.root", trees)
+    expect_error(path, "Low_Tree", LOW_TO_HIGH, 3, "where the file has 4")  # across chunks
+    with pytest.raises(CocoaFormatError, match="where the file has") as error:
+        list(iter_cocoa(path, **SR_BRANCHES, step_size=6))  # within one chunk
+    assert error.value.event in (0, 3)
+
+
+def test_uneven_children_in_one_event(tmp_path):
+    trees = cocoa_events(5)
+    low = trees["Low_Tree"]
+    event = next(e for e in range(5) if len(low.cell_e[e]) >= 2)
+    mapping = ak.to_numpy(low[LOW_TO_HIGH][event]).copy()
+    mapping[0] = 1  # coarse cell 0 now has 3 children, coarse cell 1 has 5
+    trees["Low_Tree"] = replace_event(low, LOW_TO_HIGH, event, mapping)
+    path = write_cocoa(tmp_path / "sr.root", trees)
+    expect_error(path, "Low_Tree", LOW_TO_HIGH, event, "fine cells under a coarse cell")
+
+
+def test_empty_events(tmp_path):
+    path = write_cocoa(tmp_path / "empty.root", cocoa_events(4, empty=range(4)))
+    chunks = read_all(path, low_branches="all", high_branches="all")
+    assert sum(len(c) for c in chunks) == 4 and all(c.factor is None for c in chunks)
+    assert ak.sum(ak.num(chunks[0].low.cell_e)) == 0
+    # a file with no events at all
+    path = write_cocoa(tmp_path / "none.root", {name: events[:0] for name, events in cocoa_events(2).items()})
+    assert open_cocoa(path).num_events == 0 and read_all(path) == []
+    assert len(read_cocoa(path)["High_Tree"]) == 0
+
+
+def test_flattened_counts_inconsistent(tmp_path):
+    trees = cocoa_events(4)
+    low = trees["Low_Tree"]
+    counts = ak.values_astype(ak.num(low.cell_parent_energy, axis=2), np.int32)
+    flat = ak.flatten(low.cell_parent_energy, axis=2)
+    bad = replace_event(ak.zip({"c": counts}, depth_limit=1), "c", 2, ak.to_list(counts[2][:-1]) + [99]).c
+    path = write_raw(tmp_path / "sr.root", {
+        "Low_Tree": {"cell_e": low.cell_e, "cell_parent_energy_flat": flat, "cell_parent_energy_counts": bad},
+        "High_Tree": {"cell_e": trees["High_Tree"].cell_e}})
+    assert open_cocoa(path).nested["Low_Tree"] == {"cell_parent_energy": "flattened"}
+    expect_error(path, "Low_Tree", "cell_parent_energy", 2, "does not sum", low_branches=["cell_parent_energy"],
+                 high_branches=None)
