@@ -251,15 +251,22 @@ def test_empty_events(tmp_path):
     assert len(read_cocoa(path)["High_Tree"]) == 0
 
 
-def test_flattened_counts_inconsistent(tmp_path):
+@pytest.mark.parametrize("negative", [False, True])
+def test_flattened_counts_inconsistent(tmp_path, negative):
     trees = cocoa_events(4)
     low = trees["Low_Tree"]
     counts = ak.values_astype(ak.num(low.cell_parent_energy, axis=2), np.int32)
     flat = ak.flatten(low.cell_parent_energy, axis=2)
-    bad = replace_event(ak.zip({"c": counts}, depth_limit=1), "c", 2, ak.to_list(counts[2][:-1]) + [99]).c
+    event = next(e for e in range(4) if len(counts[e]) >= 2)
+    wrong = ak.to_list(counts[event])
+    if negative:  # same sum, but an impossible length
+        wrong[0], wrong[1] = -1, wrong[1] + wrong[0] + 1
+    else:
+        wrong[-1] += 1
+    bad = replace_event(ak.zip({"c": counts}, depth_limit=1), "c", event, wrong).c
     path = write_raw(tmp_path / "sr.root", {
         "Low_Tree": {"cell_e": low.cell_e, "cell_parent_energy_flat": flat, "cell_parent_energy_counts": bad},
         "High_Tree": {"cell_e": trees["High_Tree"].cell_e}})
     assert open_cocoa(path).nested["Low_Tree"] == {"cell_parent_energy": "flattened"}
-    expect_error(path, "Low_Tree", "cell_parent_energy", 2, "does not sum", low_branches=["cell_parent_energy"],
-                 high_branches=None)
+    expect_error(path, "Low_Tree", "cell_parent_energy", event, "negative or does not sum",
+                 low_branches="cell_parent_energy", high_branches=None)

@@ -195,3 +195,12 @@ def test_rejects_inconsistent_input(tmp_path):
         write_cocoa(tmp_path / "c.root", bad)
     assert (error.value.tree, error.value.branch, error.value.event) == ("Low_Tree", "cell_x", 2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_scalar_and_untyped_fields(tmp_path):
+    low = cocoa_events(3)["Low_Tree"]
+    plain = ak.zip({"cell_e": low.cell_e, "event_number": np.arange(3, dtype=np.int64),
+                    "topo_e": ak.Array([[], [], []])}, depth_limit=1)  # empty lists of unknown type
+    back = read_cocoa(write_cocoa(tmp_path / "plain.root", {"Out_Tree": plain}))["Out_Tree"]
+    assert ak.to_numpy(back.event_number).tolist() == [0, 1, 2]
+    assert str(back.topo_e.type.content) == "var * float32" and ak.all(ak.num(back.topo_e) == 0)

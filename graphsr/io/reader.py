@@ -126,7 +126,8 @@ def _tree_branches(tree) -> tuple[tuple[str, ...], dict[str, str]]:
     nested, logical = {}, []
     for name in names:
         base = name.removesuffix(FLAT_SUFFIX)
-        if name in counters or name.endswith(COUNTS_SUFFIX) and name.removesuffix(COUNTS_SUFFIX) + FLAT_SUFFIX in names:
+        if name in counters or (name.endswith(COUNTS_SUFFIX)
+                                and name.removesuffix(COUNTS_SUFFIX) + FLAT_SUFFIX in names):
             continue
         if name.endswith(FLAT_SUFFIX) and base + COUNTS_SUFFIX in names:
             nested[base] = "flattened"
@@ -232,8 +233,10 @@ class _TreeReader:
     def _join(self, name: str, flat: ak.Array, counts: ak.Array, start: int) -> ak.Array:
         """``var * var`` array from the values of each event and the inner lengths of its outer elements."""
         bad = ak.to_numpy(ak.sum(counts, axis=1)) != ak.to_numpy(ak.num(flat, axis=1))
+        bad |= ak.to_numpy(ak.any(counts < 0, axis=1))
         if bad.any():
-            raise CocoaFormatError(f"{name}{COUNTS_SUFFIX} does not sum to the length of {name}{FLAT_SUFFIX}",
+            raise CocoaFormatError(f"{name}{COUNTS_SUFFIX} is negative or does not sum to the length of "
+                                   f"{name}{FLAT_SUFFIX}",
                                    file=self.path, tree=self.name, branch=name, event=start + _first(bad))
         inner = ak.unflatten(ak.flatten(flat, axis=1), ak.flatten(counts, axis=1))
         return ak.unflatten(inner, ak.num(counts, axis=1))
@@ -243,7 +246,7 @@ def _resolve(info: CocoaFile, tree: str, requested, *, optional: Sequence[str] =
     available = info.branches[tree]
     if requested == ALL_BRANCHES:
         return available
-    requested = tuple(requested)
+    requested = (requested,) if isinstance(requested, str) else tuple(requested)
     for b in requested:
         if b not in available and b not in optional:
             raise CocoaFormatError(f"missing (the tree has {', '.join(available) or 'no branches'})",
@@ -362,10 +365,14 @@ class _FileReader:
             self.low = _TreeReader(info.path, info.low_tree, self.file[info.low_tree],
                                    _resolve(info, info.low_tree, low_branches, optional=optional),
                                    info.nested[info.low_tree])
+            if not self.low.branches:
+                raise ValueError(f"no branches to read from {info.low_tree} of {info.path}")
             self.high = None
             if info.high_tree is not None and high_branches is not None:
                 self.high = _TreeReader(info.path, info.high_tree, self.file[info.high_tree],
                                         _resolve(info, info.high_tree, high_branches), info.nested[info.high_tree])
+                if not self.high.branches:
+                    self.high = None
         except Exception:
             self.file.close()
             raise

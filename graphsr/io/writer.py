@@ -82,8 +82,8 @@ def to_branches(events: ak.Array, *, tree: str | None = None) -> dict[str, ak.Ar
         if ak.fields(column):
             raise CocoaFormatError("nested records cannot be written; give one field per branch",
                                    tree=tree, branch=name)
-        if "unknown" in str(column.type.content):
-            column = ak.values_astype(column, np.float32)
+        if "unknown" in str(column.type.content):  # e.g. lists that are empty in every event
+            column = ak.enforce_type(column, str(column.type.content).replace("unknown", "float32"))
         if column.ndim == 3:
             branches[name + FLAT_SUFFIX] = ak.flatten(column, axis=2)
             branches[name + COUNTS_SUFFIX] = ak.values_astype(ak.num(column, axis=2), np.int32)
