@@ -34,7 +34,7 @@ def make_toy_events(cells_per_event, factor: int = 2, seed: int = 0):
             cell_e=c_energy.astype(np.float32),
             low_cell_to_high_cell_edge=np.repeat(np.arange(len(layer)), factor * factor).astype(np.int32),
             high_cell_to_low_cell_edge=stored_at.astype(np.int32),
-            particle_e=np.array([5e4], np.float32), particle_eta=np.array([0.0], np.float32),
+            particle_e=np.array([5e4], np.float32), particle_pt=np.array([5e4], np.float32), particle_eta=np.array([0.0], np.float32),
             particle_phi=np.array([0.1], np.float32), particle_pdgid=np.array([11], np.int32)))
         highs.append(dict(cell_layer=f_layer[order].astype(np.int32), cell_eta=f_eta[order].astype(np.float32),
                           cell_phi=f_phi[order].astype(np.float32), cell_e=f_energy[order]))

@@ -1,0 +1,165 @@
+"""PyG datasets over COCOA super-resolution ROOT files (simulated by graphsr or real).
+
+:class:`CocoaDataset` reads the files once, builds every event's paired graphs and caches them; the cache
+directory is keyed by every option that changes processing and by each file's size and modification time, so a
+changed option or file is never served from a stale cache. :class:`CocoaStream` builds graphs chunk by chunk for
+files that do not fit in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+from torch_geometric.data import InMemoryDataset
+
+from graphsr.detector import Geometry
+from graphsr.graphs.build import GraphOptions, build_storage, concat_storages, select_events
+from graphsr.graphs.data import PairData
+from graphsr.graphs.loader import collate_events
+from graphsr.io import GRAPH_BRANCHES_HIGH, GRAPH_BRANCHES_LOW, iter_cocoa, open_cocoa
+
+# Bump when the graph layout changes, so old caches are rebuilt.
+CACHE_VERSION = 1
+
+
+def _missing_files_error(paths: list[Path]) -> FileNotFoundError:
+    listed = "\n  ".join(map(str, paths))
+    return FileNotFoundError(
+        f"COCOA file(s) not found:\n  {listed}\nSimulate the default data with `make data` (or `graphsr simulate`), "
+        "or point graphsr at real COCOA super-resolution files (see data/README.md).")
+
+
+class CocoaDataset(InMemoryDataset):
+    """Paired coarse / fine graphs of every event in some COCOA files, held in memory.
+
+    Args:
+        files: ROOT files, super-resolution (``Low_Tree`` + ``High_Tree``) or plain (``Out_Tree``, coarse only:
+            then ``factor`` is required and the graphs have no ``fine_energy``).
+        root: cache directory (processed graphs go to ``root/processed/<key>``).
+        options: layers and edges (:class:`~graphsr.graphs.GraphOptions`).
+        factor: fine cells per coarse cell per side; inferred from super-resolution files.
+        max_events: read at most this many events per file.
+        drop_empty: leave out events with no cell in the chosen layers.
+        transform: applied to each event or batch on access.
+        step_size: events read per chunk.
+    """
+
+    def __init__(self, files, root: str | Path = "data/cache", options: GraphOptions = GraphOptions(), *,
+                 factor: int | None = None, max_events: int | None = None, drop_empty: bool = True,
+                 transform=None, step_size: int = 2000, geometry: Geometry | None = None, log: bool = True):
+        self.files = [Path(f).resolve() for f in ([files] if isinstance(files, (str, Path)) else files)]
+        self.options, self.factor, self.max_events, self.drop_empty = options, factor, max_events, drop_empty
+        self.step_size, self.geometry = step_size, geometry or Geometry.cocoa()
+        self.key = self.cache_key()  # fixed now: a file changing later must not redirect this dataset
+        super().__init__(str(root), transform, log=log)
+        data, slices = torch.load(self.processed_paths[0], weights_only=True)
+        self._data, self.slices = PairData.from_dict(data), slices
+
+    @property
+    def raw_paths(self) -> list[str]:
+        return [str(f) for f in self.files]
+
+    @property
+    def raw_file_names(self) -> list[str]:
+        return [f.name for f in self.files]
+
+    @property
+    def processed_dir(self) -> str:
+        return os.path.join(self.root, "processed", self.key)
+
+    @property
+    def processed_file_names(self) -> list[str]:
+        return ["graphs.pt"]
+
+    def cache_key(self) -> str:
+        missing = [f for f in self.files if not f.exists()]
+        if missing:
+            raise _missing_files_error(missing)
+        stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in self.files]
+        text = repr((CACHE_VERSION, self.options, self.factor, self.max_events, self.drop_empty,
+                     self.geometry, stats))
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    def download(self):
+        raise _missing_files_error([f for f in self.files if not f.exists()])
+
+    def process(self):
+        parts = [
+            build_storage(chunk.low, chunk.high, self.options, factor=self.factor or chunk.factor,
+                          geometry=self.geometry, first_event=chunk.entry_start, drop_empty=self.drop_empty)
+            for chunk in iter_cocoa(self.files, low_branches=GRAPH_BRANCHES_LOW, high_branches=GRAPH_BRANCHES_HIGH,
+                                    step_size=self.step_size, max_events=self.max_events)
+        ]
+        if not parts:
+            raise ValueError(f"no events in {', '.join(map(str, self.files))}")
+        data, slices = concat_storages(parts)
+        tmp = Path(self.processed_paths[0]).with_suffix(".tmp")
+        torch.save((data.to_dict(), slices), tmp)
+        os.replace(tmp, self.processed_paths[0])
+
+    def split(self, fractions=(0.8, 0.1, 0.1), seed: int = 0):
+        """Disjoint random subsets with the given fractions (deterministic for a seed)."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        bounds = torch.tensor([0.0, *fractions]).cumsum(0) / sum(fractions) * len(self)
+        return [self.index_select(order[int(a):int(b)]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def storage(self, events: torch.Tensor | None = None):
+        """The collated ``(data, slices)`` of all events, or of a subset."""
+        if events is None:
+            return self._data, self.slices
+        return select_events(self._data, self.slices, events)
+
+
+class CocoaStream(IterableDataset):
+    """Batches of paired graphs built chunk by chunk from COCOA files: only one chunk is ever in memory.
+
+    With a ``torch.utils.data.DataLoader(stream, batch_size=None, num_workers=n)``, workers take turns over chunks.
+
+    Args:
+        files, options, factor, drop_empty, geometry: as :class:`CocoaDataset`.
+        batch_size: events per batch.
+        shuffle: shuffle events within each chunk, from ``seed``.
+        step_size: events read per chunk.
+    """
+
+    def __init__(self, files, options: GraphOptions = GraphOptions(), *, batch_size: int = 32,
+                 factor: int | None = None, drop_empty: bool = True, shuffle: bool = False, seed: int = 0,
+                 step_size: int = 2000, geometry: Geometry | None = None, transform=None):
+        self.files = [Path(f) for f in ([files] if isinstance(files, (str, Path)) else files)]
+        missing = [f for f in self.files if not f.exists()]
+        if missing:
+            raise _missing_files_error(missing)
+        self.options, self.factor, self.drop_empty = options, factor, drop_empty
+        self.batch_size, self.shuffle, self.seed, self.step_size = batch_size, shuffle, seed, step_size
+        self.geometry, self.transform = geometry or Geometry.cocoa(), transform
+
+    def _chunk_ranges(self) -> list[tuple[int, int]]:
+        """Global [start, stop) event ranges of the chunks (a chunk never spans two files)."""
+        ranges, first = [], 0
+        for path in self.files:
+            n = open_cocoa(path).num_events
+            ranges += [(first + a, first + min(a + self.step_size, n)) for a in range(0, n, self.step_size)]
+            first += n
+        return ranges
+
+    def __iter__(self):
+        worker = get_worker_info()
+        generator = torch.Generator().manual_seed(self.seed + (worker.id if worker else 0))
+        ranges = self._chunk_ranges()
+        if worker is not None:  # workers take turns, each reading only its own chunks
+            ranges = ranges[worker.id::worker.num_workers]
+        for start, stop in ranges:
+            for chunk in iter_cocoa(self.files, low_branches=GRAPH_BRANCHES_LOW, high_branches=GRAPH_BRANCHES_HIGH,
+                                    step_size=self.step_size, entry_start=start, entry_stop=stop):
+                data, slices = build_storage(chunk.low, chunk.high, self.options,
+                                             factor=self.factor or chunk.factor, geometry=self.geometry,
+                                             first_event=chunk.entry_start, drop_empty=self.drop_empty)
+                n = len(slices["event"]) - 1
+                order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+                for begin in range(0, n, self.batch_size):
+                    batch = collate_events(data, slices, order[begin:begin + self.batch_size])
+                    yield self.transform(batch) if self.transform is not None else batch
