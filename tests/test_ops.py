@@ -1,0 +1,104 @@
+"""graphsr.ops: the torch_scatter / torch_cluster paths and the pure-torch fallbacks give the same results."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from graphsr import ops
+
+needs_scatter = pytest.mark.skipif(not ops.has_torch_scatter(), reason="torch_scatter not installed")
+needs_cluster = pytest.mark.skipif(not ops.has_torch_cluster(), reason="torch_cluster not installed")
+
+
+def both(fn):
+    """fn() with the extensions, then with the pure-torch path."""
+    with_ext = fn()
+    with ops.use_extensions(False):
+        assert not ops.has_torch_scatter() and not ops.has_torch_cluster()
+        pure = fn()
+    return with_ext, pure
+
+
+def points(seed=0, sizes=(7, 1, 30, 12)):
+    g = torch.Generator().manual_seed(seed)
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    return torch.randn(len(batch), 2, generator=g), batch
+
+
+def edge_set(edge_index):
+    return set(map(tuple, edge_index.t().tolist()))
+
+
+@needs_scatter
+@pytest.mark.parametrize("reduce", ["sum", "mean", "max", "min"])
+def test_scatter_paths_agree(reduce):
+    src = torch.randn(50, 3, generator=torch.Generator().manual_seed(1))
+    index = torch.randint(0, 8, (50,), generator=torch.Generator().manual_seed(2))
+    index[index == 5] = 6  # an empty segment: 0 on both paths
+    a, b = both(lambda: ops.scatter(src, index, 9, reduce))
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.all(b[5] == 0) and torch.all(b[8] == 0)
+
+
+def test_scatter_pure_matches_loop():
+    src, index = torch.arange(6.0).view(6, 1), torch.tensor([0, 0, 2, 2, 2, 0])
+    with ops.use_extensions(False):
+        assert ops.scatter(src, index, 3).view(-1).tolist() == [0 + 1 + 5, 0, 2 + 3 + 4]
+        assert ops.scatter(src, index, 3, "max").view(-1).tolist() == [5, 0, 4]
+
+
+@needs_scatter
+def test_segment_softmax_paths_agree_and_normalise():
+    src = torch.randn(40, 4, generator=torch.Generator().manual_seed(3)) * 30  # large logits: needs the max shift
+    index = torch.sort(torch.randint(0, 6, (40,), generator=torch.Generator().manual_seed(4))).values
+    a, b = both(lambda: ops.segment_softmax(src, index, 6))
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(ops.scatter(b, index, 6)[index.unique()], torch.ones(len(index.unique()), 4), atol=1e-5)
+
+
+@needs_cluster
+@pytest.mark.parametrize("loop", [False, True])
+def test_knn_graph_paths_agree(loop):
+    x, batch = points()
+    a, b = both(lambda: ops.knn_graph(x, 4, batch, loop=loop))
+    assert edge_set(a) == edge_set(b)
+    source, target = b
+    assert torch.all(batch[source] == batch[target])  # never across events
+    assert loop or torch.all(source != target)
+
+
+@needs_cluster
+def test_knn_bipartite_paths_agree():
+    x, batch_x = points(5)
+    y, batch_y = points(6)
+    a, b = both(lambda: ops.knn(x, y, 3, batch_x, batch_y))
+    assert edge_set(a) == edge_set(b)
+
+
+def test_knn_graph_pure_is_exact():
+    x, batch = points(7)
+    with ops.use_extensions(False):
+        source, target = ops.knn_graph(x, 3, batch)
+    for i in range(len(x)):
+        same = torch.nonzero(batch == batch[i]).squeeze(1)
+        same = same[same != i]
+        dist = (x[same] - x[i]).norm(dim=1)
+        expected = set(same[dist.argsort()[:3]].tolist())
+        assert set(source[target == i].tolist()) == expected
+
+
+def test_radius_graph_keeps_only_close_pairs():
+    x, batch = points(8)
+    with ops.use_extensions(False):
+        source, target = ops.radius_graph(x, 0.5, batch)
+    assert torch.all((x[source] - x[target]).norm(dim=1) <= 0.5)
+    assert len(source) > 0
+
+
+def test_knn_dense_chunks_like_one_block():
+    x, batch = points(9, sizes=(20, 25, 3, 40))
+    with ops.use_extensions(False):
+        whole = ops._knn_dense(x, x, 4, batch, batch)
+        chunked = ops._knn_dense(x, x, 4, batch, batch, max_elements=500)  # forces one segment per block
+    assert edge_set(whole) == edge_set(chunked)
