@@ -1,0 +1,143 @@
+"""Denoisers D(x; sigma) and their training loss, in the sigma ("variance exploding") form of Karras et al. 2022.
+
+A noisy sample is ``x = x0 + sigma * n``. Every parameterisation wraps a raw network F as
+
+    D(x; sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma))
+
+* ``edm``: EDM preconditioning (arXiv 2206.00364, table 1) with data std ``sigma_data``.
+* ``eps``: F predicts the noise (DDPM / SR3): c_skip = 1, c_out = -sigma, c_in = 1 / sqrt(1 + sigma^2).
+* ``v``: F predicts v (Salimans & Ho 2022) for unit-variance data: c_skip = 1/(1 + sigma^2),
+  c_out = -sigma / sqrt(1 + sigma^2), c_in = 1 / sqrt(1 + sigma^2).
+
+A VP model (``x_t = sqrt(a) x0 + sqrt(1 - a) n``) is the same model at sigma = sqrt((1 - a) / a), up to the input
+scaling c_in, so one set of samplers serves all three. c_noise = ln(sigma) / 4 throughout.
+
+Noise levels are per event (graph): ``sigma`` is ``[num_graphs]`` and ``batch`` maps nodes to graphs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from graphsr import ops
+
+PARAMETERISATIONS = ("edm", "eps", "v")
+SCHEDULES = ("cosine", "linear")
+
+
+def vp_sigma(t: torch.Tensor, schedule: str = "cosine") -> torch.Tensor:
+    """sigma of a VP schedule at time t in (0, 1]: cosine (Nichol & Dhariwal 2021) or linear beta (DDPM)."""
+    if schedule == "cosine":
+        s = 0.008
+        alpha_bar = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2 / math.cos(s / (1 + s) * math.pi / 2) ** 2
+    elif schedule == "linear":
+        beta_min, beta_max = 0.1, 20.0  # DDPM's 1e-4 .. 0.02 over 1000 steps, as a continuous-time integral
+        alpha_bar = torch.exp(-(beta_min * t + 0.5 * (beta_max - beta_min) * t**2))
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+    alpha_bar = alpha_bar.clamp(1e-8, 1.0)
+    return torch.sqrt((1 - alpha_bar) / alpha_bar)
+
+
+def _check(parameterisation: str, schedule: str):
+    if parameterisation not in PARAMETERISATIONS:
+        raise ValueError(f"unknown parameterisation {parameterisation!r}; choose one of {PARAMETERISATIONS}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
+
+
+class Denoiser(nn.Module):
+    """D(x; sigma) from a raw network ``net(x_in, c_noise, batch, **kwargs)`` (see the module docstring).
+
+    Args:
+        net: the network F; called with ``[N, C]`` scaled inputs, ``[num_graphs]`` c_noise, ``batch`` and the
+            extra keyword arguments given to :meth:`forward`.
+        parameterisation: ``"edm"``, ``"eps"`` or ``"v"``.
+        sigma_data: data std for ``edm`` (the ``eps`` and ``v`` forms assume 1).
+        schedule: the VP schedule used to draw training noise levels for ``eps`` / ``v`` (kept for the loss).
+    """
+
+    def __init__(self, net: nn.Module, parameterisation: str = "edm", sigma_data: float = 1.0,
+                 schedule: str = "cosine"):
+        super().__init__()
+        _check(parameterisation, schedule)
+        self.net, self.parameterisation, self.sigma_data, self.schedule = net, parameterisation, sigma_data, schedule
+
+    def scalings(self, sigma: torch.Tensor):
+        """(c_skip, c_out, c_in) for per-node sigma."""
+        if self.parameterisation == "edm":
+            sd2 = self.sigma_data**2
+            c_skip = sd2 / (sigma**2 + sd2)
+            c_out = sigma * self.sigma_data / (sigma**2 + sd2).sqrt()
+            c_in = 1 / (sigma**2 + sd2).sqrt()
+        elif self.parameterisation == "eps":
+            c_skip, c_out, c_in = torch.ones_like(sigma), -sigma, 1 / (sigma**2 + 1).sqrt()
+        else:
+            c_skip, c_out, c_in = 1 / (sigma**2 + 1), -sigma / (sigma**2 + 1).sqrt(), 1 / (sigma**2 + 1).sqrt()
+        return c_skip, c_out, c_in
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, batch: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Denoised estimate of x0. x: ``[N, C]``; sigma: ``[num_graphs]``; batch: ``[N]`` graph of each node."""
+        node_sigma = sigma[batch].unsqueeze(-1)
+        c_skip, c_out, c_in = self.scalings(node_sigma)
+        out = self.net(x * c_in, sigma.log() / 4, batch, **kwargs)
+        return c_skip * x + c_out * out.to(x.dtype)
+
+
+class DiffusionLoss:
+    """Denoising loss: noise each event at its own sigma, weight the squared error, average per event, then over events.
+
+    Per-event averaging makes every event count the same, whatever its number of cells.
+
+    Training noise levels: ``edm`` draws ln(sigma) ~ N(p_mean, p_std^2) and weights the x0-error by
+    (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (unit weight on F's error). ``eps`` and ``v`` draw t ~ U(0, 1)
+    on the VP ``schedule`` and weight by SNR = 1 / sigma^2 (the eps-MSE) or SNR + 1 (the v-MSE); with
+    ``min_snr_gamma`` the weight is min(SNR, gamma) for eps and min(SNR, gamma) (SNR + 1) / SNR for v
+    (Hang et al. 2023, "min-SNR-gamma").
+
+    Args:
+        parameterisation, schedule, sigma_data: as the :class:`Denoiser`.
+        p_mean, p_std: EDM's lognormal noise distribution.
+        min_snr_gamma: clamp of the SNR weight for eps / v (None: off).
+        sigma_min: smallest training sigma (keeps the SNR weight finite).
+    """
+
+    def __init__(self, parameterisation: str = "edm", schedule: str = "cosine", sigma_data: float = 1.0,
+                 p_mean: float = -1.2, p_std: float = 1.2, min_snr_gamma: float | None = None,
+                 sigma_min: float = 2e-3):
+        _check(parameterisation, schedule)
+        self.parameterisation, self.schedule, self.sigma_data = parameterisation, schedule, sigma_data
+        self.p_mean, self.p_std, self.min_snr_gamma, self.sigma_min = p_mean, p_std, min_snr_gamma, sigma_min
+
+    def sample_sigma(self, num_graphs: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.parameterisation == "edm":
+            normal = torch.randn(num_graphs, device=device, generator=generator)
+            sigma = (self.p_mean + self.p_std * normal).exp()
+        else:
+            sigma = vp_sigma(torch.rand(num_graphs, device=device, generator=generator), self.schedule)
+        return sigma.clamp_min(self.sigma_min)
+
+    def weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        if self.parameterisation == "edm":
+            return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+        snr = sigma.pow(-2)
+        if self.parameterisation == "eps":
+            return snr if self.min_snr_gamma is None else snr.clamp_max(self.min_snr_gamma)
+        if self.min_snr_gamma is None:
+            return snr + 1
+        return snr.clamp_max(self.min_snr_gamma) * (snr + 1) / snr
+
+    def __call__(self, denoiser: Denoiser, x0: torch.Tensor, *, batch: torch.Tensor, num_graphs: int,
+                 generator: torch.Generator | None = None, sigma: torch.Tensor | None = None,
+                 **kwargs) -> torch.Tensor:
+        """Scalar loss. x0: ``[N, C]`` clean targets; ``sigma`` ([num_graphs]) overrides the random levels."""
+        if sigma is None:
+            sigma = self.sample_sigma(num_graphs, x0.device, generator)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        x = x0 + sigma[batch].unsqueeze(-1) * noise
+        error = (denoiser(x, sigma, batch, **kwargs) - x0).pow(2).mean(dim=-1)
+        per_event = ops.scatter(error, batch, num_graphs, "mean")
+        return (self.weight(sigma) * per_event).mean()

@@ -1,0 +1,120 @@
+"""Samplers that integrate the reverse diffusion from pure noise, for any :class:`~.preconditioning.Denoiser`.
+
+All run on a decreasing grid of noise levels ``sigmas`` (last one 0, e.g. :func:`karras_sigmas`) and call
+``denoiser(x, sigma_per_graph, batch, **extra_args)``:
+
+* ``ddpm``: ancestral sampling (the stochastic DDPM / SR3 sampler; Euler step plus fresh noise).
+* ``ddim``: deterministic DDIM, which in sigma form is the Euler method on the probability-flow ODE.
+* ``heun``: EDM's 2nd-order Heun method (Karras et al. 2022, algorithm 1 without churn); 2 evaluations per step
+  except the last.
+* ``dpmpp_2m``: DPM-Solver++(2M) (Lu et al. 2022), 2nd order with one evaluation per step.
+
+Every sampler draws its noise from ``generator`` only, so a seed fixes the samples (on CPU, bit for bit).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+
+def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
+                  device=None) -> torch.Tensor:
+    """``n`` noise levels spaced as in EDM (eq. 5), from sigma_max down to sigma_min, then a final 0."""
+    if n < 1:
+        raise ValueError(f"need at least one sampling step, got {n}")
+    ramp = torch.linspace(0, 1, n, device=device, dtype=torch.float64)
+    inv_rho = 1 / rho
+    sigmas = (sigma_max**inv_rho + ramp * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
+
+
+def _run(step_fn, denoiser, x, sigmas, batch, extra_args, callback, disable):
+    """Apply ``step_fn(denoise, x, sigmas, i, state) -> (x_next, denoised)`` for every step of the grid."""
+    num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+    extra_args = extra_args or {}
+
+    def denoise(x, sigma):  # one noise level for every event
+        return denoiser(x, sigma.expand(num_graphs).to(x.dtype), batch, **extra_args)
+
+    state = {}
+    for i in tqdm(range(len(sigmas) - 1), disable=disable, desc="sampling", leave=False):
+        x, denoised = step_fn(denoise, x, sigmas, i, state)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "denoised": denoised})
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, generator=None, disable=True):
+    def step(denoise, x, sigmas, i, state):
+        denoised = denoise(x, sigmas[i])
+        d = (x - denoised) / sigmas[i]
+        return x + d * (sigmas[i + 1] - sigmas[i]), denoised
+    return _run(step, denoiser, x, sigmas, batch, extra_args, callback, disable)
+
+
+@torch.no_grad()
+def sample_ddpm(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, generator=None, disable=True):
+    def step(denoise, x, sigmas, i, state):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, s)
+        # split the step into a deterministic part down to sigma_down and fresh noise of size sigma_up
+        sigma_up = torch.sqrt(s_next**2 * (s**2 - s_next**2) / s**2)
+        sigma_down = torch.sqrt(s_next**2 - sigma_up**2)
+        x = x + (x - denoised) / s * (sigma_down - s)
+        if s_next > 0:
+            x = x + torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator) * sigma_up
+        return x, denoised
+    return _run(step, denoiser, x, sigmas, batch, extra_args, callback, disable)
+
+
+@torch.no_grad()
+def sample_heun(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, generator=None, disable=True):
+    def step(denoise, x, sigmas, i, state):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, s)
+        d = (x - denoised) / s
+        x_next = x + d * (s_next - s)
+        if s_next > 0:  # 2nd-order correction, except on the final step to sigma = 0
+            d_next = (x_next - denoise(x_next, s_next)) / s_next
+            x_next = x + (d + d_next) / 2 * (s_next - s)
+        return x_next, denoised
+    return _run(step, denoiser, x, sigmas, batch, extra_args, callback, disable)
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, generator=None, disable=True):
+    def step(denoise, x, sigmas, i, state):
+        s, s_next = sigmas[i], sigmas[i + 1]
+        denoised = denoise(x, s)
+        if s_next == 0:
+            return denoised, denoised
+        t, t_next = -s.log(), -s_next.log()
+        h = t_next - t
+        if "old" in state:
+            r = state["h"] / h
+            d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * state["old"]
+        else:
+            d = denoised
+        state["old"], state["h"] = denoised, h
+        return (s_next / s) * x - torch.expm1(-h) * d, denoised
+    return _run(step, denoiser, x, sigmas, batch, extra_args, callback, disable)
+
+
+SAMPLERS: dict[str, Callable] = {"ddpm": sample_ddpm, "ddim": sample_ddim, "heun": sample_heun,
+                                 "dpmpp_2m": sample_dpmpp_2m}
+
+
+def get_sampler(name: str) -> Callable:
+    """The sampler called ``name`` (one of :data:`SAMPLERS`)."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def evaluations(name: str, steps: int) -> int:
+    """Denoiser evaluations a sampler makes for ``steps`` steps (Heun: 2 per step but the last)."""
+    return 2 * steps - 1 if name == "heun" else steps

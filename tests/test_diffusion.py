@@ -1,0 +1,143 @@
+"""Diffusion: preconditioning, loss, schedules and samplers against known answers for Gaussian data."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from graphsr.diffusion import Denoiser, DiffusionLoss, evaluations, get_sampler, karras_sigmas, vp_sigma
+
+
+class Zero(nn.Module):
+    """F = 0: the EDM (sigma_data = s) and v (s = 1) denoisers are then the optimal ones for N(0, s^2) data."""
+
+    def forward(self, x, c_noise, batch):
+        return torch.zeros_like(x)
+
+
+class GaussianOptimal(nn.Module):
+    """The exact F for data N(mu, s^2): D(x; sigma) = mu + s^2 / (s^2 + sigma^2) (x - mu), inverted through the
+    preconditioning of ``parameterisation``."""
+
+    def __init__(self, mu, s, parameterisation, sigma_data=1.0):
+        super().__init__()
+        self.mu, self.s = mu, s
+        self.ref = Denoiser(Zero(), parameterisation, sigma_data)
+
+    def forward(self, x_in, c_noise, batch):
+        sigma = (4 * c_noise).exp()[batch].unsqueeze(-1)
+        c_skip, c_out, c_in = self.ref.scalings(sigma)
+        x = x_in / c_in
+        ideal = self.mu + self.s**2 / (self.s**2 + sigma**2) * (x - self.mu)
+        return (ideal - c_skip * x) / c_out
+
+
+def sample(denoiser, sampler, steps, n=4000, graphs=4, seed=0, sigma_max=80.0):
+    g = torch.Generator().manual_seed(seed)
+    batch = torch.arange(graphs).repeat_interleave(n // graphs)
+    sigmas = karras_sigmas(steps, 0.002, sigma_max)
+    x = torch.randn(n, 1, generator=g) * sigmas[0]
+    return get_sampler(sampler)(denoiser, x, sigmas, batch=batch, generator=g)
+
+
+def test_karras_sigmas():
+    s = karras_sigmas(10, 0.01, 50.0)
+    assert len(s) == 11 and s[-1] == 0
+    assert s[0] == pytest.approx(50.0) and s[-2] == pytest.approx(0.01)
+    assert torch.all(s[1:] < s[:-1])
+    with pytest.raises(ValueError):
+        karras_sigmas(0)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_vp_sigma_monotone(schedule):
+    t = torch.linspace(0.01, 1, 50)
+    sigma = vp_sigma(t, schedule)
+    assert torch.all(sigma[1:] > sigma[:-1]) and sigma[0] < 0.2 and sigma[-1] > 50
+
+
+@pytest.mark.parametrize("parameterisation", ["edm", "v"])
+def test_zero_network_is_optimal_for_unit_gaussian(parameterisation):
+    # D(x; sigma) = x / (1 + sigma^2) is E[x0 | x] for x0 ~ N(0, 1)
+    d = Denoiser(Zero(), parameterisation, sigma_data=1.0)
+    x, sigma = torch.randn(10, 1), torch.tensor([0.5, 2.0])
+    batch = torch.tensor([0] * 5 + [1] * 5)
+    assert torch.allclose(d(x, sigma, batch), x / (1 + sigma[batch].unsqueeze(1) ** 2))
+
+
+@pytest.mark.parametrize("sampler,steps,tol", [("heun", 18, 0.03), ("dpmpp_2m", 25, 0.03), ("ddim", 60, 0.05),
+                                               ("ddpm", 80, 0.06)])
+@pytest.mark.parametrize("parameterisation", ["edm", "eps", "v"])
+def test_samplers_recover_gaussian(sampler, steps, tol, parameterisation):
+    mu, s = 1.5, 0.4
+    denoiser = Denoiser(GaussianOptimal(mu, s, parameterisation), parameterisation)
+    x = sample(denoiser, sampler, steps)
+    assert float(x.mean()) == pytest.approx(mu, abs=tol)
+    assert float(x.std()) == pytest.approx(s, rel=3 * tol)
+
+
+def test_samplers_are_seeded():
+    denoiser = Denoiser(GaussianOptimal(0.0, 1.0, "edm"), "edm")
+    assert torch.equal(sample(denoiser, "ddpm", 10, seed=3), sample(denoiser, "ddpm", 10, seed=3))
+    assert not torch.equal(sample(denoiser, "ddpm", 10, seed=3), sample(denoiser, "ddpm", 10, seed=4))
+
+
+def test_heun_evaluation_count_and_callback():
+    calls = []
+
+    class Counting(Zero):
+        def forward(self, x, c_noise, batch):
+            calls.append(1)
+            return super().forward(x, c_noise, batch)
+
+    steps_seen = []
+    batch = torch.zeros(5, dtype=torch.long)
+    get_sampler("heun")(Denoiser(Counting()), torch.randn(5, 1), karras_sigmas(6), batch=batch,
+                        callback=lambda info: steps_seen.append(info["i"]))
+    assert len(calls) == evaluations("heun", 6) == 11 and steps_seen == list(range(6))
+    with pytest.raises(ValueError, match="unknown sampler"):
+        get_sampler("euler_a")
+
+
+@pytest.mark.parametrize("parameterisation", ["edm", "eps", "v"])
+def test_loss_is_zero_for_the_exact_denoiser_of_a_constant(parameterisation):
+    # data = the constant c: the exact denoiser returns c at every noise level; any other D has a positive loss
+    c = 0.7
+    exact = Denoiser(GaussianOptimal(c, 0.0, parameterisation), parameterisation)
+    loss = DiffusionLoss(parameterisation)
+    batch = torch.arange(3).repeat_interleave(20)
+    x0 = torch.full((60, 1), c)
+    g = torch.Generator().manual_seed(0)
+    assert float(loss(exact, x0, batch=batch, num_graphs=3, generator=g)) == pytest.approx(0, abs=1e-8)
+    wrong = Denoiser(GaussianOptimal(c + 0.1, 0.0, parameterisation), parameterisation)
+    assert float(loss(wrong, x0, batch=batch, num_graphs=3, generator=g)) > 1e-3
+
+
+def test_loss_averages_per_event_not_per_node():
+    # D = 0: one event of 1 node with error 1, one of 99 nodes with error 0. Per event: (1 + 0) / 2 (times the
+    # weight, 2 at sigma = 1); averaging over nodes would give 1 / 100.
+    loss = DiffusionLoss("edm", sigma_data=1.0)
+    batch = torch.tensor([0] + [1] * 99)
+    x0 = torch.zeros(100, 1)
+    x0[0] = 1.0
+    value = loss(lambda x, sigma, batch: torch.zeros_like(x), x0, batch=batch, num_graphs=2,
+                 sigma=torch.ones(2))
+    assert float(value) == pytest.approx(0.5 * 2.0)
+
+
+def test_min_snr_weight_clamps():
+    loss = DiffusionLoss("eps", min_snr_gamma=5.0)
+    sigma = torch.tensor([0.01, 1.0, 10.0])
+    assert torch.allclose(loss.weight(sigma), torch.tensor([5.0, 1.0, 0.01]))
+    assert torch.allclose(DiffusionLoss("v").weight(sigma), sigma.pow(-2) + 1)
+    assert math.isclose(float(DiffusionLoss("edm").weight(torch.tensor([1.0]))), 2.0)
+
+
+def test_bad_names_are_rejected():
+    with pytest.raises(ValueError, match="parameterisation"):
+        Denoiser(Zero(), "x0")
+    with pytest.raises(ValueError, match="schedule"):
+        DiffusionLoss("eps", schedule="sigmoid")
