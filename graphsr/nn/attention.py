@@ -1,0 +1,87 @@
+"""Attention on graphs: along edges (sparse), from nodes to per-event tokens, and from nodes to their event's tokens.
+
+Everything is sparse over the batch's edge lists (memory linear in edges), with the softmax per target node done
+by :func:`graphsr.ops.segment_softmax`; nothing is quadratic in the number of cells.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from graphsr import ops
+
+
+class GraphAttention(nn.Module):
+    """Multi-head attention of target nodes over their incoming edges, with edge features added to keys and values.
+
+    Args:
+        width: features of targets and output; source_width: features of sources (default ``width``).
+        heads: attention heads (``width`` divisible by it).
+        edge_dim: edge features (0: none).
+    """
+
+    def __init__(self, width: int, heads: int, edge_dim: int = 0, source_width: int | None = None,
+                 dropout: float = 0.0):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads, self.head_dim = heads, width // heads
+        self.query = nn.Linear(width, width)
+        self.key_value = nn.Linear(source_width or width, 2 * width)
+        self.edge = nn.Sequential(nn.Linear(edge_dim, width), nn.SiLU(), nn.Linear(width, 2 * width)) \
+            if edge_dim else None
+        self.out = nn.Linear(width, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x_source: torch.Tensor, x_target: torch.Tensor, edge_index: torch.Tensor,
+                edge_attr: torch.Tensor | None = None) -> torch.Tensor:
+        """x_source [Ns, F_s], x_target [Nt, width], edge_index [2, E] (source, target) -> [Nt, width].
+
+        Targets without incoming edges get zeros.
+        """
+        source, target = edge_index
+        num_edges, h, d = source.numel(), self.heads, self.head_dim
+        key_value = self.key_value(x_source)[source]
+        if self.edge is not None:
+            key_value = key_value + self.edge(edge_attr)
+        key, value = key_value.view(num_edges, 2, h, d).unbind(1)
+        query = self.query(x_target).view(-1, h, d)[target]
+        logits = (query * key).sum(-1) / math.sqrt(d)
+        weight = self.dropout(ops.segment_softmax(logits, target, x_target.size(0)))
+        out = ops.scatter(weight.unsqueeze(-1) * value, target, x_target.size(0), "sum")
+        return self.out(out.reshape(-1, h * d))
+
+
+class EventContext(nn.Module):
+    """Long-range context: ``tokens`` learned queries pool each event's nodes, then every node reads its event's tokens.
+
+    Linear in the number of nodes (each node sees ``tokens`` summaries of the whole event instead of all its cells).
+    """
+
+    def __init__(self, width: int, heads: int, tokens: int):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.tokens, self.heads, self.head_dim = tokens, heads, width // heads
+        self.queries = nn.Parameter(torch.randn(tokens, width) / math.sqrt(width))
+        self.pool_key_value = nn.Linear(width, 2 * width)
+        self.read_query = nn.Linear(width, width)
+        self.read_key_value = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+        n, t, h, d = x.size(0), self.tokens, self.heads, self.head_dim
+        key, value = self.pool_key_value(x).view(n, 2, h, d).unbind(1)
+        logits = torch.einsum("nhd,thd->nth", key, self.queries.view(t, h, d)) / math.sqrt(d)
+        segment = (batch.unsqueeze(1) * t + torch.arange(t, device=x.device)).reshape(-1)  # (event, token)
+        weight = ops.segment_softmax(logits.reshape(n * t, h), segment, num_graphs * t)
+        pooled = ops.scatter(weight.unsqueeze(-1) * value.unsqueeze(1).expand(n, t, h, d).reshape(n * t, h, d),
+                             segment, num_graphs * t, "sum").view(num_graphs, t, h * d)
+        token_key, token_value = self.read_key_value(pooled).view(num_graphs, t, 2, h, d).unbind(2)
+        query = self.read_query(x).view(n, h, d)
+        scores = torch.einsum("nhd,nthd->nht", query, token_key[batch]) / math.sqrt(d)
+        out = torch.einsum("nht,nthd->nhd", scores.softmax(-1), token_value[batch])
+        return self.out(out.reshape(n, h * d))

@@ -1,0 +1,163 @@
+"""The graph-transformer backbone: a coarse-graph encoder and fine-graph blocks that read the coarse cells.
+
+Per fine block (pre-norm, each sub-layer gated, DiT-style adaptive LayerNorm "adaLN-zero" from a conditioning
+vector per event, e.g. the noise level):
+
+1. self-attention over the fine kNN graph (neighbours within a layer and in adjacent layers);
+2. cross-attention to the coarse cells: the fine cell's parent and the parent's coarse neighbours;
+3. event context: attention to a few learned pooled tokens of the whole event (long range, linear cost);
+4. an MLP.
+
+Geometry enters only through relative positions (delta eta, delta phi wrapped, delta layer) on edges, each fine
+cell's position inside its parent (in fine-cell units), its layer and its |eta|-dependent eta: the network is
+unchanged by rotations in phi and treats every event in a batch independently.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from graphsr.detector.geometry import ETA_MAX, Geometry
+from graphsr.nn.attention import EventContext, GraphAttention
+
+EDGE_DIM = 3  # delta eta, delta phi (in fine cells of the target's layer), delta layer
+NUM_LAYERS = 6
+
+
+def wrap_phi(dphi: torch.Tensor) -> torch.Tensor:
+    return torch.remainder(dphi + math.pi, 2 * math.pi) - math.pi
+
+
+class NoiseEmbedding(nn.Module):
+    """Scalar conditioning (c_noise per event) -> vector: fixed Fourier features, then an MLP."""
+
+    def __init__(self, width: int, frequencies: int = 32, max_frequency: float = 64.0):
+        super().__init__()
+        self.register_buffer("freqs", torch.logspace(0, math.log10(max_frequency), frequencies) * math.pi)
+        self.mlp = nn.Sequential(nn.Linear(2 * frequencies, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
+        angle = c_noise.float().unsqueeze(-1) * self.freqs
+        return self.mlp(torch.cat([angle.cos(), angle.sin()], dim=-1))
+
+
+class Block(nn.Module):
+    """Transformer block on graphs with gated, adaptively normalised sub-layers (see the module docstring)."""
+
+    def __init__(self, width: int, heads: int, cond_dim: int, *, cross: bool, context_tokens: int,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.self_attention = GraphAttention(width, heads, EDGE_DIM, dropout=dropout)
+        self.cross_attention = GraphAttention(width, heads, EDGE_DIM, dropout=dropout) if cross else None
+        self.context = EventContext(width, heads, context_tokens) if context_tokens else None
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(4 * width, width))
+        self.num_sublayers = 2 + (cross is True) + (context_tokens > 0)
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        # shift, scale, gate per sub-layer; zero-initialised so every block starts as the identity
+        self.modulation = nn.Linear(cond_dim, 3 * self.num_sublayers * width)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x, edge_index, edge_attr, batch, cond, num_graphs, coarse=None):
+        """x [N, W]; cond [num_graphs, cond_dim]; coarse: (h_coarse, cross_edge_index, cross_edge_attr)."""
+        mods = self.modulation(cond)[batch].chunk(3 * self.num_sublayers, dim=-1)
+        sub = iter(range(self.num_sublayers))
+
+        def modulated(i):
+            return self.norm(x) * (1 + mods[3 * i + 1]) + mods[3 * i], mods[3 * i + 2]
+
+        h, gate = modulated(next(sub))
+        x = x + gate * self.self_attention(h, h, edge_index, edge_attr)
+        if self.cross_attention is not None:
+            h, gate = modulated(next(sub))
+            h_coarse, cross_index, cross_attr = coarse
+            x = x + gate * self.cross_attention(h_coarse, h, cross_index, cross_attr)
+        if self.context is not None:
+            h, gate = modulated(next(sub))
+            x = x + gate * self.context(h, batch, num_graphs)
+        h, gate = modulated(next(sub))
+        return x + gate * self.mlp(h)
+
+
+class GraphTransformer(nn.Module):
+    """Coarse-conditioned fine-graph transformer: ``[Nf, fine_in]`` fine features -> ``[Nf, out]``.
+
+    Args:
+        fine_in, coarse_in: input features per fine / coarse node.
+        out: outputs per fine node.
+        width, depth, coarse_depth, heads: sizes of the fine blocks and the coarse encoder.
+        context_tokens: pooled event tokens per block (0: none).
+        cond_dim: size of the per-event conditioning vector (e.g. the noise embedding).
+        geometry: the fine geometry (cell sizes for the relative positions; default COCOA's).
+    """
+
+    def __init__(self, fine_in: int, coarse_in: int, out: int, width: int = 128, depth: int = 4,
+                 coarse_depth: int = 2, heads: int = 4, context_tokens: int = 4, cond_dim: int | None = None,
+                 dropout: float = 0.0, geometry: Geometry | None = None):
+        super().__init__()
+        geometry = geometry or Geometry.cocoa()
+        cond_dim = cond_dim or width
+        self.register_buffer("fine_cell_size", 2 * ETA_MAX / torch.as_tensor(geometry.n, dtype=torch.float32))
+        self.fine_input = nn.Linear(fine_in + 3, width)  # + position inside the parent (2), eta (1)
+        self.coarse_input = nn.Linear(coarse_in + 1, width)  # + eta
+        self.layer_embedding = nn.Embedding(NUM_LAYERS, width)
+        self.coarse_blocks = nn.ModuleList(Block(width, heads, cond_dim, cross=False, context_tokens=0,
+                                                 dropout=dropout) for _ in range(coarse_depth))
+        self.blocks = nn.ModuleList(Block(width, heads, cond_dim, cross=True, context_tokens=context_tokens,
+                                          dropout=dropout) for _ in range(depth))
+        self.final_norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.final_modulation = nn.Linear(cond_dim, 2 * width)
+        self.head = nn.Linear(width, out)
+        for layer in (self.final_modulation, self.head):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def relative(self, pos_source, layer_source, pos_target, layer_target):
+        """Edge features: (delta eta, delta phi) in fine cells of the target's layer, and delta layer."""
+        size = self.fine_cell_size[layer_target].unsqueeze(1)
+        delta = pos_source - pos_target
+        delta = torch.stack([delta[:, 0], wrap_phi(delta[:, 1]) * (ETA_MAX / math.pi)], dim=1) / size
+        return torch.cat([delta, (layer_source - layer_target).unsqueeze(1).float()], dim=1)
+
+    def cross_edges(self, data):
+        """Coarse -> fine edges: each fine cell's parent and the parent's coarse neighbours."""
+        parent = data.fine_parent
+        num_coarse = data.coarse_layer.size(0)
+        children = torch.bincount(parent, minlength=num_coarse)
+        order = torch.argsort(parent, stable=True)
+        first_child = torch.cumsum(children, 0) - children
+        source, target = data.coarse_edge_index
+        repeats = children[target]
+        edge = torch.repeat_interleave(torch.arange(source.numel(), device=parent.device), repeats)
+        offset = torch.arange(edge.numel(), device=parent.device) - (torch.cumsum(repeats, 0) - repeats)[edge]
+        fine = order[first_child[target[edge]] + offset]
+        fine_all = torch.arange(parent.numel(), device=parent.device)
+        return torch.stack([torch.cat([parent, source[edge]]), torch.cat([fine_all, fine])])
+
+    def forward(self, x_fine: torch.Tensor, x_coarse: torch.Tensor, data, cond: torch.Tensor) -> torch.Tensor:
+        """x_fine [Nf, fine_in], x_coarse [Nc, coarse_in], data: a (batched) PairData, cond [num_graphs, cond_dim]."""
+        batch, coarse_batch = data.batch, data.coarse_batch
+        num_graphs = cond.size(0)
+        f_pos, c_pos = data.fine_pos, data.coarse_pos
+        f_layer, c_layer = data.fine_layer, data.coarse_layer
+        inside = self.relative(c_pos[data.fine_parent], c_layer[data.fine_parent], f_pos, f_layer)[:, :2]
+        h = self.fine_input(torch.cat([x_fine, inside, f_pos[:, :1] / ETA_MAX], dim=1)) + self.layer_embedding(f_layer)
+        hc = self.coarse_input(torch.cat([x_coarse, c_pos[:, :1] / ETA_MAX], dim=1)) + self.layer_embedding(c_layer)
+
+        c_src, c_dst = data.coarse_edge_index
+        c_attr = self.relative(c_pos[c_src], c_layer[c_src], c_pos[c_dst], c_layer[c_dst])
+        for block in self.coarse_blocks:
+            hc = block(hc, data.coarse_edge_index, c_attr, coarse_batch, cond, num_graphs)
+
+        f_src, f_dst = data.fine_edge_index
+        f_attr = self.relative(f_pos[f_src], f_layer[f_src], f_pos[f_dst], f_layer[f_dst])
+        cross = self.cross_edges(data)
+        cross_attr = self.relative(c_pos[cross[0]], c_layer[cross[0]], f_pos[cross[1]], f_layer[cross[1]])
+        for block in self.blocks:
+            h = block(h, data.fine_edge_index, f_attr, batch, cond, num_graphs, coarse=(hc, cross, cross_attr))
+        shift, scale = self.final_modulation(cond)[batch].chunk(2, dim=-1)
+        return self.head(self.final_norm(h) * (1 + scale) + shift)
