@@ -9,6 +9,7 @@ All run on a decreasing grid of noise levels ``sigmas`` (last one 0, e.g. :func:
   except the last.
 * ``dpmpp_2m``: DPM-Solver++(2M) (Lu et al. 2022), 2nd order with one evaluation per step.
 
+``num_graphs`` (default: ``batch.max() + 1``) counts the events, including trailing events without nodes.
 Every sampler draws its noise from ``generator`` only, so a seed fixes the samples (on CPU, bit for bit).
 """
 
@@ -31,9 +32,10 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho
     return torch.cat([sigmas, sigmas.new_zeros(1)]).float()
 
 
-def _run(step_fn, denoiser, x, sigmas, batch, extra_args, callback, disable):
+def _run(step_fn, denoiser, x, sigmas, batch, extra_args, callback, disable, num_graphs):
     """Apply ``step_fn(denoise, x, sigmas, i, state) -> (x_next, denoised)`` for every step of the grid."""
-    num_graphs = int(batch.max()) + 1 if batch.numel() else 0
+    if num_graphs is None:
+        num_graphs = int(batch.max()) + 1 if batch.numel() else 0
     extra_args = extra_args or {}
 
     def denoise(x, sigma):  # one noise level for every event
@@ -48,16 +50,18 @@ def _run(step_fn, denoiser, x, sigmas, batch, extra_args, callback, disable):
 
 
 @torch.no_grad()
-def sample_ddim(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, generator=None, disable=True):
+def sample_ddim(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, generator=None, disable=True,
+                num_graphs=None):
     def step(denoise, x, sigmas, i, state):
         denoised = denoise(x, sigmas[i])
         d = (x - denoised) / sigmas[i]
         return x + d * (sigmas[i + 1] - sigmas[i]), denoised
-    return _run(step, denoiser, x, sigmas, batch, extra_args, callback, disable)
+    return _run(step, denoiser, x, sigmas, batch, extra_args, callback, disable, num_graphs)
 
 
 @torch.no_grad()
-def sample_ddpm(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, generator=None, disable=True):
+def sample_ddpm(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, generator=None, disable=True,
+                num_graphs=None):
     def step(denoise, x, sigmas, i, state):
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = denoise(x, s)
@@ -68,11 +72,12 @@ def sample_ddpm(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, g
         if s_next > 0:
             x = x + torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator) * sigma_up
         return x, denoised
-    return _run(step, denoiser, x, sigmas, batch, extra_args, callback, disable)
+    return _run(step, denoiser, x, sigmas, batch, extra_args, callback, disable, num_graphs)
 
 
 @torch.no_grad()
-def sample_heun(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, generator=None, disable=True):
+def sample_heun(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, generator=None, disable=True,
+                num_graphs=None):
     def step(denoise, x, sigmas, i, state):
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = denoise(x, s)
@@ -82,11 +87,12 @@ def sample_heun(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, g
             d_next = (x_next - denoise(x_next, s_next)) / s_next
             x_next = x + (d + d_next) / 2 * (s_next - s)
         return x_next, denoised
-    return _run(step, denoiser, x, sigmas, batch, extra_args, callback, disable)
+    return _run(step, denoiser, x, sigmas, batch, extra_args, callback, disable, num_graphs)
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, generator=None, disable=True):
+def sample_dpmpp_2m(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, generator=None, disable=True,
+                num_graphs=None):
     def step(denoise, x, sigmas, i, state):
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = denoise(x, s)
@@ -101,7 +107,7 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, batch, extra_args=None, callback=Non
             d = denoised
         state["old"], state["h"] = denoised, h
         return (s_next / s) * x - torch.expm1(-h) * d, denoised
-    return _run(step, denoiser, x, sigmas, batch, extra_args, callback, disable)
+    return _run(step, denoiser, x, sigmas, batch, extra_args, callback, disable, num_graphs)
 
 
 SAMPLERS: dict[str, Callable] = {"ddpm": sample_ddpm, "ddim": sample_ddim, "heun": sample_heun,

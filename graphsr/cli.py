@@ -1,0 +1,165 @@
+"""The ``graphsr`` command line: ``graphsr <command> --help`` explains each command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _simulate(args):
+    import numpy as np
+    from tqdm import tqdm
+
+    from graphsr.io import CocoaWriter
+    from graphsr.simulation import MultiParticleGun, SingleElectronGun, simulate_events
+
+    gun = SingleElectronGun() if args.gun == "single-electron" else MultiParticleGun()
+    # one independent, reproducible stream per chunk: the file does not depend on the chunk size's timing
+    seeds = np.random.SeedSequence(args.seed).spawn(-(-args.events // args.chunk))
+    with CocoaWriter(args.output, overwrite=args.overwrite) as writer, \
+            tqdm(total=args.events, unit="event", desc=f"simulating {args.gun} x{args.factor}") as bar:
+        for i, seed in enumerate(seeds):
+            n = min(args.chunk, args.events - i * args.chunk)
+            writer.write(simulate_events(gun, n, factor=args.factor, seed=np.random.default_rng(seed),
+                                         neighbour_branches=not args.no_neighbour_branches))
+            bar.update(n)
+    print(f"wrote {args.events} events to {args.output}")
+
+
+def _summary(args):
+    import torch
+
+    from graphsr.datasets import CocoaDataset
+    from graphsr.graphs import GraphOptions
+    from graphsr.plotting import energy_histograms, event_display
+
+    dataset = CocoaDataset([args.input], root=args.cache, options=GraphOptions(), max_events=args.max_events)
+    data = dataset.storage()[0]
+    slices = dataset.slices
+    fine, coarse = torch.diff(slices["fine_layer"]).float(), torch.diff(slices["coarse_layer"]).float()
+    nonzero = (data.fine_energy > 0).float().mean()
+    print(f"{args.input}: {len(dataset)} events with ECAL cells")
+    print(f"  coarse ECAL cells per event: mean {coarse.mean():.1f}, sd {coarse.std():.1f}, "
+          f"range {int(coarse.min())}-{int(coarse.max())}")
+    print(f"  fine ECAL cells per event:   mean {fine.mean():.1f}, sd {fine.std():.1f}, "
+          f"range {int(fine.min())}-{int(fine.max())}, {100 * nonzero:.0f}% nonzero")
+    print(f"  fine edges per event: {torch.diff(slices['fine_edge_index']).float().mean():.0f}, "
+          f"coarse edges: {torch.diff(slices['coarse_edge_index']).float().mean():.0f}")
+    owner = lambda counts: torch.arange(len(counts)).repeat_interleave(counts.long())  # noqa: E731
+    e_coarse = torch.zeros(len(dataset)).index_add_(0, owner(coarse), data.coarse_energy)
+    e_fine = torch.zeros(len(dataset)).index_add_(0, owner(fine), data.fine_energy)
+    print(f"  ECAL energy per event: coarse {e_coarse.mean():.2f} GeV, fine {e_fine.mean():.2f} GeV, "
+          f"relative spread of coarse vs fine {((e_coarse - e_fine) / e_fine).std():.4f}")
+    plot = Path(args.plot)
+    event_display(dataset[0], plot, title=f"{Path(args.input).name}, event {int(dataset[0].event)}")
+    energy_histograms({"fine cells": data.fine_energy[data.fine_energy > 0].log10().numpy(),
+                       "coarse cells": data.coarse_energy[data.coarse_energy > 0].log10().numpy()},
+                      plot.with_name("cell_energies.png"), "log10(cell energy / GeV)")
+    print(f"  plots: {plot} and {plot.with_name('cell_energies.png')}")
+
+
+def _train(args):
+    from graphsr.config import load_config
+    from graphsr.training.trainer import train
+
+    config = load_config(args.config)
+    if args.data:
+        config.data.train = args.data
+    if args.steps is not None:
+        config.train.steps = args.steps
+    if args.device:
+        config.train.device = args.device
+    if args.time_limit is not None:
+        config.train.time_limit = args.time_limit
+    result = train(config, args.out, resume=args.resume)
+    print(f"checkpoint: {result.checkpoint} (step {result.step}, validation loss {result.val_loss:.4f}, "
+          f"{result.events_per_second:.0f} events/s)")
+
+
+def _sample(args):
+    from graphsr.inference import SuperResolver, super_resolve_file
+
+    resolver = SuperResolver(args.checkpoint, device=args.device)
+    n = super_resolve_file(resolver, args.input, args.output, overwrite=args.overwrite, max_events=args.max_events,
+                           sampler=args.sampler, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
+                           conserving=args.conserving or None)
+    print(f"wrote {n} super-resolved events to {args.output}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="graphsr", description="Graph super-resolution of COCOA calorimeter events: simulate events, train a "
+        "diffusion model that generates fine cells from coarse ones, super-resolve files. Typical order: simulate -> "
+        "summary -> train -> sample. `graphsr <command> --help` explains each command.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sim = commands.add_parser("simulate", help="simulate events into a COCOA super-resolution ROOT file",
+                              description="Simulate electron / photon showers in the COCOA calorimeter and write "
+                              "Low_Tree (coarse cells with noise) and High_Tree (fine cells) to a ROOT file.")
+    sim.add_argument("--gun", choices=["single-electron", "multi-particle"], default="single-electron",
+                     help="single electron pT 50-51 GeV at eta~0, or an electron plus 0-3 nearby photons")
+    sim.add_argument("--events", type=int, default=1000, help="number of events")
+    sim.add_argument("--factor", type=int, default=2, help="fine cells per coarse cell per side (2 or 4)")
+    sim.add_argument("--seed", type=int, default=0, help="random seed (same seed, same file)")
+    sim.add_argument("--chunk", type=int, default=1000, help="events simulated and written at a time")
+    sim.add_argument("--output", required=True, help="ROOT file to write")
+    sim.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    sim.add_argument("--no-neighbour-branches", action="store_true",
+                     help="leave out cell_to_cell_edge_start/_end (graphsr does not read them; ~2x faster)")
+    sim.set_defaults(run=_simulate)
+
+    summary = commands.add_parser("summary", help="build the graphs of a file and summarise them",
+                                  description="Read a COCOA file, build the paired coarse / fine graphs of its ECAL "
+                                  "cells, print statistics and write an event display and energy histograms.")
+    summary.add_argument("--input", required=True, help="COCOA super-resolution ROOT file")
+    summary.add_argument("--plot", default="reports/summary/event_display.png", help="event display to write")
+    summary.add_argument("--cache", default="data/cache", help="where processed graphs are cached")
+    summary.add_argument("--max-events", type=int, default=None, help="read at most this many events")
+    summary.set_defaults(run=_summary)
+
+    tr = commands.add_parser("train", help="train a super-resolution model",
+                             description="Train the diffusion model that generates fine-cell energies from coarse "
+                             "cells. Writes OUT/checkpoint.pt every validation step (atomically); --resume continues "
+                             "a stopped run exactly.")
+    tr.add_argument("--config", required=True, help="YAML config (see configs/)")
+    tr.add_argument("--out", default="runs/model", help="run directory for the checkpoint")
+    tr.add_argument("--data", nargs="+", help="training ROOT files (override the config's data.train)")
+    tr.add_argument("--steps", type=int, help="override train.steps")
+    tr.add_argument("--time-limit", type=float, help="stop and checkpoint after this many seconds")
+    tr.add_argument("--device", help='"cpu", "cuda", "cuda:1" (default: the config, "auto")')
+    tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    tr.set_defaults(run=_train)
+
+    sa = commands.add_parser("sample", help="super-resolve the events of a COCOA file",
+                             description="Generate the fine cells of every event of a COCOA file (Low_Tree + "
+                             "High_Tree, or a plain Out_Tree with coarse cells only) and write them to a new ROOT "
+                             "file: High_Tree cell_e is the ensemble mean and cell_e_spread its standard deviation "
+                             "(MeV); Low_Tree holds the coarse cells used and the coarse -> fine mapping.")
+    sa.add_argument("--checkpoint", required=True, help="checkpoint written by `graphsr train`")
+    sa.add_argument("--input", required=True, help="COCOA ROOT file with the coarse cells")
+    sa.add_argument("--output", required=True, help="ROOT file to write (refused if it exists)")
+    sa.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    sa.add_argument("--sampler", choices=["ddpm", "ddim", "heun", "dpmpp_2m"], help="default: the checkpoint's")
+    sa.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's)")
+    sa.add_argument("--ensemble", type=int, help="samples per event (default: the checkpoint's)")
+    sa.add_argument("--conserving", action="store_true", help="children sum exactly to the measured parent energy")
+    sa.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    sa.add_argument("--max-events", type=int, help="super-resolve only the first events")
+    sa.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: CUDA if present)')
+    sa.set_defaults(run=_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"graphsr {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
