@@ -44,11 +44,11 @@ class GraphAttention(nn.Module):
         """
         source, target = edge_index
         num_edges, h, d = source.numel(), self.heads, self.head_dim
-        key_value = self.key_value(x_source)[source]
+        key_value = self.key_value(x_source).index_select(0, source)  # index_select: cheap backward on CPU
         if self.edge is not None:
             key_value = key_value + self.edge(edge_attr)
         key, value = key_value.view(num_edges, 2, h, d).unbind(1)
-        query = self.query(x_target).view(-1, h, d)[target]
+        query = self.query(x_target).index_select(0, target).view(-1, h, d)
         logits = (query * key).sum(-1) / math.sqrt(d)
         weight = self.dropout(ops.segment_softmax(logits, target, x_target.size(0)))
         out = ops.scatter(weight.unsqueeze(-1) * value, target, x_target.size(0), "sum")
@@ -82,6 +82,6 @@ class EventContext(nn.Module):
                              segment, num_graphs * t, "sum").view(num_graphs, t, h * d)
         token_key, token_value = self.read_key_value(pooled).view(num_graphs, t, 2, h, d).unbind(2)
         query = self.read_query(x).view(n, h, d)
-        scores = torch.einsum("nhd,nthd->nht", query, token_key[batch]) / math.sqrt(d)
-        out = torch.einsum("nht,nthd->nhd", scores.softmax(-1), token_value[batch])
+        scores = torch.einsum("nhd,nthd->nht", query, token_key.index_select(0, batch)) / math.sqrt(d)
+        out = torch.einsum("nht,nthd->nhd", scores.softmax(-1), token_value.index_select(0, batch))
         return self.out(out.reshape(n, h * d))

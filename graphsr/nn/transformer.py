@@ -64,7 +64,7 @@ class Block(nn.Module):
 
     def forward(self, x, edge_index, edge_attr, batch, cond, num_graphs, coarse=None):
         """x [N, W]; cond [num_graphs, cond_dim]; coarse: (h_coarse, cross_edge_index, cross_edge_attr)."""
-        mods = self.modulation(cond)[batch].chunk(3 * self.num_sublayers, dim=-1)
+        mods = self.modulation(cond).index_select(0, batch).chunk(3 * self.num_sublayers, dim=-1)
         sub = iter(range(self.num_sublayers))
 
         def modulated(i):
@@ -159,5 +159,5 @@ class GraphTransformer(nn.Module):
         cross_attr = self.relative(c_pos[cross[0]], c_layer[cross[0]], f_pos[cross[1]], f_layer[cross[1]])
         for block in self.blocks:
             h = block(h, data.fine_edge_index, f_attr, batch, cond, num_graphs, coarse=(hc, cross, cross_attr))
-        shift, scale = self.final_modulation(cond)[batch].chunk(2, dim=-1)
+        shift, scale = self.final_modulation(cond).index_select(0, batch).chunk(2, dim=-1)
         return self.head(self.final_norm(h) * (1 + scale) + shift)
