@@ -2,7 +2,23 @@ import numpy as np
 import pytest
 import torch
 
-from graphsr.eval.metrics import cell_error, even_split, per_event_sum, relative_residual_mean, relative_residual_spread
+from graphsr.eval.metrics import (
+    SHOWER_SHAPES,
+    cell_error,
+    classifier_auc,
+    coverage,
+    even_split,
+    frechet_distance,
+    hallucinated_fraction,
+    kernel_distance,
+    occupancy,
+    parent_sum_residual,
+    per_event_sum,
+    relative_residual_mean,
+    relative_residual_spread,
+    shower_shapes,
+    wasserstein,
+)
 
 
 def test_relative_residual_of_known_gaussian_smearing():
@@ -26,3 +42,77 @@ def test_even_split_and_event_sums():
     split = even_split(torch.tensor([4.0, -2.0]), torch.tensor([0, 0, 0, 0, 1, 1]))
     assert split.tolist() == [1.0, 1.0, 1.0, 1.0, -1.0, -1.0]
     assert per_event_sum([1.0, 2.0, 3.0], [0, 2, 2], num_events=4).tolist() == [1.0, 0.0, 5.0, 0.0]
+
+
+# ---------------------------------------------------------------------------- distribution and physics distances
+def test_wasserstein_known_shift():
+    a = np.random.default_rng(0).normal(size=4000)
+    assert wasserstein(a, a)[0] == 0
+    value, error = wasserstein(a, a + 0.3)
+    assert value == pytest.approx(0.3, abs=1e-9) and error >= 0
+
+
+def test_occupancy_precision_recall():
+    truth = np.array([0, 5, 5, 0, 5.0])
+    estimate = np.array([5, 5, 0, 0, 5.0])
+    result = occupancy(estimate, truth, threshold=1.0)
+    assert result["precision"] == pytest.approx(2 / 3) and result["recall"] == pytest.approx(2 / 3)
+
+
+def test_hallucinated_fraction():
+    truth = np.array([0.0, 1.0, 2.0, 0.0])
+    assert hallucinated_fraction(truth, truth) == 0
+    assert hallucinated_fraction(np.array([1.0, 1.0, 2.0, 0.0]), truth) == pytest.approx(0.25)
+
+
+def test_coverage_of_a_calibrated_toy_is_68_percent():
+    rng = np.random.default_rng(1)
+    n, k = 4000, 400
+    centre = rng.normal(size=n)
+    truth = centre + rng.normal(size=n)               # truth ~ N(centre, 1)
+    samples = centre + rng.normal(size=(k, n))        # the ensemble has the same distribution: calibrated
+    value, error = coverage(samples, truth)
+    assert value == pytest.approx(0.68, abs=3 * error + 0.01)
+    overconfident = centre + 0.3 * rng.normal(size=(k, n))
+    assert coverage(overconfident, truth)[0] < 0.35
+
+
+def test_parent_sum_residual():
+    parent = np.array([0, 0, 1, 1])
+    assert parent_sum_residual(np.array([1.0, 2.0, 0.5, 0.5]), parent, np.array([3.0, 1.0])) == 0
+    assert parent_sum_residual(np.array([1.0, 2.0, 0.5, 1.5]), parent, np.array([3.0, 1.0])) == pytest.approx(1 / 3)
+
+
+def test_shower_shapes_known_event():
+    # event 0: two cells of 1 and 3 GeV at eta 0 and 0.1, phi on both sides of pi; event 1: one cell
+    energy = np.array([1.0, 3.0, 2.0])
+    eta = np.array([0.0, 0.1, 1.0])
+    phi = np.array([np.pi - 0.05, -np.pi + 0.05, 0.5])
+    shapes = shower_shapes(energy, eta, phi, np.array([0, 0, 1]), 2, threshold=1.5)
+    assert set(shapes) == set(SHOWER_SHAPES)
+    assert shapes["energy"].tolist() == [4.0, 2.0]
+    assert shapes["centroid_eta"][0] == pytest.approx(0.075)
+    # weighted mean of phi across the wrap: 0.25 (pi - 0.05) + 0.75 (pi + 0.05) = pi + 0.025 -> -pi + 0.025
+    assert shapes["centroid_phi"][0] == pytest.approx(-np.pi + 0.025)
+    assert shapes["width_eta"][0] == pytest.approx(np.sqrt(0.25 * 0.75) * 0.1)
+    assert shapes["width_phi"][1] == 0 and shapes["leading_fraction"].tolist() == [0.75, 1.0]
+    assert shapes["cells_above"].tolist() == [1, 1]
+
+
+def test_frechet_and_kernel_distances():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=(2000, 3)), rng.normal(size=(2000, 3))
+    same_fd, _ = frechet_distance(a, b)
+    shifted_fd, _ = frechet_distance(a, b + np.array([1.0, 0.0, 0.0]))
+    assert same_fd < 0.02 and shifted_fd == pytest.approx(1.0, abs=0.1)  # Frechet = |mean shift|^2 for equal covs
+    kpd, kpd_err = kernel_distance(a, b)
+    assert abs(kpd) < 3 * kpd_err + 1e-3
+    assert kernel_distance(a, b + 1.0)[0] > 0.1
+
+
+def test_classifier_auc():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(1000, 2)), rng.normal(size=(1000, 2))
+    auc, error = classifier_auc(a, b)
+    assert abs(auc - 0.5) < 4 * error + 0.02
+    assert classifier_auc(a, b + 3.0)[0] > 0.95

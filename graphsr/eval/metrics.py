@@ -68,3 +68,152 @@ def even_split(coarse_energy, fine_parent) -> np.ndarray:
     coarse_energy = as_numpy(coarse_energy)
     children = np.bincount(fine_parent, minlength=len(coarse_energy))
     return coarse_energy[fine_parent] / children[fine_parent]
+
+
+def _bootstrap(statistic, arrays, seed: int = 0, rounds: int = 100) -> float:
+    """Standard deviation of ``statistic(*resampled arrays)`` over bootstrap resamples of each array."""
+    rng = np.random.default_rng(seed)
+    values = [statistic(*(a[rng.integers(0, len(a), len(a))] for a in arrays)) for _ in range(rounds)]
+    return float(np.std(values, ddof=1))
+
+
+def wasserstein(a, b, *, seed: int = 0) -> tuple[float, float]:
+    """Wasserstein-1 distance between two 1D samples (same units as the inputs), with a bootstrap error."""
+    from scipy.stats import wasserstein_distance
+
+    a, b = as_numpy(a), as_numpy(b)
+    _check_size(min(len(a), len(b)), "wasserstein")
+    return float(wasserstein_distance(a, b)), _bootstrap(wasserstein_distance, (a, b), seed)
+
+
+def occupancy(estimate, truth, threshold: float) -> dict[str, float]:
+    """Hit cells (energy > threshold): precision and recall of the estimate's hits against the truth's."""
+    hit_est, hit_true = as_numpy(estimate) > threshold, as_numpy(truth) > threshold
+    both = float(np.sum(hit_est & hit_true))
+    return {"precision": both / max(hit_est.sum(), 1), "recall": both / max(hit_true.sum(), 1),
+            "estimate_hits": float(hit_est.mean()), "truth_hits": float(hit_true.mean())}
+
+
+def hallucinated_fraction(estimate, truth) -> float:
+    """Fraction of the estimate's positive energy placed in cells whose true energy is zero."""
+    estimate, truth = as_numpy(estimate), as_numpy(truth)
+    positive = np.clip(estimate, 0, None)
+    return float(positive[truth == 0].sum() / max(positive.sum(), 1e-300))
+
+
+def coverage(samples, truth, level: float = 0.68) -> tuple[float, float]:
+    """Fraction of ``truth`` values inside the ensemble's central ``level`` interval, with its binomial error.
+
+    Args:
+        samples: ``[K, N]`` K ensemble members for N quantities (cells or event energies).
+        truth: ``[N]`` true values.
+
+    A calibrated ensemble covers ``level`` of the truths (for large K; with K members the empirical interval is
+    itself noisy and covers less).
+    """
+    samples, truth = as_numpy(samples), as_numpy(truth)
+    lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    inside = (truth >= lo) & (truth <= hi)
+    _check_size(len(inside), "coverage")
+    p = float(inside.mean())
+    return p, float(np.sqrt(p * (1 - p) / len(inside)))
+
+
+def parent_sum_residual(fine_energy, fine_parent, coarse_energy) -> float:
+    """Largest |sum of children - parent| relative to the largest |parent| (0 for a conserving generator)."""
+    coarse_energy = as_numpy(coarse_energy)
+    sums = np.bincount(np.asarray(as_numpy(fine_parent), np.int64), weights=as_numpy(fine_energy),
+                       minlength=len(coarse_energy))
+    return float(np.abs(sums - coarse_energy).max() / max(np.abs(coarse_energy).max(), 1e-300))
+
+
+SHOWER_SHAPES = ("energy", "centroid_eta", "centroid_phi", "width_eta", "width_phi", "cells_above", "leading_fraction")
+
+
+def shower_shapes(energy, eta, phi, event_index, num_events: int, threshold: float = 0.0) -> dict[str, np.ndarray]:
+    """Per-event shower shapes of one layer's cells (energy-weighted; negative energies count as zero).
+
+    Returns ``[num_events]`` arrays: ``energy`` (sum), ``centroid_eta`` / ``centroid_phi`` (phi relative to the
+    event's leading cell, so showers across the phi = pi line are not split), ``width_eta`` / ``width_phi``
+    (weighted standard deviations), ``cells_above`` (cells with energy > threshold), ``leading_fraction`` (leading cell
+    / sum). Events without energy give NaN centroids and widths.
+    """
+    e = np.clip(as_numpy(energy), 0, None)
+    eta, phi = as_numpy(eta), as_numpy(phi)
+    event = np.asarray(as_numpy(event_index), dtype=np.int64)
+    total = np.bincount(event, weights=e, minlength=num_events)
+    leading = np.zeros(num_events)
+    np.maximum.at(leading, event, e)
+    # phi of each event's leading cell, as the reference for wrapping
+    order = np.lexsort((-e, event))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = event[order][1:] != event[order][:-1]
+    ref = np.zeros(num_events)
+    ref[event[order][first]] = phi[order][first]
+    dphi = np.mod(phi - ref[event] + np.pi, 2 * np.pi) - np.pi
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = lambda x: np.bincount(event, weights=e * x, minlength=num_events) / total  # noqa: E731
+        c_eta, c_dphi = mean(eta), mean(dphi)
+        w_eta = np.sqrt(np.clip(mean(eta**2) - c_eta**2, 0, None))
+        w_phi = np.sqrt(np.clip(mean(dphi**2) - c_dphi**2, 0, None))
+        lead = leading / total
+    c_phi = np.mod(c_dphi + ref + np.pi, 2 * np.pi) - np.pi
+    return {"energy": total, "centroid_eta": c_eta, "centroid_phi": c_phi, "width_eta": w_eta, "width_phi": w_phi,
+            "cells_above": np.bincount(event, weights=(e > threshold).astype(float), minlength=num_events),
+            "leading_fraction": lead}
+
+
+def frechet_distance(a, b, *, seed: int = 0) -> tuple[float, float]:
+    """Frechet distance between Gaussian fits of two feature samples ``[N, F]`` (FPD, arXiv 2211.10295 style).
+
+    Features should be standardised with the truth's mean and std first. Error: bootstrap.
+    """
+    from scipy import linalg
+
+    def fd(x, y):
+        mu = x.mean(0) - y.mean(0)
+        cx, cy = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
+        root = linalg.sqrtm(cx @ cy)
+        return float(mu @ mu + np.trace(cx + cy - 2 * np.real(root)))
+
+    a, b = np.atleast_2d(as_numpy(a).T).T, np.atleast_2d(as_numpy(b).T).T
+    _check_size(min(len(a), len(b)), "frechet_distance")
+    return fd(a, b), _bootstrap(fd, (a, b), seed, rounds=30)
+
+
+def kernel_distance(a, b, *, seed: int = 0, subsets: int = 20, subset_size: int = 500) -> tuple[float, float]:
+    """Kernel physics distance: unbiased MMD^2 with the cubic polynomial kernel (KID / KPD), mean and standard error
+    over random subsets of ``subset_size`` events. Zero in expectation for samples of one distribution."""
+    a, b = np.atleast_2d(as_numpy(a).T).T, np.atleast_2d(as_numpy(b).T).T
+    _check_size(min(len(a), len(b)), "kernel_distance")
+    rng = np.random.default_rng(seed)
+    n = min(subset_size, len(a), len(b))
+    d = a.shape[1]
+    kernel = lambda x, y: (x @ y.T / d + 1) ** 3  # noqa: E731
+    values = []
+    for _ in range(subsets):
+        x, y = a[rng.choice(len(a), n, replace=False)], b[rng.choice(len(b), n, replace=False)]
+        kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
+        off = lambda k: (k.sum() - np.trace(k)) / (n * (n - 1))  # noqa: E731
+        values.append(off(kxx) + off(kyy) - 2 * kxy.mean())
+    return float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(subsets))
+
+
+def classifier_auc(truth_features, generated_features, *, seed: int = 0) -> tuple[float, float]:
+    """ROC AUC of a gradient-boosted classifier separating truth from generated events (CaloChallenge-style),
+    on a held-out half, with the Hanley-McNeil standard error. 0.5: indistinguishable; 1: fully separable."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import train_test_split
+
+    x = np.concatenate([as_numpy(truth_features), as_numpy(generated_features)])
+    y = np.concatenate([np.zeros(len(truth_features)), np.ones(len(generated_features))])
+    _check_size(len(x) // 2, "classifier_auc")
+    x = np.nan_to_num(np.atleast_2d(x.T).T)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.5, random_state=seed, stratify=y)
+    classifier = HistGradientBoostingClassifier(max_iter=100, random_state=seed).fit(x_train, y_train)
+    auc = float(roc_auc_score(y_test, classifier.predict_proba(x_test)[:, 1]))
+    n1, n0 = y_test.sum(), len(y_test) - y_test.sum()
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    se = np.sqrt((auc * (1 - auc) + (n1 - 1) * (q1 - auc**2) + (n0 - 1) * (q2 - auc**2)) / (n0 * n1))
+    return auc, float(se)
