@@ -93,3 +93,26 @@ def energy_histograms(values: dict[str, np.ndarray], path: str | Path, xlabel: s
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def line_plot(series: dict, path: str | Path, xlabel: str, ylabel: str, *, logx: bool = False,
+              hlines: dict | None = None, diagonal: bool = False):
+    """Curves ``{label: (x, y, yerr or None)}`` with optional labelled horizontal reference lines."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for label, (x, y, yerr) in series.items():
+        ax.errorbar(x, y, yerr=yerr, marker="o", ms=4, capsize=2, label=label)
+    for label, value in (hlines or {}).items():
+        ax.axhline(value, ls="--", lw=1, color="grey")
+        ax.annotate(label, (0.02, value), xycoords=("axes fraction", "data"), fontsize=8, va="bottom")
+    if diagonal:
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", label="calibrated")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

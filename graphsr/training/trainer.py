@@ -168,7 +168,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
             scheduler.step()
             ema.update_parameters(denoiser)
             step, position, events_seen = step + 1, i + 1, events_seen + batch.num_graphs
-            train_loss = float(loss)
+            train_loss = loss.item()
             rate = events_seen / (time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4f}", events_per_s=f"{rate:.0f}")
