@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from graphsr.config import Config
@@ -78,6 +78,16 @@ def lr_lambda(warmup: int, total: int):
     return factor
 
 
+def ema_update(decay: float):
+    """EMA step with a warm-up: decay min(decay, (1 + n) / (10 + n)) after n updates, so that early checkpoints
+    are not dominated by the random initial weights."""
+    def update(averaged, current, num_averaged):
+        n = float(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        return d * averaged + (1 - d) * current
+    return update
+
+
 @dataclass
 class TrainResult:
     checkpoint: Path
@@ -104,8 +114,13 @@ def validation_loss(loss_fn, denoiser, loader, transform, device, seed: int = 12
     return total / max(count, 1)
 
 
-def train(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train (or, with ``resume``, continue training) and write ``out_dir/checkpoint.pt``."""
+def train(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True,
+          stop_after: int | None = None) -> TrainResult:
+    """Train (or, with ``resume``, continue training) and write ``out_dir/checkpoint.pt``.
+
+    ``stop_after``: leave (with a checkpoint) after this many steps in this call, e.g. to fit a batch-queue slot;
+    a later ``resume`` goes on exactly as if the run had not stopped.
+    """
     out_dir = Path(out_dir)
     tc = config.train
     device = resolve_device(tc.device)
@@ -121,7 +136,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
 
     torch.manual_seed(tc.seed)  # model initialisation
     denoiser = build_denoiser(config).to(device)
-    ema = AveragedModel(denoiser, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
+    ema = AveragedModel(denoiser, avg_fn=ema_update(tc.ema_decay))
     loss_fn = build_loss(config)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.warmup, tc.steps))
@@ -137,7 +152,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
 
     val_loader = GraphLoader(val_set, tc.batch_size)
     use_amp = tc.amp and device.type == "cuda"
-    started, events_seen = time.perf_counter(), 0
+    started, events_seen, first_step = time.perf_counter(), 0, step
     train_loss = val_loss = float("nan")
 
     def checkpoint():
@@ -172,7 +187,8 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
             rate = events_seen / (time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4f}", events_per_s=f"{rate:.0f}")
-            out_of_time = tc.time_limit is not None and time.perf_counter() - started > tc.time_limit
+            out_of_time = (tc.time_limit is not None and time.perf_counter() - started > tc.time_limit) or \
+                (stop_after is not None and step - first_step >= stop_after)
             if step % tc.val_every == 0 or step == tc.steps or out_of_time:
                 ema.module.eval()
                 val_loss = validation_loss(loss_fn, ema.module, val_loader, transform, device)
@@ -186,7 +202,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
         break
     bar.close()
     if step < tc.steps:
-        print(f"stopped at step {step} of {tc.steps} after the time limit of {tc.time_limit} s; "
+        print(f"stopped at step {step} of {tc.steps} (time limit {tc.time_limit} s, stop_after {stop_after}); "
               "`--resume` continues")
     return TrainResult(out_dir / CHECKPOINT, step, train_loss, val_loss,
                        events_seen / max(time.perf_counter() - started, 1e-9))

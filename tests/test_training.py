@@ -1,0 +1,159 @@
+"""Training, checkpoints and resume, sampling to ROOT files and evaluation, on a tiny simulated dataset."""
+
+from __future__ import annotations
+
+import awkward as ak
+import numpy as np
+import pytest
+import torch
+
+from graphsr.cli import main
+from graphsr.config import config_from_dict
+from graphsr.eval.evaluate import compute_metrics, generate
+from graphsr.inference import SuperResolver
+from graphsr.io import read_cocoa, write_cocoa
+from graphsr.simulation import SingleElectronGun, simulate_events
+from graphsr.training.checkpoint import load_checkpoint
+from graphsr.training.trainer import (
+    _loss,
+    build_denoiser,
+    build_loss,
+    fit_normalisation,
+    load_splits,
+    target_transform,
+    train,
+)
+from graphsr.graphs import collate_events
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "e.root"
+    write_cocoa(path, simulate_events(SingleElectronGun(), 60, factor=2, seed=5, neighbour_branches=False))
+    return path
+
+
+def tiny_config(data_file, cache, **train):
+    return config_from_dict({
+        "data": {"train": [str(data_file)], "cache": str(cache)},
+        "model": {"width": 16, "depth": 1, "coarse_depth": 1, "heads": 2, "context_tokens": 2},
+        "train": {"steps": 8, "batch_size": 8, "lr": 2e-3, "warmup": 2, "val_every": 4, **train},
+        "sample": {"sampler": "heun", "steps": 3, "ensemble": 3},
+    })
+
+
+@pytest.fixture(scope="module")
+def trained(data_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    config = tiny_config(data_file, out / "cache")
+    result = train(config, out, progress=False)
+    return config, result
+
+
+def test_training_writes_a_complete_checkpoint(trained):
+    config, result = trained
+    state = load_checkpoint(result.checkpoint)
+    assert state["step"] == 8 and np.isfinite(state["val_loss"])
+    assert {"model", "ema", "optimizer", "scheduler", "config", "normalisation", "noise_generator"} <= set(state)
+    assert state["config"] == config.to_dict() and state["factor"] == 2
+
+
+def test_resume_continues_exactly(data_file, tmp_path):
+    config = tiny_config(data_file, tmp_path / "cache")
+    train(config, tmp_path / "straight", progress=False)
+    train(config, tmp_path / "interrupted", progress=False, stop_after=3)
+    assert load_checkpoint(tmp_path / "interrupted" / "checkpoint.pt")["step"] == 3
+    train(config, tmp_path / "interrupted", resume=True, progress=False)
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "interrupted" / "checkpoint.pt")
+    assert b["step"] == 8
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    with pytest.raises(ValueError, match="different config"):
+        train(tiny_config(data_file, tmp_path / "cache", lr=1e-3), tmp_path / "interrupted", resume=True,
+              progress=False)
+
+
+def test_tiny_model_overfits_a_handful_of_events(data_file, tmp_path):
+    config = tiny_config(data_file, tmp_path / "cache")
+    train_set, _, _ = load_splits(config)
+    norm = fit_normalisation(train_set, config.diffusion.margin)
+    transform = target_transform(**norm)
+    batch = collate_events(train_set._data, train_set.slices, torch.as_tensor(train_set.indices()[:4]))
+    torch.manual_seed(0)
+    denoiser, loss_fn = build_denoiser(config), build_loss(config)
+    optimizer = torch.optim.Adam(denoiser.parameters(), lr=3e-3)
+
+    def fixed_loss():  # the same noise every time, at moderate noise levels
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            return float(_loss(loss_fn, denoiser, batch, transform, g))
+
+    before = fixed_loss()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(150):
+        loss = _loss(loss_fn, denoiser, batch, transform, g)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert fixed_loss() < 0.65 * before  # the loss at high noise levels cannot go to zero
+
+
+def test_sampling_is_seeded_and_conserving_mode_holds_parents(trained):
+    config, result = trained
+    resolver = SuperResolver(result.checkpoint, device="cpu")
+    train_set, _, test_set = load_splits(config)
+    storage = (train_set._data, train_set.slices)
+    events = torch.as_tensor(test_set.indices()[:3])
+    a = resolver(storage, events, seed=1)
+    b = resolver(storage, events, seed=1)
+    assert torch.equal(a["samples"], b["samples"]) and a["samples"].shape[0] == 3
+    assert not torch.equal(a["samples"], resolver(storage, events, seed=2)["samples"])
+    # ensemble members differ; mean and spread agree with them
+    assert torch.allclose(a["mean"], a["samples"].mean(0)) and a["spread"].max() > 0
+    c = resolver(storage, events, seed=1, conserving=True)
+    batch = c["batch"]
+    sums = torch.zeros_like(batch.coarse_energy).index_add_(0, batch.fine_parent, c["samples"][0])
+    assert torch.allclose(sums, batch.coarse_energy, rtol=1e-5, atol=1e-6)
+
+
+def test_sample_command_writes_cocoa_file_and_refuses_to_overwrite(trained, data_file, tmp_path, capsys):
+    _, result = trained
+    out = tmp_path / "sr.root"
+    args = ["sample", "--checkpoint", str(result.checkpoint), "--input", str(data_file), "--output", str(out),
+            "--max-events", "5", "--device", "cpu"]
+    assert main(args) == 0
+    trees = read_cocoa(out)
+    low, high = trees["Low_Tree"], trees["High_Tree"]
+    assert len(low) == 5 and "cell_e_spread" in high.fields
+    assert np.array_equal(ak.num(high.cell_e).to_numpy(), 4 * ak.num(low.cell_e).to_numpy())
+    before = out.read_bytes()
+    assert main(args) == 1 and "exists" in capsys.readouterr().err
+    assert out.read_bytes() == before  # nothing overwritten
+
+
+def test_sample_command_reads_a_plain_out_tree(trained, data_file, tmp_path):
+    _, result = trained
+    low = read_cocoa(data_file, high_branches=None)["Low_Tree"]
+    plain = tmp_path / "plain.root"
+    write_cocoa(plain, {"Out_Tree": low[[f for f in low.fields if "high_cell" not in f and "low_cell" not in f]]})
+    out = tmp_path / "sr_plain.root"
+    assert main(["sample", "--checkpoint", str(result.checkpoint), "--input", str(plain), "--output", str(out),
+                 "--max-events", "4", "--device", "cpu"]) == 0
+    high = read_cocoa(out)["High_Tree"]
+    assert len(high) == 4 and ak.all(ak.num(high.cell_e) > 0)
+
+
+def test_evaluation_metrics_on_a_tiny_run(trained):
+    config, result = trained
+    resolver = SuperResolver(result.checkpoint, device="cpu")
+    train_set, _, _ = load_splits(config)
+    storage = (train_set._data, train_set.slices)
+    with pytest.warns(UserWarning):  # far fewer events than a trustworthy sample
+        generated = generate(resolver, storage, torch.arange(12), ensemble=3, progress=False)
+        metrics = compute_metrics(generated, ensemble_sizes=(1, 2, 3))
+    assert set(metrics["event"]["ensemble_size"]) == {"1", "2", "3"}
+    assert metrics["event"]["coarse"]["spread"]["value"] > 0
+    assert set(metrics["cell"]) == {"ECAL1", "ECAL2", "ECAL3"}
+    split = metrics["cell"]["ECAL2"]["even_split"]
+    assert split["occupancy"]["recall"] > 0.5 and 0 <= split["hallucinated_fraction"] <= 1
