@@ -15,7 +15,11 @@ DATA        ?= data
 EVENTS      ?= 4000
 SEED        ?= 1
 
-.PHONY: install demo test test-slow data bench clean
+.PHONY: install demo train sample eval test test-slow data bench clean
+CONFIG      ?= configs/single_electron_2x.yaml
+RUN         ?= runs/single_electron_2x
+INPUT       ?= $(DATA)/single_electron_2x.root
+REPORT      ?= reports/single_electron_2x
 
 install: $(STAMP)
 
@@ -47,8 +51,24 @@ $(DATA)/multi_particle_4x.root: | $(STAMP)
 data: $(DATA)/single_electron_2x.root $(DATA)/multi_particle_4x.root
 
 # ----------------------------------------------------------------------------------------------- main job
+# simulate -> summarise -> train (~10 min on CPU) -> super-resolve and evaluate the held-out events
 demo: $(STAMP) $(DATA)/single_electron_2x.root
-	$(GRAPHSR) summary --input $(DATA)/single_electron_2x.root --plot reports/demo/event_display.png
+	$(GRAPHSR) summary --input $(DATA)/single_electron_2x.root --plot $(REPORT)/data/event_display.png
+	$(GRAPHSR) train --config $(CONFIG) --out $(RUN)
+	$(GRAPHSR) evaluate --checkpoint $(RUN)/checkpoint.pt --input $(INPUT) --out $(REPORT) --events 300
+	@echo "demo done: report in $(REPORT)/report.md"
+
+# train (or continue with RESUME=1) the model of CONFIG into RUN
+train: $(STAMP) $(DATA)/single_electron_2x.root
+	$(GRAPHSR) train --config $(CONFIG) --out $(RUN) $(if $(RESUME),--resume)
+
+# super-resolve INPUT with the trained model into $(RUN)/super_resolved.root
+sample: $(STAMP)
+	$(GRAPHSR) sample --checkpoint $(RUN)/checkpoint.pt --input $(INPUT) --output $(RUN)/super_resolved.root --overwrite
+
+# full evaluation report on every held-out event
+eval: $(STAMP)
+	$(GRAPHSR) evaluate --checkpoint $(RUN)/checkpoint.pt --input $(INPUT) --out $(REPORT)
 
 # ----------------------------------------------------------------------------------------------- checks
 test: $(STAMP)
@@ -60,6 +80,8 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_simulator.py
 	$(PY) bench/bench_loading.py
+	$(PY) bench/bench_denoiser.py
+	$(PY) bench/bench_sampling.py --checkpoint $(RUN)/checkpoint.pt --input $(INPUT)
 
 clean:
 	rm -rf $(VENV) reports runs $(DATA)/*.root
