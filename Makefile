@@ -17,6 +17,7 @@ SEED        ?= 1
 
 .PHONY: install demo train sample eval test test-slow data bench clean
 CONFIG      ?= configs/single_electron_2x.yaml
+REGRESSION_CONFIG ?= configs/single_electron_2x_regression.yaml
 RUN         ?= runs/single_electron_2x
 INPUT       ?= $(DATA)/single_electron_2x.root
 REPORT      ?= reports/single_electron_2x
@@ -51,11 +52,13 @@ $(DATA)/multi_particle_4x.root: | $(STAMP)
 data: $(DATA)/single_electron_2x.root $(DATA)/multi_particle_4x.root
 
 # ----------------------------------------------------------------------------------------------- main job
-# simulate -> summarise -> train (~10 min on CPU) -> super-resolve and evaluate the held-out events
+# simulate -> summarise -> train (10 min on CPU) + regression baseline (3 min) -> super-resolve and evaluate held-out events
 demo: $(STAMP) $(DATA)/single_electron_2x.root
 	$(GRAPHSR) summary --input $(DATA)/single_electron_2x.root --plot $(REPORT)/data/event_display.png
 	$(GRAPHSR) train --config $(CONFIG) --out $(RUN)
-	$(GRAPHSR) evaluate --checkpoint $(RUN)/checkpoint.pt --input $(INPUT) --out $(REPORT) --events 300
+	$(GRAPHSR) train --config $(REGRESSION_CONFIG) --out $(RUN)_regression
+	$(GRAPHSR) evaluate --checkpoint $(RUN)/checkpoint.pt --input $(INPUT) --out $(REPORT) --events 300 \
+	  --regression $(RUN)_regression/checkpoint.pt
 	@echo "demo done: report in $(REPORT)/report.md"
 
 # train (or continue with RESUME=1) the model of CONFIG into RUN
@@ -68,7 +71,8 @@ sample: $(STAMP)
 
 # full evaluation report on every held-out event
 eval: $(STAMP)
-	$(GRAPHSR) evaluate --checkpoint $(RUN)/checkpoint.pt --input $(INPUT) --out $(REPORT)
+	$(GRAPHSR) evaluate --checkpoint $(RUN)/checkpoint.pt --input $(INPUT) --out $(REPORT) \
+	  $(if $(wildcard $(RUN)_regression/checkpoint.pt),--regression $(RUN)_regression/checkpoint.pt)
 
 # ----------------------------------------------------------------------------------------------- checks
 test: $(STAMP)

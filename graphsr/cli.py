@@ -111,8 +111,9 @@ def _evaluate(args):
     events = events[:args.events] if args.events else events
     print(f"evaluating {resolver.step}-step checkpoint on {len(events)} events ({where})")
     storage = dataset.storage()
+    regression = SuperResolver(args.regression, device=args.device) if args.regression else None
     generated = generate(resolver, storage, events, ensemble=args.ensemble, sampler=args.sampler,
-                         steps=args.steps, seed=args.seed)
+                         steps=args.steps, seed=args.seed, regression=regression)
     results = compute_metrics(generated)
     out = Path(args.out)
     displays = []
@@ -136,8 +137,8 @@ def _evaluate(args):
           f"{ev['coarse']['spread']['value']:.4f}, super-resolved (mean of {args.ensemble}) "
           f"{ev['super_resolved']['spread']['value']:.4f}, ratio {ev['ratio']:.2f} (published 0.0057 -> 0.0034, 0.60)")
     cell = results["cell"].get("ECAL2", next(iter(results["cell"].values())))
-    print(f"per-cell RMSE (ECAL2): super-resolved mean {cell['super_resolved_mean']['rmse']['value']:.4f} GeV, "
-          f"even split {cell['even_split']['rmse']['value']:.4f} GeV")
+    print("per-cell RMSE (ECAL2, GeV): " + ", ".join(f"{name} {v['rmse']['value']:.4f}" for name, v in cell.items()
+                                                     if name != "coverage_68"))
     print(f"report: {report} (metrics: {out / 'metrics.json'})")
 
 
@@ -214,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=["test", "all"], default="test",
                     help="test: the training run's held-out events when --input is its training file")
     ev.add_argument("--events", type=int, help="evaluate at most this many events")
+    ev.add_argument("--regression", help="checkpoint of a regression baseline (diffusion.parameterisation: "
+                    "regression) to compare with")
     ev.add_argument("--ensemble", type=int, default=10, help="samples per event")
     ev.add_argument("--sampler", choices=["ddpm", "ddim", "heun", "dpmpp_2m"], help="default: the checkpoint's")
     ev.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's)")

@@ -141,3 +141,18 @@ def test_bad_names_are_rejected():
         Denoiser(Zero(), "x0")
     with pytest.raises(ValueError, match="schedule"):
         DiffusionLoss("eps", schedule="sigmoid")
+
+
+def test_regression_baseline_ignores_the_noisy_input_and_samples_in_one_step():
+    class Constant(nn.Module):
+        def forward(self, x_in, c_noise, batch):
+            assert torch.all(x_in == 0) and torch.all(c_noise == 0)
+            return torch.full_like(x_in, 0.25)
+
+    d = Denoiser(Constant(), "regression")
+    batch = torch.zeros(6, dtype=torch.long)
+    out = get_sampler("ddim")(d, torch.randn(6, 1), torch.tensor([1.0, 0.0]), batch=batch)
+    assert torch.allclose(out, torch.full((6, 1), 0.25))
+    loss = DiffusionLoss("regression")
+    x0 = torch.full((6, 1), 0.75)
+    assert float(loss(d, x0, batch=batch, num_graphs=1)) == pytest.approx(0.25)  # plain MSE: (0.75 - 0.25)^2

@@ -8,6 +8,8 @@ A noisy sample is ``x = x0 + sigma * n``. Every parameterisation wraps a raw net
 * ``eps``: F predicts the noise (DDPM / SR3): c_skip = 1, c_out = -sigma, c_in = 1 / sqrt(1 + sigma^2).
 * ``v``: F predicts v (Salimans & Ho 2022) for unit-variance data: c_skip = 1/(1 + sigma^2),
   c_out = -sigma / sqrt(1 + sigma^2), c_in = 1 / sqrt(1 + sigma^2).
+* ``regression``: the deterministic baseline on the same network: c_skip = 0, c_out = 1, c_in = 0, so D is F of
+  the conditioning alone (a "blurry mean"), trained with plain MSE at sigma = 1 and "sampled" in one step.
 
 A VP model (``x_t = sqrt(a) x0 + sqrt(1 - a) n``) is the same model at sigma = sqrt((1 - a) / a), up to the input
 scaling c_in, so one set of samplers serves all three. c_noise = ln(sigma) / 4 throughout.
@@ -24,7 +26,7 @@ from torch import nn
 
 from graphsr import ops
 
-PARAMETERISATIONS = ("edm", "eps", "v")
+PARAMETERISATIONS = ("edm", "eps", "v", "regression")
 SCHEDULES = ("cosine", "linear")
 
 
@@ -75,8 +77,10 @@ class Denoiser(nn.Module):
             c_in = 1 / (sigma**2 + sd2).sqrt()
         elif self.parameterisation == "eps":
             c_skip, c_out, c_in = torch.ones_like(sigma), -sigma, 1 / (sigma**2 + 1).sqrt()
-        else:
+        elif self.parameterisation == "v":
             c_skip, c_out, c_in = 1 / (sigma**2 + 1), -sigma / (sigma**2 + 1).sqrt(), 1 / (sigma**2 + 1).sqrt()
+        else:
+            c_skip, c_out, c_in = torch.zeros_like(sigma), torch.ones_like(sigma), torch.zeros_like(sigma)
         return c_skip, c_out, c_in
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, batch: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -113,6 +117,8 @@ class DiffusionLoss:
         self.p_mean, self.p_std, self.min_snr_gamma, self.sigma_min = p_mean, p_std, min_snr_gamma, sigma_min
 
     def sample_sigma(self, num_graphs: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.parameterisation == "regression":
+            return torch.ones(num_graphs, device=device)
         if self.parameterisation == "edm":
             normal = torch.randn(num_graphs, device=device, generator=generator)
             sigma = (self.p_mean + self.p_std * normal).exp()
@@ -121,6 +127,8 @@ class DiffusionLoss:
         return sigma.clamp_min(self.sigma_min)
 
     def weight(self, sigma: torch.Tensor) -> torch.Tensor:
+        if self.parameterisation == "regression":
+            return torch.ones_like(sigma)
         if self.parameterisation == "edm":
             return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
         snr = sigma.pow(-2)

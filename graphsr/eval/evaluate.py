@@ -4,7 +4,9 @@
 into one nested dict of metrics (JSON-ready); :func:`write_report` adds plots and a Markdown report.
 
 Baselines, evaluated exactly like the model: ``coarse`` (the measured coarse cells; at cell level each coarse cell
-is spread evenly over its children, which is the ``even split``; at event level both equal the coarse sum).
+is spread evenly over its children, which is the ``even split``; at event level both equal the coarse sum), and
+optionally ``regression``, a deterministic model on the same backbone trained with MSE
+(``diffusion.parameterisation: regression``), which shows what the diffusion buys over a blurry mean.
 
 Deterministic for a given checkpoint, events, sampler, steps and seed on CPU.
 """
@@ -47,6 +49,15 @@ class Generated:
     coarse_event: np.ndarray
     num_events: int
     seconds: float
+    regression: np.ndarray | None = None  # [Nf] the regression baseline's prediction
+
+    @property
+    def baselines(self) -> dict[str, np.ndarray]:
+        """Cell-level baselines: the even split and, when given, the regression model."""
+        out = {"even_split": self.even_split}
+        if self.regression is not None:
+            out["regression"] = self.regression
+        return out
 
     @property
     def mean(self) -> np.ndarray:
@@ -54,9 +65,12 @@ class Generated:
 
 
 def generate(resolver, storage, events, *, ensemble: int = 10, sampler: str | None = None, steps: int | None = None,
-             seed: int = 0, batch_events: int = 32, conserving: bool | None = None,
+             seed: int = 0, batch_events: int = 32, conserving: bool | None = None, regression=None,
              progress: bool = True) -> Generated:
-    """Super-resolve ``events`` of a collated storage with ``ensemble`` samples each; truth and baselines alongside."""
+    """Super-resolve ``events`` of a collated storage with ``ensemble`` samples each; truth and baselines alongside.
+
+    ``regression``: an optional :class:`~graphsr.inference.SuperResolver` of a regression checkpoint (baseline).
+    """
     import time
 
     events = torch.as_tensor(events)
@@ -73,10 +87,12 @@ def generate(resolver, storage, events, *, ensemble: int = 10, sampler: str | No
                           eta=b.fine_pos[:, 0], phi=b.fine_pos[:, 1], event=b.batch + i,
                           parent=b.fine_parent + coarse_offset, coarse_energy=b.coarse_energy,
                           coarse_layer=b.coarse_layer, coarse_event=b.coarse_batch + i))
+        if regression is not None:
+            parts[-1]["regression"] = regression(storage, chunk, ensemble=1)["mean"].cpu()
         coarse_offset += b.coarse_energy.numel()
     seconds = time.perf_counter() - start
     cat = {k: torch.cat([p[k] for p in parts], dim=-1).numpy().astype(np.float64 if k in ("truth", "samples",
-           "coarse_energy", "eta", "phi") else np.int64) for k in parts[0]}
+           "coarse_energy", "eta", "phi", "regression") else np.int64) for k in parts[0]}
     return Generated(even_split=m.even_split(cat["coarse_energy"], cat["parent"]), num_events=len(events),
                      seconds=seconds, **cat)
 
@@ -119,6 +135,10 @@ def compute_metrics(g: Generated, ensemble_sizes=(1, 2, 5, 10, 25)) -> dict:
         "ensemble_size": {str(s): _pair(m.relative_residual_spread(sample_sums[:s].mean(0), e_true)) for s in sizes},
         "coverage_68": _pair(m.coverage(sample_sums, e_true)) if k > 1 else None,
     }
+    if g.regression is not None:
+        e_reg = m.per_event_sum(g.regression, g.event, g.num_events)
+        out["event"]["regression"] = {"spread": _pair(m.relative_residual_spread(e_reg, e_true)),
+                                      "bias": _pair(m.relative_residual_mean(e_reg, e_true))}
     per_layer = {}
     for layer in np.unique(g.layer):
         name = LAYER_NAMES[layer]
@@ -135,7 +155,7 @@ def compute_metrics(g: Generated, ensemble_sizes=(1, 2, 5, 10, 25)) -> dict:
     out["event"]["per_layer"] = per_layer
 
     # cell level, per layer
-    estimates = {"super_resolved_mean": g.mean, "super_resolved_sample": g.samples[0], "even_split": g.even_split}
+    estimates = {"super_resolved_mean": g.mean, "super_resolved_sample": g.samples[0], **g.baselines}
     cells = {}
     for layer in np.unique(g.layer):
         sel = g.layer == layer
@@ -159,7 +179,7 @@ def compute_metrics(g: Generated, ensemble_sizes=(1, 2, 5, 10, 25)) -> dict:
         args = (g.eta[sel], g.phi[sel], g.event[sel], g.num_events, HIT_THRESHOLD)
         truth_shapes = m.shower_shapes(g.truth[sel], *args)
         layer_out = {}
-        for name, est in (("super_resolved_sample", g.samples[0]), ("even_split", g.even_split)):
+        for name, est in (("super_resolved_sample", g.samples[0]), *g.baselines.items()):
             est_shapes = m.shower_shapes(est[sel], *args)
             layer_out[name] = {}
             for shape in m.SHOWER_SHAPES:
@@ -175,7 +195,7 @@ def compute_metrics(g: Generated, ensemble_sizes=(1, 2, 5, 10, 25)) -> dict:
     truth_features = _event_features(g, g.truth)
     mu, sd = truth_features.mean(0), truth_features.std(0) + 1e-12
     physics = {}
-    for name, est in (("super_resolved_sample", g.samples[0]), ("even_split", g.even_split)):
+    for name, est in (("super_resolved_sample", g.samples[0]), *g.baselines.items()):
         features = (_event_features(g, est) - mu) / sd
         reference = (truth_features - mu) / sd
         physics[name] = {"fpd": _pair(m.frechet_distance(features, reference)),
@@ -224,7 +244,7 @@ def write_report(g: Generated, results: dict, out_dir: str | Path, *, title: str
         sel = g.layer == layer
         logs = lambda x: np.log10(x[x > 1e-4])  # noqa: E731
         plotting.energy_histograms({"fine truth": logs(g.truth[sel]), "super-resolved": logs(g.samples[0][sel]),
-                                    "even split": logs(g.even_split[sel])},
+                                    **{name.replace("_", " "): logs(v[sel]) for name, v in g.baselines.items()}},
                                    out_dir / f"cells_{LAYER_NAMES[layer]}.png", "log10(fine cell energy / GeV)")
     # calibration: coverage of the ensemble's central intervals against their nominal level, per cell
     if g.samples.shape[0] > 1:
@@ -236,17 +256,14 @@ def write_report(g: Generated, results: dict, out_dir: str | Path, *, title: str
         plotting.line_plot({"hit cells": (levels, observed, None), "event ECAL energy": (levels, observed_events, None)},
                            out_dir / "calibration.png", "nominal central interval", "observed coverage",
                            diagonal=True)
-    truth_shapes, sr_shapes, split_shapes = ({}, {}, {})
-    for layer in (1,):
-        sel = g.layer == layer
+    sel = g.layer == 1  # ECAL2 holds most of the shower
+    if sel.any():
         args = (g.eta[sel], g.phi[sel], g.event[sel], g.num_events, HIT_THRESHOLD)
-        truth_shapes = m.shower_shapes(g.truth[sel], *args)
-        sr_shapes = m.shower_shapes(g.samples[0][sel], *args)
-        split_shapes = m.shower_shapes(g.even_split[sel], *args)
-    for shape in ("width_eta", "width_phi", "leading_fraction", "cells_above"):
-        if shape in truth_shapes:
-            plotting.energy_histograms({"fine truth": truth_shapes[shape], "super-resolved": sr_shapes[shape],
-                                        "even split": split_shapes[shape]},
+        estimates = {"fine truth": g.truth, "super-resolved": g.samples[0],
+                     **{name.replace("_", " "): v for name, v in g.baselines.items()}}
+        shapes = {label: m.shower_shapes(v[sel], *args) for label, v in estimates.items()}
+        for shape in ("width_eta", "width_phi", "leading_fraction", "cells_above"):
+            plotting.energy_histograms({label: s[shape] for label, s in shapes.items()},
                                        out_dir / f"shape_ECAL2_{shape}.png", f"ECAL2 {shape}", bins=40, log=False)
     path = out_dir / "report.md"
     path.write_text(_markdown(results, title, displays or []))
@@ -268,6 +285,8 @@ def _markdown(r: dict, title: str, displays: list) -> str:
              f"{PUBLISHED['coarse_spread']} |",
              f"| super-resolved (ensemble mean) | {_fmt(ev['super_resolved']['spread'])} | "
              f"{_fmt(ev['super_resolved']['bias'])} | {PUBLISHED['sr_spread']} |",
+             *([f"| regression baseline | {_fmt(ev['regression']['spread'])} | {_fmt(ev['regression']['bias'])} | |"]
+               if "regression" in ev else []),
              f"| ratio SR / coarse | {ev['ratio']:.3f} | | {PUBLISHED['ratio']:.3f} |", "",
              "Ensemble size: " + ", ".join(f"{s}: {_fmt(v)}" for s, v in ev["ensemble_size"].items()),
              " (published: 2: 0.0041, 5: 0.0036, 10: 0.0034, 25: 0.0032).", "",
@@ -279,19 +298,19 @@ def _markdown(r: dict, title: str, displays: list) -> str:
              "| layer | estimate | RMSE / GeV | W1 / GeV | hit precision | hit recall | hallucinated |",
              "|---|---|---|---|---|---|---|"]
     for layer, entry in r["cell"].items():
-        for name in ("super_resolved_mean", "super_resolved_sample", "even_split"):
+        for name in [n for n in entry if n != "coverage_68"]:
             e = entry[name]
             lines.append(f"| {layer} | {name} | {_fmt(e['rmse'])} | {_fmt(e['wasserstein'])} | "
                          f"{e['occupancy']['precision']:.3f} | {e['occupancy']['recall']:.3f} | "
                          f"{e['hallucinated_fraction']:.3f} |")
     lines += ["", f"Hit threshold {HIT_THRESHOLD} GeV. Hallucinated: fraction of the positive energy placed in cells "
               "whose true energy is zero.", "",
-              "Shower shapes (Wasserstein-1 to the truth, one sample vs even split):", "",
-              "| layer | shape | super-resolved | even split |", "|---|---|---|---|"]
+              "Shower shapes (Wasserstein-1 to the truth; one model sample against the baselines):", ""]
+    names = list(next(iter(r["shower_shapes"].values())))
+    lines += ["| layer | shape | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for layer, entry in r["shower_shapes"].items():
         for shape in entry["super_resolved_sample"]:
-            lines.append(f"| {layer} | {shape} | {_fmt(entry['super_resolved_sample'][shape])} | "
-                         f"{_fmt(entry['even_split'][shape])} |")
+            lines.append(f"| {layer} | {shape} | " + " | ".join(_fmt(entry[n][shape]) for n in names) + " |")
     lines += ["", "High-level physics distances (features standardised by the truth):", "",
               "| estimate | FPD | KPD | classifier AUC |", "|---|---|---|---|"]
     for name, v in r["physics_distances"].items():
