@@ -142,6 +142,19 @@ def _evaluate(args):
     print(f"report: {report} (metrics: {out / 'metrics.json'})")
 
 
+def _add_sampling_options(parser, ensemble_default=None):
+    """The options every command that runs the sampler shares."""
+    from graphsr.diffusion import SAMPLERS
+
+    parser.add_argument("--checkpoint", required=True, help="checkpoint written by `graphsr train`")
+    parser.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the checkpoint's")
+    parser.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's)")
+    parser.add_argument("--ensemble", type=int, default=ensemble_default,
+                        help=f"samples per event (default: {ensemble_default or 'the checkpoint' + chr(39) + 's'})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (same seed, same samples)")
+    parser.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: CUDA if present)')
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="graphsr", description="Graph super-resolution of COCOA calorimeter events: simulate events, train a "
@@ -191,17 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "High_Tree, or a plain Out_Tree with coarse cells only) and write them to a new ROOT "
                              "file: High_Tree cell_e is the ensemble mean and cell_e_spread its standard deviation "
                              "(MeV); Low_Tree holds the coarse cells used and the coarse -> fine mapping.")
-    sa.add_argument("--checkpoint", required=True, help="checkpoint written by `graphsr train`")
+    _add_sampling_options(sa)
     sa.add_argument("--input", required=True, help="COCOA ROOT file with the coarse cells")
     sa.add_argument("--output", required=True, help="ROOT file to write (refused if it exists)")
     sa.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    sa.add_argument("--sampler", choices=["ddpm", "ddim", "heun", "dpmpp_2m"], help="default: the checkpoint's")
-    sa.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's)")
-    sa.add_argument("--ensemble", type=int, help="samples per event (default: the checkpoint's)")
     sa.add_argument("--conserving", action="store_true", help="children sum exactly to the measured parent energy")
-    sa.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     sa.add_argument("--max-events", type=int, help="super-resolve only the first events")
-    sa.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: CUDA if present)')
     sa.set_defaults(run=_sample)
 
     ev = commands.add_parser("evaluate", help="evaluate a model against the fine truth and baselines",
@@ -209,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "compare with the fine truth and with the coarse / even-split baselines, and write "
                              "OUT/metrics.json, OUT/report.md and PNG plots (distributions, shower shapes, "
                              "calibration, ensemble size, event displays).")
-    ev.add_argument("--checkpoint", required=True, help="checkpoint written by `graphsr train`")
+    _add_sampling_options(ev, ensemble_default=10)
     ev.add_argument("--input", required=True, help="COCOA super-resolution ROOT file (with High_Tree)")
     ev.add_argument("--out", default="reports/eval", help="report directory")
     ev.add_argument("--split", choices=["test", "all"], default="test",
@@ -217,12 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--events", type=int, help="evaluate at most this many events")
     ev.add_argument("--regression", help="checkpoint of a regression baseline (diffusion.parameterisation: "
                     "regression) to compare with")
-    ev.add_argument("--ensemble", type=int, default=10, help="samples per event")
-    ev.add_argument("--sampler", choices=["ddpm", "ddim", "heun", "dpmpp_2m"], help="default: the checkpoint's")
-    ev.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's)")
-    ev.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     ev.add_argument("--displays", type=int, default=2, help="event displays to draw")
-    ev.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: CUDA if present)')
     ev.set_defaults(run=_evaluate)
     return parser
 

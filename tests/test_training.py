@@ -144,14 +144,20 @@ def test_sample_command_reads_a_plain_out_tree(trained, data_file, tmp_path):
     assert len(high) == 4 and ak.all(ak.num(high.cell_e) > 0)
 
 
-def test_evaluation_metrics_on_a_tiny_run(trained):
+def test_evaluation_metrics_on_a_tiny_run(trained, data_file, tmp_path):
     config, result = trained
     resolver = SuperResolver(result.checkpoint, device="cpu")
+    regression_config = config_from_dict({**config.to_dict(), "diffusion": {"parameterisation": "regression"}})
+    regression = SuperResolver(train(regression_config, tmp_path, progress=False).checkpoint, device="cpu")
     train_set, _, _ = load_splits(config)
     storage = (train_set._data, train_set.slices)
     with pytest.warns(UserWarning):  # far fewer events than a trustworthy sample
-        generated = generate(resolver, storage, torch.arange(12), ensemble=3, progress=False)
+        generated = generate(resolver, storage, torch.arange(12), ensemble=3, progress=False, regression=regression)
         metrics = compute_metrics(generated, ensemble_sizes=(1, 2, 3))
+    # the regression baseline is deterministic: two runs agree exactly
+    again = regression(storage, torch.arange(12), ensemble=2, seed=5)["samples"]
+    assert torch.equal(again[0], again[1]) and "regression" in metrics["event"]
+    assert set(metrics["cell"]["ECAL1"]) >= {"super_resolved_mean", "even_split", "regression"}
     assert set(metrics["event"]["ensemble_size"]) == {"1", "2", "3"}
     assert metrics["event"]["coarse"]["spread"]["value"] > 0
     assert set(metrics["cell"]) == {"ECAL1", "ECAL2", "ECAL3"}
