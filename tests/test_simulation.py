@@ -78,22 +78,27 @@ def test_lateral_containment_matches_moliere_radius():
     assert (r < 1).mean() == pytest.approx(0.90, abs=0.01)
 
 
-def test_energy_resolution_and_longitudinal_profile():
+def showering(pdgid, energy_mev, n=400):
+    return Particles.make(np.full(n, pdgid), np.full(n, energy_mev), np.zeros(n), np.zeros(n), np.arange(n), n)
+
+
+@pytest.mark.parametrize("pdgid,c", [(ELECTRON, -0.5), (PHOTON, 0.5)])
+@pytest.mark.parametrize("energy", [5_000.0, 20_000.0, 50_000.0])
+def test_mean_shower_depth_follows_ln_e_over_ec(pdgid, c, energy):
+    model = ShowerModel()
+    spots = sample_spots(showering(pdgid, energy), model, np.random.default_rng(int(energy) + pdgid))
+    # Gamma profile: mean depth a / b = t_max + 1 / b, t_max = ln(E / Ec) + C
+    t_max = np.log(energy / model.critical_energy) + c
+    assert spots.depth.mean() == pytest.approx(t_max + 1 / model.b, rel=0.03)
+
+
+def test_energy_resolution_falls_like_one_over_sqrt_e():
     model = ShowerModel()
     rng = np.random.default_rng(1)
-    n = 400
-    particles = Particles.make(np.full(n, ELECTRON), np.full(n, 50_000.0), np.zeros(n), np.zeros(n), np.arange(n), n)
-    spots = sample_spots(particles, model, rng)
-    # sigma_E / E = a / sqrt(E / GeV)
-    assert spots.visible.std() / spots.visible.mean() == pytest.approx(0.10 / np.sqrt(50), rel=0.15)
-    # mean depth of a Gamma profile: a / b = t_max + 1 / b
-    t_max = np.log(50_000 / model.critical_energy) + model.c_electron
-    assert spots.depth.mean() == pytest.approx(t_max + 1 / model.b, rel=0.03)
-    # photons shower later than electrons, low energies earlier
-    photons = Particles.make(np.full(n, PHOTON), np.full(n, 50_000.0), np.zeros(n), np.zeros(n), np.arange(n), n)
-    soft = Particles.make(np.full(n, ELECTRON), np.full(n, 5_000.0), np.zeros(n), np.zeros(n), np.arange(n), n)
-    assert sample_spots(photons, model, rng).depth.mean() > spots.depth.mean() + 0.8
-    assert sample_spots(soft, model, rng).depth.mean() < spots.depth.mean() - 2
+    resolution = {e: (lambda v: v.std() / v.mean())(sample_spots(showering(ELECTRON, e, 2000), model, rng).visible)
+                  for e in (2_000.0, 50_000.0)}
+    assert resolution[50_000.0] == pytest.approx(0.10 / np.sqrt(50), rel=0.1)
+    assert resolution[2_000.0] / resolution[50_000.0] == pytest.approx(5.0, rel=0.12)
 
 
 def test_deposits_land_around_the_particle():
@@ -199,6 +204,10 @@ def test_single_electron_statistics_match_cocoa(electrons):
     energy = ak.sum(high.cell_e[ecal], axis=1).to_numpy()
     particle = ak.flatten(low.particle_e).to_numpy()
     assert 0.95 < (energy / particle).mean() < 1.0
+    # the fine cells hold the deposited energy, less the little outside topoclusters and in the HCAL / iron gap
+    deposited = ak.flatten(low.particle_dep_energy).to_numpy()
+    all_fine = ak.sum(high.cell_e, axis=1).to_numpy()
+    assert np.all(all_fine <= deposited * (1 + 1e-5)) and (all_fine / deposited).mean() > 0.99
     # the noise on the summed coarse cells makes the coarse ECAL energy worse than the fine one
     coarse = ak.sum(low.cell_e[low.cell_layer < 3], axis=1).to_numpy()
     assert 0.003 < ((coarse - energy) / energy).std() < 0.03
