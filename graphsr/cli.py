@@ -83,7 +83,7 @@ def _sample(args):
     resolver = SuperResolver(args.checkpoint, device=args.device)
     n = super_resolve_file(resolver, args.input, args.output, overwrite=args.overwrite, max_events=args.max_events,
                            sampler=args.sampler, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
-                           conserving=args.conserving or None)
+                           mode=args.mode, spread_scale=args.spread_scale)
     print(f"wrote {n} super-resolved events to {args.output}")
 
 
@@ -91,7 +91,7 @@ def _evaluate(args):
     import torch
 
     from graphsr.datasets import CocoaDataset
-    from graphsr.eval.evaluate import compute_metrics, generate, write_report
+    from graphsr.eval.evaluate import calibrate_spread_scale, compute_metrics, generate, write_report
     from graphsr.inference import SuperResolver
     from graphsr.plotting import event_display
 
@@ -111,15 +111,28 @@ def _evaluate(args):
     events = events[:args.events] if args.events else events
     print(f"evaluating {resolver.step}-step checkpoint on {len(events)} events ({where})")
     storage = dataset.storage()
+    mode = args.mode or config.sample.mode
+    calibration = None
+    if mode == "fused" and same_file and args.spread_scale is None:
+        v, t = config.data.val_fraction, config.data.test_fraction
+        val = torch.as_tensor(dataset.split((1 - v - t, v, t), seed=config.data.split_seed)[1].indices())
+        calibration = calibrate_spread_scale(resolver, storage, val[:args.calibration_events],
+                                             ensemble=args.ensemble, sampler=args.sampler, steps=args.steps)
+        print(f"fused mode: spread scale {calibration['spread_scale']} chosen on {calibration['events']} validation "
+              "events (" + ", ".join(f"{k}: {v:.4f}" for k, v in calibration["grid"].items()) + ")")
+    spread_scale = calibration["spread_scale"] if calibration else args.spread_scale
     regression = SuperResolver(args.regression, device=args.device) if args.regression else None
     generated = generate(resolver, storage, events, ensemble=args.ensemble, sampler=args.sampler,
-                         steps=args.steps, seed=args.seed, regression=regression)
+                         steps=args.steps, seed=args.seed, mode=mode, spread_scale=spread_scale,
+                         regression=regression)
     results = compute_metrics(generated)
+    results["calibration"] = calibration
     out = Path(args.out)
     displays = []
     for i, event in enumerate(events[:args.displays].tolist()):
         single = resolver(storage, torch.tensor([event]), sampler=args.sampler, steps=args.steps,
-                          ensemble=args.ensemble, seed=args.seed, record_steps=True)
+                          ensemble=args.ensemble, seed=args.seed, mode=mode, spread_scale=spread_scale,
+                          record_steps=True)
         data = single["batch"].cpu()
         path = event_display(data, out / f"event_{i}.png", {"one sample": single["samples"][0].cpu(),
                                                           f"mean of {single['samples'].shape[0]}": single["mean"].cpu()},
@@ -152,6 +165,12 @@ def _add_sampling_options(parser, ensemble_default=None):
     parser.add_argument("--ensemble", type=int, default=ensemble_default,
                         help=f"samples per event (default: {ensemble_default or 'the checkpoint' + chr(39) + 's'})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (same seed, same samples)")
+    parser.add_argument("--mode", choices=["free", "conserving", "fused"],
+                        help="free: children as generated; conserving: they sum to the measured parent; fused: to the "
+                        "measurement and the ensemble combined by their uncertainties (default: the checkpoint's)")
+    parser.add_argument("--spread-scale", type=float,
+                        help="fused mode: factor on the ensemble spread (default: the checkpoint's; evaluate "
+                        "calibrates it on validation events)")
     parser.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: CUDA if present)')
 
 
@@ -208,7 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--input", required=True, help="COCOA ROOT file with the coarse cells")
     sa.add_argument("--output", required=True, help="ROOT file to write (refused if it exists)")
     sa.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    sa.add_argument("--conserving", action="store_true", help="children sum exactly to the measured parent energy")
     sa.add_argument("--max-events", type=int, help="super-resolve only the first events")
     sa.set_defaults(run=_sample)
 
@@ -226,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--regression", help="checkpoint of a regression baseline (diffusion.parameterisation: "
                     "regression) to compare with")
     ev.add_argument("--displays", type=int, default=2, help="event displays to draw")
+    ev.add_argument("--calibration-events", type=int, default=100,
+                    help="validation events used to calibrate the fused mode's spread scale")
     ev.set_defaults(run=_evaluate)
     return parser
 

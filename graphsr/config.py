@@ -46,7 +46,6 @@ class DiffusionConfig:
     sigma_max: float = 80.0
     min_snr_gamma: float | None = None        # min-SNR loss weighting (None: off)
     margin: float = 1.2                       # target = logit(E_fine / (margin * E_parent))
-    conserving: bool = False                  # project children to sum exactly to the parent energy
 
 
 @dataclass
@@ -70,6 +69,8 @@ class SampleConfig:
     sampler: str = "heun"                     # "ddpm", "ddim", "heun", "dpmpp_2m"
     steps: int = 8                            # sampling steps
     ensemble: int = 10                        # samples per event (mean and spread are reported)
+    mode: str = "free"                        # "free", "conserving" or "fused" (graphsr.models.sr3.MODES)
+    spread_scale: float = 3.0                 # fused mode: factor on the ensemble spread (calibrate: graphsr evaluate)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from graphsr.detector import Geometry
 from graphsr.graphs import GraphOptions, build_storage, collate_events
 from graphsr.graphs.build import MEV_PER_GEV
 from graphsr.io import GRAPH_BRANCHES_HIGH, GRAPH_BRANCHES_LOW, CocoaWriter, iter_cocoa, open_cocoa
-from graphsr.models.sr3 import add_inputs, conserve, target_transform
+from graphsr.models.sr3 import MODES, add_inputs, conserve, fuse, target_transform
 from graphsr.training.checkpoint import load_checkpoint
 from graphsr.training.trainer import build_denoiser, resolve_device
 
@@ -42,10 +42,12 @@ class SuperResolver:
         self.graph_options = GraphOptions(**{k: tuple(v) if isinstance(v, list) else v
                                              for k, v in state["graph_options"].items()})
         self.step, self.factor = state["step"], state["factor"]
+        self.coarse_geometry = Geometry.cocoa().coarsen(self.factor)
 
     @torch.no_grad()
     def __call__(self, storage, events: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
-                 ensemble: int | None = None, seed: int = 0, conserving: bool | None = None,
+                 ensemble: int | None = None, seed: int = 0, mode: str | None = None,
+                 spread_scale: float | None = None,
                  record_steps: bool = False) -> dict:
         """Generate fine-cell energies for some events of a collated storage.
 
@@ -54,35 +56,49 @@ class SuperResolver:
             events: [E] indices of the events to super-resolve.
             sampler, steps, ensemble: default to the checkpoint's ``sample`` config.
             seed: seed of the sampling noise (same seed, same samples on the same device).
-            conserving: make each parent's children sum exactly to its measured energy (default: config).
+            mode: ``"free"`` (children as generated: they may also remove the coarse noise), ``"conserving"``
+                (each parent's children sum exactly to its measured energy) or ``"fused"`` (they sum to the
+                measurement and the ensemble's estimate combined by their uncertainties: :func:`~graphsr.models.sr3.fuse`;
+                needs ensemble >= 2). Default: the config's ``sample.mode``.
+            spread_scale: fused mode's factor on the ensemble spread (default: the config's).
             record_steps: also return the denoised estimate after every step (``trajectory``: [steps, Nf]).
 
         Returns:
             dict with ``batch`` (the events, one copy), ``mean`` and ``spread`` ([Nf] GeV: ensemble mean and
-            standard deviation per fine cell), ``samples`` ([K, Nf] GeV) and optionally ``trajectory``.
+            standard deviation per fine cell), ``samples`` ([K, Nf] GeV, in ``mode``), ``free_samples`` (the same
+            before any conserving / fused projection), ``mode`` and optionally ``trajectory``.
         """
         sc, dc = self.config.sample, self.config.diffusion
         sampler, steps, ensemble = sampler or sc.sampler, steps or sc.steps, ensemble or sc.ensemble
-        conserving = dc.conserving if conserving is None else conserving
+        mode = mode or sc.mode
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
         events = torch.as_tensor(events)
         # copy-major order: [all events, copy 0], [all events, copy 1], ...: node tensors reshape to [K, Nf]
         batch = add_inputs(collate_events(*storage, events.repeat(ensemble)).to(self.device))
         generator = torch.Generator(self.device).manual_seed(seed)
         sigmas = karras_sigmas(steps, dc.sigma_min, dc.sigma_max, device=self.device)
-        if dc.parameterisation == "regression":  # deterministic baseline: one evaluation gives the prediction
-            sampler, sigmas = "ddim", torch.tensor([1.0, 0.0], device=self.device)
         x = torch.randn(batch.num_nodes, 1, generator=generator, device=self.device) * sigmas[0]
         trajectory = []
         callback = (lambda info: trajectory.append(info["denoised"][:, 0].clone())) if record_steps else None
-        target = get_sampler(sampler)(self.denoiser, x, sigmas, batch=batch.batch, extra_args={"data": batch},
-                                      callback=callback, generator=generator, disable=True,
-                                      num_graphs=batch.num_graphs)[:, 0]
+        if dc.parameterisation == "regression":  # deterministic baseline: one evaluation gives the prediction
+            ones = torch.ones(batch.num_graphs, device=self.device)
+            target = self.denoiser(torch.zeros_like(x), ones, batch.batch, data=batch)[:, 0]
+            trajectory = [target]
+        else:
+            target = get_sampler(sampler)(self.denoiser, x, sigmas, batch=batch.batch, extra_args={"data": batch},
+                                          callback=callback, generator=generator, disable=True,
+                                          num_graphs=batch.num_graphs)[:, 0]
         energy = self.transform.inverse(batch, target)
-        if conserving:
+        if mode == "conserving":
             energy = conserve(energy, batch)
-        samples = energy.view(ensemble, -1)
+        samples = free = energy.view(ensemble, -1)
         single = collate_events(*storage, events).to(self.device)
-        out = {"batch": single, "samples": samples, "mean": samples.mean(0),
+        if mode == "fused":
+            noise = torch.as_tensor(self.coarse_geometry.noise, dtype=samples.dtype, device=self.device) / MEV_PER_GEV
+            samples = fuse(samples, single, noise[single.coarse_layer],
+                           sc.spread_scale if spread_scale is None else spread_scale)
+        out = {"batch": single, "samples": samples, "free_samples": free, "mode": mode, "mean": samples.mean(0),
                "spread": samples.std(0) if ensemble > 1 else torch.zeros_like(samples[0])}
         if record_steps:
             out["trajectory"] = torch.stack([self.transform.inverse(batch, t).view(ensemble, -1)[0]
@@ -138,7 +154,7 @@ def super_resolve_file(resolver: SuperResolver, input_path: str | Path, output_p
     """Super-resolve every event of a COCOA file (``Low_Tree`` + ``High_Tree`` or plain ``Out_Tree``) into a
     new file (:func:`output_trees`), one output entry per input entry. Returns the number of events written.
 
-    ``sample_args`` go to :meth:`SuperResolver.__call__` (sampler, steps, ensemble, seed, conserving).
+    ``sample_args`` go to :meth:`SuperResolver.__call__` (sampler, steps, ensemble, seed, mode, spread_scale).
     """
     info = open_cocoa(input_path)
     high_branches = GRAPH_BRANCHES_HIGH if info.high_tree else None

@@ -55,12 +55,52 @@ class SR3Network(nn.Module):
         return self.backbone(x_fine, data.coarse_input.unsqueeze(1), data, self.noise_embedding(c_noise))
 
 
-def conserve(energy: torch.Tensor, data) -> torch.Tensor:
-    """Project fine energies so each parent's children sum exactly to the parent's measured energy.
+MODES = ("free", "conserving", "fused")
+
+
+def parent_sums(energy: torch.Tensor, data) -> torch.Tensor:
+    """Sum of the children of every coarse cell; ``energy`` is ``[..., Nf]``."""
+    flat = energy.reshape(-1, energy.size(-1))
+    out = flat.new_zeros(flat.size(0), data.coarse_energy.size(0))
+    out.index_add_(1, data.fine_parent, flat)
+    return out.reshape(*energy.shape[:-1], -1)
+
+
+def fuse(samples: torch.Tensor, data, noise: torch.Tensor, spread_scale: float = 1.0,
+         floor: float = 1e-3) -> torch.Tensor:
+    """Children that sum to the measurement and the model combined by their uncertainties, per coarse cell.
+
+    Each coarse cell has two estimates of its true energy: the measurement E (Gaussian noise of known sigma,
+    ``noise``) and the ensemble's sum of children S (mean S_bar, variance v over the members, times
+    ``spread_scale**2``: small ensembles of an imperfect model are over-confident, so the scale is calibrated on
+    validation events, see :func:`graphsr.eval.evaluate.calibrate_spread_scale`). They are combined by inverse
+    variance, ``T = (E / sigma^2 + S_bar / v) / (1 / sigma^2 + 1 / v)``, and every member's children are
+    rescaled to sum to T, keeping the member's shares. Where the model is sure (cells it reads as noise) T follows
+    the model; where it is not (hot cells, whose measurement is precise) T follows the measurement.
+
+    Args:
+        samples: ``[K, Nf]`` ensemble (K >= 2), GeV.
+        data: the events (``coarse_energy``, ``fine_parent``).
+        noise: ``[Nc]`` noise sigma of each coarse cell, GeV.
+        spread_scale: factor on the ensemble's standard deviation.
+        floor: smallest ensemble standard deviation, as a fraction of sigma.
+    """
+    if samples.size(0) < 2:
+        raise ValueError("fused mode needs an ensemble of at least 2 samples (it uses their spread)")
+    sums = parent_sums(samples, data)                        # [K, Nc]
+    mean, var = sums.mean(0), (spread_scale**2 * sums.var(0)).clamp_min((floor * noise) ** 2)
+    w_measured, w_model = noise.pow(-2), var.reciprocal()
+    total = (data.coarse_energy * w_measured + mean * w_model) / (w_measured + w_model)
+    return torch.stack([conserve(s, data, total) for s in samples])
+
+
+def conserve(energy: torch.Tensor, data, total: torch.Tensor | None = None) -> torch.Tensor:
+    """Project fine energies so each parent's children sum exactly to ``total`` (default: the measured energy).
 
     Children keep their relative shares (negative values count as zero); a parent whose children are all zero
     shares its energy evenly. Parents with negative measured energy give negative children, summing exactly.
     """
+    total_energy = data.coarse_energy if total is None else total
     from graphsr import ops
 
     num_coarse = data.coarse_energy.size(0)
@@ -69,4 +109,4 @@ def conserve(energy: torch.Tensor, data) -> torch.Tensor:
     children = ops.scatter(torch.ones_like(share), data.fine_parent, num_coarse, "sum")
     empty = (total <= 0)[data.fine_parent]
     share = torch.where(empty, 1.0 / children[data.fine_parent], share / total.clamp_min(1e-30)[data.fine_parent])
-    return share * data.coarse_energy[data.fine_parent]
+    return share * total_energy[data.fine_parent]
