@@ -67,7 +67,7 @@ class Generated:
 
 
 def generate(resolver, storage, events, *, ensemble: int = 10, sampler: str | None = None, steps: int | None = None,
-             seed: int = 0, batch_events: int = 32, mode: str | None = None, spread_scale: float | None = None,
+             seed: int = 0, batch_events: int = 16, mode: str | None = None, spread_scale: float | None = None,
              regression=None,
              progress: bool = True) -> Generated:
     """Super-resolve ``events`` of a collated storage with ``ensemble`` samples each; truth and baselines alongside.
