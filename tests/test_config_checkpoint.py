@@ -1,4 +1,5 @@
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,3 +47,13 @@ def test_checkpoint_round_trip_is_weights_only_and_atomic(tmp_path, monkeypatch)
     (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:50])
     with pytest.raises(ValueError, match="cut.pt"):
         load_checkpoint(tmp_path / "cut.pt")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    from graphsr.diffusion import PARAMETERISATIONS, SAMPLERS
+    from graphsr.models.sr3 import MODES
+
+    config = load_config(path)
+    assert config.diffusion.parameterisation in PARAMETERISATIONS
+    assert config.sample.sampler in SAMPLERS and config.sample.mode in MODES
