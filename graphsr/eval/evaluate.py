@@ -52,6 +52,23 @@ class Generated:
     regression: np.ndarray | None = None  # [Nf] the regression baseline's prediction
     mode: str = "free"                    # how ``samples`` were made (graphsr.models.sr3.MODES)
     free_samples: np.ndarray | None = None  # [K, Nf] the samples before the mode's projection
+    coarse_noise: np.ndarray | None = None  # [Nc] noise sigma of each coarse cell (GeV), for the fused mode
+    spread_scale: float | None = None     # the fused mode's spread scale
+
+    def ensemble_sums(self, size: int) -> np.ndarray:
+        """[E] event sums of the mean of the first ``size`` members, made in this run's mode from those members
+        alone (the fused totals depend on the ensemble that makes them)."""
+        if self.mode != "fused":
+            return m.per_event_sum(self.samples[:size].mean(0), self.event, self.num_events)
+        from types import SimpleNamespace
+
+        from graphsr.models.sr3 import fuse
+
+        data = SimpleNamespace(coarse_energy=torch.as_tensor(self.coarse_energy),
+                               fine_parent=torch.as_tensor(self.parent))
+        fused = fuse(torch.as_tensor(self.free_samples[:size]), data, torch.as_tensor(self.coarse_noise),
+                     self.spread_scale)
+        return m.per_event_sum(fused.mean(0).numpy(), self.event, self.num_events)
 
     @property
     def baselines(self) -> dict[str, np.ndarray]:
@@ -97,8 +114,10 @@ def generate(resolver, storage, events, *, ensemble: int = 10, sampler: str | No
     seconds = time.perf_counter() - start
     cat = {k: torch.cat([p[k] for p in parts], dim=-1).numpy().astype(np.float64 if k in ("truth", "samples",
            "coarse_energy", "eta", "phi", "regression", "free_samples") else np.int64) for k in parts[0]}
+    noise = resolver.coarse_geometry.noise[cat["coarse_layer"]] / 1000.0
+    scale = resolver.config.sample.spread_scale if spread_scale is None else spread_scale
     return Generated(even_split=m.even_split(cat["coarse_energy"], cat["parent"]), num_events=len(events),
-                     seconds=seconds, mode=out["mode"], **cat)
+                     seconds=seconds, mode=out["mode"], coarse_noise=noise, spread_scale=scale, **cat)
 
 
 def calibrate_spread_scale(resolver, storage, events, *, ensemble: int = 10, sampler: str | None = None,
@@ -155,8 +174,10 @@ def compute_metrics(g: Generated, ensemble_sizes=(1, 2, 5, 10, 25)) -> dict:
     sizes = [s for s in ensemble_sizes if s <= k]
     e_true = m.per_event_sum(g.truth, g.event, g.num_events)
     e_coarse = m.per_event_sum(g.coarse_energy, g.coarse_event, g.num_events)
-    sample_sums = np.stack([m.per_event_sum(s, g.event, g.num_events) for s in g.samples])  # [K, E]
-    e_sr = sample_sums.mean(0)
+    e_sr = m.per_event_sum(g.mean, g.event, g.num_events)
+    # the generative ensemble's event energies (before any projection: fused members share their totals)
+    members = g.free_samples if g.free_samples is not None else g.samples
+    sample_sums = np.stack([m.per_event_sum(s, g.event, g.num_events) for s in members])  # [K, E]
     out = {"events": g.num_events, "ensemble": k, "mode": g.mode, "fine_cells": int(len(g.truth)),
            "seconds": g.seconds, "ms_per_event": 1000 * g.seconds / max(g.num_events, 1)}
 
@@ -167,7 +188,8 @@ def compute_metrics(g: Generated, ensemble_sizes=(1, 2, 5, 10, 25)) -> dict:
         "coarse": {"spread": _pair(coarse_spread), "bias": _pair(m.relative_residual_mean(e_coarse, e_true))},
         "super_resolved": {"spread": _pair(sr_spread), "bias": _pair(m.relative_residual_mean(e_sr, e_true))},
         "ratio": sr_spread[0] / coarse_spread[0],
-        "ensemble_size": {str(s): _pair(m.relative_residual_spread(sample_sums[:s].mean(0), e_true)) for s in sizes},
+        "ensemble_size": {str(s): _pair(m.relative_residual_spread(g.ensemble_sums(s), e_true))
+                          for s in sizes if s > 1 or g.mode != "fused"},
         "coverage_68": _pair(m.coverage(sample_sums, e_true)) if k > 1 else None,
     }
     if g.mode != "free":  # the same samples before the projection
@@ -290,7 +312,8 @@ def write_report(g: Generated, results: dict, out_dir: str | Path, *, title: str
         levels = np.array([0.2, 0.4, 0.6, 0.68, 0.8, 0.9])
         hit = g.truth > HIT_THRESHOLD
         observed = [m.coverage(g.samples[:, hit], g.truth[hit], lv)[0] for lv in levels]
-        sums = np.stack([m.per_event_sum(s, g.event, g.num_events) for s in g.samples])
+        members = g.free_samples if g.free_samples is not None else g.samples
+        sums = np.stack([m.per_event_sum(s, g.event, g.num_events) for s in members])
         observed_events = [m.coverage(sums, e_true, lv)[0] for lv in levels]
         plotting.line_plot({"hit cells": (levels, observed, None), "event ECAL energy": (levels, observed_events, None)},
                            out_dir / "calibration.png", "nominal central interval", "observed coverage",
@@ -358,7 +381,7 @@ def _markdown(r: dict, title: str, displays: list) -> str:
         lines.append(f"| {name} | {_fmt(v['fpd'])} | {_fmt(v['kpd'], 5)} | {_fmt(v['classifier_auc'], 3)} |")
     lines += ["", "![cells](cells_ECAL2.png) ![width](shape_ECAL2_width_eta.png)", "",
               "## How sure: ensemble calibration", "",
-              f"Coverage of the truth by the ensemble's central 68% interval: event energy "
+              f"Coverage of the truth by the ensemble's central 68% interval: event energy (free-mode members) "
               f"{_fmt(ev['coverage_68'], 3)}; per cell: " + ", ".join(
                   f"{layer} {_fmt(e.get('coverage_68'), 3)}" for layer, e in r["cell"].items()) +
               f" (with {r['ensemble']} members the empirical interval itself is noisy).", "",
