@@ -119,3 +119,18 @@ def test_noise_embedding_distinguishes_levels():
     embed = NoiseEmbedding(16)
     e = embed(torch.tensor([-1.0, 0.0, 1.0]))
     assert e.shape == (3, 16) and not torch.allclose(e[0], e[1])
+
+
+def test_permuting_the_cells_permutes_the_output(storage):
+    net = model()
+    batch = batch_of(storage, [0])
+    out, x, cond = run(net, batch)
+    perm = torch.randperm(batch.num_nodes, generator=torch.Generator().manual_seed(4))
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.arange(len(perm))
+    shuffled = batch.clone()
+    for key in ("fine_pos", "fine_layer", "fine_cell", "fine_parent", "fine_energy"):
+        shuffled[key] = batch[key][perm]
+    shuffled.fine_edge_index = inverse[batch.fine_edge_index]  # node i is now at position inverse[i]
+    out_shuffled = net(x[perm], shuffled.coarse_energy.unsqueeze(1), shuffled, cond)
+    assert torch.allclose(out_shuffled, out[perm], atol=1e-5)
