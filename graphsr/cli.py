@@ -77,10 +77,20 @@ def _train(args):
           f"{result.events_per_second:.0f} events/s)")
 
 
-def _sample(args):
-    from graphsr.inference import SuperResolver, super_resolve_file
+def _resolver(args):
+    """The checkpoint's model, with the command line's sampler settings that are not per call."""
+    from graphsr.inference import SuperResolver
 
     resolver = SuperResolver(args.checkpoint, device=args.device)
+    if args.eta is not None:
+        resolver.config.sample.eta = args.eta
+    return resolver
+
+
+def _sample(args):
+    from graphsr.inference import super_resolve_file
+
+    resolver = _resolver(args)
     n = super_resolve_file(resolver, args.input, args.output, overwrite=args.overwrite, max_events=args.max_events,
                            sampler=args.sampler, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
                            mode=args.mode, spread_scale=args.spread_scale)
@@ -95,7 +105,7 @@ def _evaluate(args):
     from graphsr.inference import SuperResolver
     from graphsr.plotting import event_display
 
-    resolver = SuperResolver(args.checkpoint, device=args.device)
+    resolver = _resolver(args)
     config = resolver.config
     same_file = any(Path(args.input).resolve() == Path(f).resolve() for f in config.data.train)
     dataset = CocoaDataset([args.input], root=config.data.cache, options=resolver.graph_options,
@@ -162,6 +172,8 @@ def _add_sampling_options(parser, ensemble_default=None):
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by `graphsr train`")
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), help="default: the checkpoint's")
     parser.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's)")
+    parser.add_argument("--eta", type=float, help="ddim sampler's stochasticity: 0 deterministic DDIM, 1 ancestral "
+                        "DDPM (default: the checkpoint's)")
     parser.add_argument("--ensemble", type=int, default=ensemble_default,
                         help=f"samples per event (default: {ensemble_default or 'the checkpoint' + chr(39) + 's'})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (same seed, same samples)")

@@ -68,6 +68,7 @@ class TrainConfig:
 class SampleConfig:
     sampler: str = "heun"                     # "ddpm", "ddim", "heun", "dpmpp_2m"
     steps: int = 8                            # sampling steps
+    eta: float = 0.0                          # ddim: stochasticity (0: deterministic DDIM, 1: ancestral DDPM)
     ensemble: int = 10                        # samples per event (mean and spread are reported)
     mode: str = "free"                        # "free", "conserving" or "fused" (graphsr.models.sr3.MODES)
     spread_scale: float = 3.0                 # fused mode: factor on the ensemble spread (calibrate: graphsr evaluate)

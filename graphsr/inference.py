@@ -47,7 +47,7 @@ class SuperResolver:
     @torch.no_grad()
     def __call__(self, storage, events: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
                  ensemble: int | None = None, seed: int = 0, mode: str | None = None,
-                 spread_scale: float | None = None,
+                 spread_scale: float | None = None, eta: float | None = None,
                  record_steps: bool = False) -> dict:
         """Generate fine-cell energies for some events of a collated storage.
 
@@ -61,6 +61,7 @@ class SuperResolver:
                 measurement and the ensemble's estimate combined by their uncertainties: :func:`~graphsr.models.sr3.fuse`;
                 needs ensemble >= 2). Default: the config's ``sample.mode``.
             spread_scale: fused mode's factor on the ensemble spread (default: the config's).
+            eta: the ``ddim`` sampler's stochasticity (default: the config's ``sample.eta``).
             record_steps: also return the denoised estimate after every step (``trajectory``: [steps, Nf]).
 
         Returns:
@@ -86,9 +87,10 @@ class SuperResolver:
             target = self.denoiser(torch.zeros_like(x), ones, batch.batch, data=batch)[:, 0]
             trajectory = [target]
         else:
+            options = {"eta": sc.eta if eta is None else eta} if sampler == "ddim" else {}
             target = get_sampler(sampler)(self.denoiser, x, sigmas, batch=batch.batch, extra_args={"data": batch},
                                           callback=callback, generator=generator, disable=True,
-                                          num_graphs=batch.num_graphs)[:, 0]
+                                          num_graphs=batch.num_graphs, **options)[:, 0]
         energy = self.transform.inverse(batch, target)
         if mode == "conserving":
             energy = conserve(energy, batch)

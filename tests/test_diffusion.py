@@ -79,6 +79,24 @@ def test_samplers_recover_gaussian(sampler, steps, tol, parameterisation):
     assert float(x.std()) == pytest.approx(s, rel=3 * tol)
 
 
+@pytest.mark.parametrize("parameterisation", ["edm", "eps"])
+def test_ddim_with_eta_recovers_gaussian_and_spans_ddim_to_ddpm(parameterisation):
+    mu, s = 1.5, 0.4
+    denoiser = Denoiser(GaussianOptimal(mu, s, parameterisation), parameterisation)
+    g = torch.Generator().manual_seed(0)
+    batch = torch.arange(4).repeat_interleave(1000)
+    sigmas = karras_sigmas(60, 0.002, 80.0)
+    x0 = torch.randn(4000, 1, generator=g) * sigmas[0]
+    run = lambda sampler, seed, **kw: get_sampler(sampler)(  # noqa: E731
+        denoiser, x0, sigmas, batch=batch, generator=torch.Generator().manual_seed(seed), **kw)
+    half = run("ddim", 1, eta=0.5)
+    assert float(half.mean()) == pytest.approx(mu, abs=0.05) and float(half.std()) == pytest.approx(s, rel=0.15)
+    # eta = 1 is ancestral DDPM, draw for draw; eta = 0 draws no noise at all
+    assert torch.equal(run("ddim", 1, eta=1.0), run("ddpm", 1))
+    assert torch.equal(run("ddim", 1, eta=0.0), run("ddim", 2, eta=0.0))
+    assert not torch.equal(half, run("ddim", 2, eta=0.5))
+
+
 def test_samplers_are_seeded():
     denoiser = Denoiser(GaussianOptimal(0.0, 1.0, "edm"), "edm")
     assert torch.equal(sample(denoiser, "ddpm", 10, seed=3), sample(denoiser, "ddpm", 10, seed=3))

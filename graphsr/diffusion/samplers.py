@@ -3,8 +3,9 @@
 All run on a decreasing grid of noise levels ``sigmas`` (last one 0, e.g. :func:`karras_sigmas`) and call
 ``denoiser(x, sigma_per_graph, batch, **extra_args)``:
 
-* ``ddpm``: ancestral sampling (the stochastic DDPM / SR3 sampler; Euler step plus fresh noise).
-* ``ddim``: deterministic DDIM, which in sigma form is the Euler method on the probability-flow ODE.
+* ``ddim``: DDIM (Song et al. 2021, arXiv 2010.02502) with stochasticity ``eta``: ``eta = 0`` is deterministic
+  DDIM, in sigma form the Euler method on the probability-flow ODE; ``eta = 1`` is ancestral DDPM.
+* ``ddpm``: ancestral sampling (the stochastic DDPM / SR3 sampler), i.e. ``ddim`` with ``eta = 1``.
 * ``heun``: EDM's 2nd-order Heun method (Karras et al. 2022, algorithm 1 without churn); 2 evaluations per step
   except the last.
 * ``dpmpp_2m``: DPM-Solver++(2M) (Lu et al. 2022), 2nd order with one evaluation per step.
@@ -51,28 +52,25 @@ def _run(step_fn, denoiser, x, sigmas, batch, extra_args, callback, disable, num
 
 @torch.no_grad()
 def sample_ddim(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, generator=None, disable=True,
-                num_graphs=None):
-    def step(denoise, x, sigmas, i, state):
-        denoised = denoise(x, sigmas[i])
-        d = (x - denoised) / sigmas[i]
-        return x + d * (sigmas[i + 1] - sigmas[i]), denoised
-    return _run(step, denoiser, x, sigmas, batch, extra_args, callback, disable, num_graphs)
-
-
-@torch.no_grad()
-def sample_ddpm(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, generator=None, disable=True,
-                num_graphs=None):
+                num_graphs=None, eta: float = 0.0):
     def step(denoise, x, sigmas, i, state):
         s, s_next = sigmas[i], sigmas[i + 1]
         denoised = denoise(x, s)
         # split the step into a deterministic part down to sigma_down and fresh noise of size sigma_up
-        sigma_up = torch.sqrt(s_next**2 * (s**2 - s_next**2) / s**2)
+        # (eta = 1: the DDPM posterior's noise; eta = 0: none)
+        sigma_up = (eta * torch.sqrt(s_next**2 * (s**2 - s_next**2) / s**2)).clamp_max(s_next)
         sigma_down = torch.sqrt(s_next**2 - sigma_up**2)
         x = x + (x - denoised) / s * (sigma_down - s)
-        if s_next > 0:
+        if eta > 0 and s_next > 0:
             x = x + torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator) * sigma_up
         return x, denoised
     return _run(step, denoiser, x, sigmas, batch, extra_args, callback, disable, num_graphs)
+
+
+def sample_ddpm(denoiser, x, sigmas, *, batch, extra_args=None, callback=None, generator=None, disable=True,
+                num_graphs=None):
+    return sample_ddim(denoiser, x, sigmas, batch=batch, extra_args=extra_args, callback=callback,
+                       generator=generator, disable=disable, num_graphs=num_graphs, eta=1.0)
 
 
 @torch.no_grad()
