@@ -163,6 +163,12 @@ def test_evaluation_metrics_on_a_tiny_run(trained, data_file, tmp_path):
     assert set(metrics["cell"]) == {"ECAL1", "ECAL2", "ECAL3"}
     split = metrics["cell"]["ECAL2"]["even_split"]
     assert split["occupancy"]["recall"] > 0.5 and 0 <= split["hallucinated_fraction"] <= 1
+    # downstream: single 50 GeV electrons are found in the fine truth, one per event, with a small energy residual
+    particles = metrics["particles"]
+    assert set(particles) == {"fine_truth", "super_resolved_mean", "coarse", "even_split", "regression"}
+    truth = particles["fine_truth"]
+    assert truth["cardinality"]["1"]["events"] == 12 and truth["cardinality"]["1"]["value"] >= 0.9
+    assert truth["efficiency"] >= 0.9 and truth["energy"]["value"] < 0.05
 
 
 def test_fused_mode_sums_between_measurement_and_model(trained):
