@@ -15,7 +15,7 @@ DATA        ?= data
 EVENTS      ?= 4000
 SEED        ?= 1
 
-.PHONY: install demo train sample eval test test-slow data bench clean
+.PHONY: install demo demo-multi train sample eval test test-slow data bench clean
 CONFIG      ?= configs/single_electron_2x.yaml
 REGRESSION_CONFIG ?= configs/single_electron_2x_regression.yaml
 RUN         ?= runs/single_electron_2x
@@ -61,8 +61,16 @@ demo: $(STAMP) $(DATA)/single_electron_2x.root
 	  --regression $(RUN)_regression/checkpoint.pt
 	@echo "demo done: report in $(REPORT)/report.md"
 
-# train (or continue with RESUME=1) the model of CONFIG into RUN
-train: $(STAMP) $(DATA)/single_electron_2x.root
+# the multi-particle 4x setup on CPU (an electron plus 0-3 photons): simulate, train ~8 min, evaluate with the
+# downstream particle reconstruction; reports/multi_particle_4x/report.md
+demo-multi: $(STAMP) $(DATA)/multi_particle_4x.root
+	$(GRAPHSR) train --config configs/multi_particle_4x_cpu.yaml --out runs/multi_particle_4x
+	$(GRAPHSR) evaluate --checkpoint runs/multi_particle_4x/checkpoint.pt --input $(DATA)/multi_particle_4x.root \
+	  --out reports/multi_particle_4x --events 300
+	@echo "multi-particle demo done: report in reports/multi_particle_4x/report.md"
+
+# train (or continue with RESUME=1) the model of CONFIG (its data.train files) into RUN; INPUT is made first
+train: $(STAMP) $(INPUT)
 	$(GRAPHSR) train --config $(CONFIG) --out $(RUN) $(if $(RESUME),--resume)
 
 # super-resolve INPUT with the trained model into $(RUN)/super_resolved.root
