@@ -93,7 +93,9 @@ bench: $(STAMP)
 	$(PY) bench/bench_simulator.py
 	$(PY) bench/bench_loading.py
 	$(PY) bench/bench_denoiser.py
+	$(PY) bench/bench_training.py
 	$(PY) bench/bench_sampling.py --checkpoint $(RUN)/checkpoint.pt --input $(INPUT)
+	$(PY) bench/bench_evaluation.py --checkpoint $(RUN)/checkpoint.pt
 
 clean:
 	rm -rf $(VENV) reports runs $(DATA)/*.root
