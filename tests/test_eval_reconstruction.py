@@ -55,6 +55,17 @@ def test_even_split_plateau_gives_one_seed():
     assert reco["count"][0] == 1 and reco["energy"][0] == pytest.approx(32.0)
 
 
+def test_a_lower_plateau_beside_a_higher_one_seeds_nothing():
+    # two neighbouring coarse cells split evenly: only the higher plateau is a maximum, wherever its cells touch
+    layer, ieta, iphi = np.array([1, 1]), np.array([30, 30]), np.array([7, 8])
+    cell = FINE.cell_id(*(a.reshape(-1) for a in COARSE.children(FINE, layer, ieta, iphi)))
+    energy = np.repeat([3.0, 2.0], 16)
+    reco = find_particles(energy, cell, np.zeros(32, dtype=np.int64), 1, FINE, radius=0.2)
+    assert reco["count"][0] == 1 and reco["energy"][0] == pytest.approx(80.0)
+    # the seed sits at the higher plateau's centre: the far side of the lower one is beyond a 0.1 radius
+    assert find_particles(energy, cell, np.zeros(32, dtype=np.int64), 1, FINE)["energy"][0] < 80.0
+
+
 def test_showers_two_fine_cells_apart_merge_on_the_coarse_grid():
     event, cell, energy = cells(blob(0, 129, 9, 20.0), blob(0, 129, 13, 10.0))
     assert find_particles(energy, cell, event, 1, FINE)["count"][0] == 2

@@ -6,8 +6,8 @@ runs the same way on any cells (the fine truth, super-resolved cells, the baseli
 own grid), so comparisons between inputs are fair; its absolute numbers are not the published model's.
 
 1. Seeds: cells of the seed layer (ECAL2, where EM showers peak) above ``seed_threshold`` that are local maxima
-   among their 8 in-layer neighbours. Ties go to the lower cell id, so a plateau of equal cells (as the even split
-   makes) gives one seed.
+   among their 8 in-layer neighbours. Neighbours of equal energy count as one plateau (the even split makes
+   them): a plateau with no higher neighbour gives one seed.
 2. Every cell joins the nearest seed of its event in (eta, phi) within ``radius``.
 3. A particle's energy is the sum of its cells, its direction their energy-weighted centroid.
 4. Reconstructed particles are matched to true ones greedily by smallest Delta R, below ``match_radius``.
@@ -18,6 +18,8 @@ Everything is vectorised over events: the loops run over seed ranks and matching
 from __future__ import annotations
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from graphsr.detector import Geometry
 from graphsr.eval.metrics import as_numpy
@@ -25,7 +27,7 @@ from graphsr.simulation.topoclustering import neighbour_edges
 
 SEED_LAYER = 1          # ECAL2
 SEED_THRESHOLD = 1.0    # GeV in the seed cell
-RADIUS = 0.15           # cells further than this from every seed (eta, phi) join no particle
+RADIUS = 0.1            # cells further than this from every seed (eta, phi) join no particle (~3.5 Moliere radii)
 MATCH_RADIUS = 0.1      # largest Delta R of a reconstructed-true match
 
 
@@ -51,16 +53,26 @@ def find_particles(energy, cell, event, num_events: int, geometry: Geometry, *, 
     layer, ieta, iphi = geometry.cell_index(cell)
     eta, phi = geometry.cell_center(layer, ieta, iphi)
 
-    # seeds: local maxima of the seed layer, ties to the lower cell id
+    # seeds: local maxima of the seed layer. Neighbours of equal energy form plateaus; a plateau none of whose cells
+    # has a higher neighbour gives one seed, its lowest cell id
     candidate = np.flatnonzero((layer == seed_layer) & (energy > seed_threshold))
     start, end = neighbour_edges(event[candidate], layer[candidate], ieta[candidate], iphi[candidate], geometry)
-    neighbour, centre = candidate[start], candidate[end]
-    beaten = (energy[neighbour] > energy[centre]) | ((energy[neighbour] == energy[centre]) &
-                                                      (cell[neighbour] < cell[centre]))
-    is_seed = np.ones(len(candidate), dtype=bool)
-    is_seed[end[beaten]] = False
-    seeds = candidate[is_seed]
-    seeds = seeds[np.lexsort((-energy[seeds], event[seeds]))]
+    higher = energy[candidate[start]] > energy[candidate[end]]
+    equal = energy[candidate[start]] == energy[candidate[end]]
+    n = len(candidate)
+    links = coo_matrix((np.ones(int(equal.sum()), dtype=np.int8), (start[equal], end[equal])), shape=(n, n))
+    num_plateaus, plateau = connected_components(links.tocsr(), directed=False)
+    beaten = np.bincount(plateau[end[higher]], minlength=num_plateaus) > 0
+    order = np.lexsort((cell[candidate], plateau))
+    lowest = candidate[order[np.unique(plateau[order], return_index=True)[1]]]  # lowest cell id of each plateau
+    # a seed sits at its plateau's centre
+    size = np.bincount(plateau, minlength=num_plateaus)
+    plateau_eta = np.bincount(plateau, weights=eta[candidate], minlength=num_plateaus) / size
+    plateau_phi = phi[lowest] + np.bincount(plateau, weights=_delta_phi(phi[candidate], phi[lowest][plateau]),
+                                            minlength=num_plateaus) / size
+    kept = np.flatnonzero(~beaten)
+    kept = kept[np.lexsort((-energy[lowest[kept]], event[lowest[kept]]))]
+    seeds, seed_eta, seed_phi = lowest[kept], plateau_eta[kept], _delta_phi(plateau_phi[kept], 0.0)
     count = np.bincount(event[seeds], minlength=num_events)
     first = np.concatenate([[0], np.cumsum(count)])[:-1]
 
@@ -69,8 +81,8 @@ def find_particles(energy, cell, event, num_events: int, geometry: Geometry, *, 
     best = np.full(len(energy), radius)
     for rank in range(int(count.max()) if len(count) else 0):
         has = count[event] > rank
-        s = seeds[first[event[has]] + rank]
-        dr = np.hypot(eta[has] - eta[s], _delta_phi(phi[has], phi[s]))
+        s = first[event[has]] + rank
+        dr = np.hypot(eta[has] - seed_eta[s], _delta_phi(phi[has], seed_phi[s]))
         closer = dr < best[has]
         rows = np.flatnonzero(has)[closer]
         owner[rows], best[rows] = first[event[rows]] + rank, dr[closer]
@@ -80,12 +92,12 @@ def find_particles(energy, cell, event, num_events: int, geometry: Geometry, *, 
     w = np.clip(e, 0, None)
     total = np.bincount(o, weights=e, minlength=len(seeds))
     weight = np.bincount(o, weights=w, minlength=len(seeds))
-    d_phi = _delta_phi(phi[joined], phi[seeds][o])
+    d_phi = _delta_phi(phi[joined], seed_phi[o])
     with np.errstate(invalid="ignore", divide="ignore"):
         c_eta = np.bincount(o, weights=w * eta[joined], minlength=len(seeds)) / weight
-        c_phi = phi[seeds] + np.bincount(o, weights=w * d_phi, minlength=len(seeds)) / weight
-    c_eta = np.where(weight > 0, c_eta, eta[seeds])
-    c_phi = _delta_phi(np.where(weight > 0, c_phi, phi[seeds]), 0.0)
+        c_phi = seed_phi + np.bincount(o, weights=w * d_phi, minlength=len(seeds)) / weight
+    c_eta = np.where(weight > 0, c_eta, seed_eta)
+    c_phi = _delta_phi(np.where(weight > 0, c_phi, seed_phi), 0.0)
     return {"event": event[seeds], "energy": total, "eta": c_eta, "phi": c_phi, "count": count}
 
 
