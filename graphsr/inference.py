@@ -82,13 +82,15 @@ class SuperResolver:
         x = torch.randn(batch.num_nodes, 1, generator=generator, device=self.device) * sigmas[0]
         trajectory = []
         callback = (lambda info: trajectory.append(info["denoised"][:, 0].clone())) if record_steps else None
+        # the graph-only work (edge embeddings, cross edges) once for every step
+        net_args = {"data": batch, "prepared": self.denoiser.net.backbone.prepare(batch)}
         if dc.parameterisation == "regression":  # deterministic baseline: one evaluation gives the prediction
             ones = torch.ones(batch.num_graphs, device=self.device)
-            target = self.denoiser(torch.zeros_like(x), ones, batch.batch, data=batch)[:, 0]
+            target = self.denoiser(torch.zeros_like(x), ones, batch.batch, **net_args)[:, 0]
             trajectory = [target]
         else:
             options = {"eta": sc.eta if eta is None else eta} if sampler == "ddim" else {}
-            target = get_sampler(sampler)(self.denoiser, x, sigmas, batch=batch.batch, extra_args={"data": batch},
+            target = get_sampler(sampler)(self.denoiser, x, sigmas, batch=batch.batch, extra_args=net_args,
                                           callback=callback, generator=generator, disable=True,
                                           num_graphs=batch.num_graphs, **options)[:, 0]
         energy = self.transform.inverse(batch, target)

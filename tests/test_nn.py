@@ -134,3 +134,11 @@ def test_permuting_the_cells_permutes_the_output(storage):
     shuffled.fine_edge_index = inverse[batch.fine_edge_index]  # node i is now at position inverse[i]
     out_shuffled = net(x[perm], shuffled.coarse_energy.unsqueeze(1), shuffled, cond)
     assert torch.allclose(out_shuffled, out[perm], atol=1e-5)
+
+
+def test_prepared_graph_work_gives_the_same_output_at_every_step(storage):
+    net, batch = model(), batch_of(storage, [0, 1, 2])
+    prepared = net.prepare(batch)
+    for seed in (1, 2):  # reused across calls with different inputs and conditioning, as a sampler does
+        out, x, cond = run(net, batch, seed)
+        assert torch.equal(net(x, batch.coarse_energy.unsqueeze(1), batch, cond, prepared), out)

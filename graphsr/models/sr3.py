@@ -48,11 +48,13 @@ class SR3Network(nn.Module):
             fine_in=2, coarse_in=1, out=1, width=config.width, depth=config.depth, coarse_depth=config.coarse_depth,
             heads=config.heads, context_tokens=config.context_tokens, cond_dim=config.width, dropout=config.dropout)
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, batch: torch.Tensor, data) -> torch.Tensor:
-        """x: [Nf, 1] noisy (scaled) target; c_noise: [B] noise conditioning; data: the batch of events."""
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, batch: torch.Tensor, data,
+                prepared: dict | None = None) -> torch.Tensor:
+        """x: [Nf, 1] noisy (scaled) target; c_noise: [B] noise conditioning; data: the batch of events;
+        prepared: ``self.backbone.prepare(data)``, to reuse across sampling steps."""
         parent_input = data.coarse_input[data.fine_parent].unsqueeze(1)
         x_fine = torch.cat([x, parent_input], dim=1)
-        return self.backbone(x_fine, data.coarse_input.unsqueeze(1), data, self.noise_embedding(c_noise))
+        return self.backbone(x_fine, data.coarse_input.unsqueeze(1), data, self.noise_embedding(c_noise), prepared)
 
 
 MODES = ("free", "conserving", "fused")

@@ -36,17 +36,24 @@ class GraphAttention(nn.Module):
         self.out = nn.Linear(width, width)
         self.dropout = nn.Dropout(dropout)
 
+    def embed_edges(self, edge_attr: torch.Tensor | None) -> torch.Tensor | None:
+        """[E, edge_dim] edge features -> [E, 2 width], the terms added to keys and values (None without edge_dim).
+
+        They depend on the graph alone: a sampler computes them once and reuses them at every step."""
+        return None if self.edge is None else self.edge(edge_attr)
+
     def forward(self, x_source: torch.Tensor, x_target: torch.Tensor, edge_index: torch.Tensor,
-                edge_attr: torch.Tensor | None = None) -> torch.Tensor:
-        """x_source [Ns, F_s], x_target [Nt, width], edge_index [2, E] (source, target) -> [Nt, width].
+                edge_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """x_source [Ns, F_s], x_target [Nt, width], edge_index [2, E] (source, target), edge_embedding
+        [E, 2 width] from :meth:`embed_edges` -> [Nt, width].
 
         Targets without incoming edges get zeros.
         """
         source, target = edge_index
         num_edges, h, d = source.numel(), self.heads, self.head_dim
         key_value = self.key_value(x_source).index_select(0, source)  # index_select: cheap backward on CPU
-        if self.edge is not None:
-            key_value = key_value + self.edge(edge_attr)
+        if edge_embedding is not None:
+            key_value = key_value + edge_embedding
         key, value = key_value.view(num_edges, 2, h, d).unbind(1)
         query = self.query(x_target).index_select(0, target).view(-1, h, d)
         logits = (query * key).sum(-1) / math.sqrt(d)

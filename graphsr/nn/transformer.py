@@ -62,8 +62,14 @@ class Block(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x, edge_index, edge_attr, batch, cond, num_graphs, coarse=None):
-        """x [N, W]; cond [num_graphs, cond_dim]; coarse: (h_coarse, cross_edge_index, cross_edge_attr)."""
+    def embed_edges(self, edge_attr, cross_attr=None):
+        """Edge embeddings of the self- and cross-attention (they depend on the graph alone)."""
+        cross = self.cross_attention.embed_edges(cross_attr) if self.cross_attention is not None else None
+        return self.self_attention.embed_edges(edge_attr), cross
+
+    def forward(self, x, edge_index, edge_embedding, batch, cond, num_graphs, coarse=None):
+        """x [N, W]; edge_embedding: of the self-attention (:meth:`embed_edges`); cond [num_graphs, cond_dim];
+        coarse: (h_coarse, cross_edge_index, cross_edge_embedding)."""
         mods = self.modulation(cond).index_select(0, batch).chunk(3 * self.num_sublayers, dim=-1)
         sub = iter(range(self.num_sublayers))
 
@@ -71,11 +77,11 @@ class Block(nn.Module):
             return self.norm(x) * (1 + mods[3 * i + 1]) + mods[3 * i], mods[3 * i + 2]
 
         h, gate = modulated(next(sub))
-        x = x + gate * self.self_attention(h, h, edge_index, edge_attr)
+        x = x + gate * self.self_attention(h, h, edge_index, edge_embedding)
         if self.cross_attention is not None:
             h, gate = modulated(next(sub))
-            h_coarse, cross_index, cross_attr = coarse
-            x = x + gate * self.cross_attention(h_coarse, h, cross_index, cross_attr)
+            h_coarse, cross_index, cross_embedding = coarse
+            x = x + gate * self.cross_attention(h_coarse, h, cross_index, cross_embedding)
         if self.context is not None:
             h, gate = modulated(next(sub))
             x = x + gate * self.context(h, batch, num_graphs)
@@ -138,26 +144,38 @@ class GraphTransformer(nn.Module):
         fine_all = torch.arange(parent.numel(), device=parent.device)
         return torch.stack([torch.cat([parent, source[edge]]), torch.cat([fine_all, fine])])
 
-    def forward(self, x_fine: torch.Tensor, x_coarse: torch.Tensor, data, cond: torch.Tensor) -> torch.Tensor:
-        """x_fine [Nf, fine_in], x_coarse [Nc, coarse_in], data: a (batched) PairData, cond [num_graphs, cond_dim]."""
+    def prepare(self, data) -> dict:
+        """Everything that depends on the events' cells alone, not on the inputs or the conditioning: the position
+        of each fine cell in its parent, the cross edges and every block's edge embeddings. A sampler calls it once
+        and passes the result to :meth:`forward` at every step (with the same weights: embeddings are weights')."""
+        f_pos, c_pos = data.fine_pos, data.coarse_pos
+        f_layer, c_layer = data.fine_layer, data.coarse_layer
+        (c_src, c_dst), (f_src, f_dst) = data.coarse_edge_index, data.fine_edge_index
+        cross = self.cross_edges(data)
+        c_attr = self.relative(c_pos[c_src], c_layer[c_src], c_pos[c_dst], c_layer[c_dst])
+        f_attr = self.relative(f_pos[f_src], f_layer[f_src], f_pos[f_dst], f_layer[f_dst])
+        cross_attr = self.relative(c_pos[cross[0]], c_layer[cross[0]], f_pos[cross[1]], f_layer[cross[1]])
+        return {"inside": self.relative(c_pos[data.fine_parent], c_layer[data.fine_parent], f_pos, f_layer)[:, :2],
+                "cross": cross,
+                "coarse_edges": [block.embed_edges(c_attr)[0] for block in self.coarse_blocks],
+                "fine_edges": [block.embed_edges(f_attr, cross_attr) for block in self.blocks]}
+
+    def forward(self, x_fine: torch.Tensor, x_coarse: torch.Tensor, data, cond: torch.Tensor,
+                prepared: dict | None = None) -> torch.Tensor:
+        """x_fine [Nf, fine_in], x_coarse [Nc, coarse_in], data: a (batched) PairData, cond [num_graphs, cond_dim];
+        prepared: :meth:`prepare` of ``data`` (computed here when not given)."""
+        prepared = self.prepare(data) if prepared is None else prepared
         batch, coarse_batch = data.batch, data.coarse_batch
         num_graphs = cond.size(0)
         f_pos, c_pos = data.fine_pos, data.coarse_pos
-        f_layer, c_layer = data.fine_layer, data.coarse_layer
-        inside = self.relative(c_pos[data.fine_parent], c_layer[data.fine_parent], f_pos, f_layer)[:, :2]
-        h = self.fine_input(torch.cat([x_fine, inside, f_pos[:, :1] / ETA_MAX], dim=1)) + self.layer_embedding(f_layer)
-        hc = self.coarse_input(torch.cat([x_coarse, c_pos[:, :1] / ETA_MAX], dim=1)) + self.layer_embedding(c_layer)
-
-        c_src, c_dst = data.coarse_edge_index
-        c_attr = self.relative(c_pos[c_src], c_layer[c_src], c_pos[c_dst], c_layer[c_dst])
-        for block in self.coarse_blocks:
-            hc = block(hc, data.coarse_edge_index, c_attr, coarse_batch, cond, num_graphs)
-
-        f_src, f_dst = data.fine_edge_index
-        f_attr = self.relative(f_pos[f_src], f_layer[f_src], f_pos[f_dst], f_layer[f_dst])
-        cross = self.cross_edges(data)
-        cross_attr = self.relative(c_pos[cross[0]], c_layer[cross[0]], f_pos[cross[1]], f_layer[cross[1]])
-        for block in self.blocks:
-            h = block(h, data.fine_edge_index, f_attr, batch, cond, num_graphs, coarse=(hc, cross, cross_attr))
+        h = self.fine_input(torch.cat([x_fine, prepared["inside"], f_pos[:, :1] / ETA_MAX], dim=1)) + \
+            self.layer_embedding(data.fine_layer)
+        hc = self.coarse_input(torch.cat([x_coarse, c_pos[:, :1] / ETA_MAX], dim=1)) + \
+            self.layer_embedding(data.coarse_layer)
+        for block, edges in zip(self.coarse_blocks, prepared["coarse_edges"]):
+            hc = block(hc, data.coarse_edge_index, edges, coarse_batch, cond, num_graphs)
+        cross = prepared["cross"]
+        for block, (edges, cross_edges) in zip(self.blocks, prepared["fine_edges"]):
+            h = block(h, data.fine_edge_index, edges, batch, cond, num_graphs, coarse=(hc, cross, cross_edges))
         shift, scale = self.final_modulation(cond).index_select(0, batch).chunk(2, dim=-1)
         return self.head(self.final_norm(h) * (1 + scale) + shift)
