@@ -28,10 +28,10 @@ def main():
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--ensemble", type=int, default=10)
-    parser.add_argument("--batch-events", type=int, default=64)
+    parser.add_argument("--max-nodes", type=int, help="fine cells per sampler call (default: SuperResolver's)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
-    resolver = SuperResolver(args.checkpoint, device=args.device)
+    resolver = SuperResolver(args.checkpoint, device=args.device, max_nodes=args.max_nodes)
     sc = resolver.config.sample
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "events.root"
@@ -45,7 +45,7 @@ def main():
         events = torch.arange(len(dataset))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            g = generate(resolver, dataset.storage(), events, ensemble=args.ensemble, batch_events=args.batch_events)
+            g = generate(resolver, dataset.storage(), events, ensemble=args.ensemble)
             start = time.perf_counter()
             results = compute_metrics(g)
             t_metrics = time.perf_counter() - start

@@ -95,7 +95,7 @@ class Generated:
 
 
 def generate(resolver, storage, events, *, ensemble: int = 10, sampler: str | None = None, steps: int | None = None,
-             seed: int = 0, batch_events: int = 16, mode: str | None = None, spread_scale: float | None = None,
+             seed: int = 0, mode: str | None = None, spread_scale: float | None = None,
              regression=None,
              progress: bool = True) -> Generated:
     """Super-resolve ``events`` of a collated storage with ``ensemble`` samples each; truth and baselines alongside.
@@ -109,8 +109,8 @@ def generate(resolver, storage, events, *, ensemble: int = 10, sampler: str | No
         raise ValueError("evaluation needs the fine truth (a High_Tree): the input has coarse cells only")
     parts, start = [], time.perf_counter()
     coarse_offset = 0
-    for i in tqdm(range(0, len(events), batch_events), disable=not progress, desc="evaluating", unit="batch"):
-        chunk = events[i:i + batch_events]
+    for i, chunk in tqdm(resolver.chunks(storage, events, ensemble), disable=not progress, desc="evaluating",
+                         unit="batch"):
         out = resolver(storage, chunk, sampler=sampler, steps=steps, ensemble=ensemble, seed=seed + i,
                        mode=mode, spread_scale=spread_scale)
         b = out["batch"].cpu()
@@ -139,8 +139,8 @@ def generate(resolver, storage, events, *, ensemble: int = 10, sampler: str | No
 
 
 def calibrate_spread_scale(resolver, storage, events, *, ensemble: int = 10, sampler: str | None = None,
-                           steps: int | None = None, seed: int = 10_000, grid=(1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
-                           batch_events: int = 32) -> dict:
+                           steps: int | None = None, seed: int = 10_000,
+                           grid=(1.0, 1.5, 2.0, 3.0, 5.0, 10.0)) -> dict:
     """Choose the fused mode's ``spread_scale`` on validation events: the value of ``grid`` that minimises the
     relative spread of the event ECAL energy. Never use test events here.
 
@@ -152,11 +152,10 @@ def calibrate_spread_scale(resolver, storage, events, *, ensemble: int = 10, sam
     noise_table = torch.as_tensor(resolver.coarse_geometry.noise, dtype=torch.float32) / 1000.0
     results = {scale: [] for scale in grid}
     truths = []
-    for i in range(0, len(events), batch_events):
-        out = resolver(storage, events[i:i + batch_events], sampler=sampler, steps=steps, ensemble=ensemble,
-                       seed=seed + i, mode="free")
+    for i, chunk in resolver.chunks(storage, events, ensemble):
+        out = resolver(storage, chunk, sampler=sampler, steps=steps, ensemble=ensemble, seed=seed + i, mode="free")
         b = out["batch"]
-        num = len(events[i:i + batch_events])
+        num = len(chunk)
         truths.append(torch.zeros(num).index_add_(0, b.batch.cpu(), b.fine_energy.cpu()))
         noise = noise_table.to(b.coarse_energy.device)[b.coarse_layer]
         for scale in grid:
@@ -374,11 +373,14 @@ def _fmt(pair, digits=4):
 
 def _particles_markdown(particles: dict) -> list[str]:
     """The downstream table: our stand-in reconstruction on each input, and the published particle-flow model."""
+    from graphsr.eval import reconstruction as reco
+
     published = PUBLISHED["multi_particle"]
     counts = sorted({n for v in particles.values() for n in v["cardinality"]}, key=int)
     lines = ["## Downstream: how many particles, their energies and directions", "",
-             "A simple deterministic reconstruction (`graphsr.eval.reconstruction`: ECAL2 local maxima above "
-             "1 GeV seed particles, cells join the nearest seed, greedy Delta R < 0.1 matching) run on each input. "
+             f"A simple deterministic reconstruction (`graphsr.eval.reconstruction`: ECAL2 local maxima above "
+             f"{reco.SEED_THRESHOLD} GeV seed particles, cells within {reco.RADIUS} in (eta, phi) join the nearest "
+             f"seed, greedy Delta R < {reco.MATCH_RADIUS} matching) run on each input. "
              "Cardinality: events whose reconstructed count equals the true count, per true count. Residuals: std "
              "of matched particles' (E - E_true) / E_true, eta - eta_true, phi - phi_true.", "",
              "| input | " + " | ".join(f"cardinality {n}" for n in counts) +
