@@ -74,6 +74,34 @@ def test_resume_continues_exactly(data_file, tmp_path):
               progress=False)
 
 
+def test_a_killed_training_process_resumes_to_the_same_weights(data_file, tmp_path):
+    """SIGKILL (no chance to clean up) right after the first checkpoint, then ``--resume``."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    config = tiny_config(data_file, tmp_path / "cache", steps=60, val_every=2)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config.to_dict()))
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "graphsr.cli", "train", "--config", str(config_file), "--out",
+                                str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert load_checkpoint(out / "checkpoint.pt")["step"] < 60  # killed mid-run, checkpoint readable
+    assert main(["train", "--config", str(config_file), "--out", str(out), "--resume"]) == 0
+    straight = train(config, tmp_path / "straight", progress=False)
+    a, b = load_checkpoint(straight.checkpoint), load_checkpoint(out / "checkpoint.pt")
+    assert b["step"] == 60 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_tiny_model_overfits_a_handful_of_events(data_file, tmp_path):
     config = tiny_config(data_file, tmp_path / "cache")
     train_set, _, _ = load_splits(config)
@@ -115,6 +143,21 @@ def test_sampling_is_seeded_and_conserving_mode_holds_parents(trained):
     batch = c["batch"]
     sums = torch.zeros_like(batch.coarse_energy).index_add_(0, batch.fine_parent, c["samples"][0])
     assert torch.allclose(sums, batch.coarse_energy, rtol=1e-5, atol=1e-6)
+
+
+def test_sampler_calls_are_chunked_by_fine_cells(trained):
+    config, result = trained
+    train_set, _, _ = load_splits(config)
+    storage = (train_set._data, train_set.slices)
+    events = torch.arange(20)
+    size = torch.diff(storage[1]["fine_layer"])[events] * 3
+    resolver = SuperResolver(result.checkpoint, device="cpu", max_nodes=int(size.max()) * 2)
+    chunks = resolver.chunks(storage, events, ensemble=3)
+    assert torch.equal(torch.cat([c for _, c in chunks]), events)  # every event once, in order
+    assert [start for start, _ in chunks] == [0, *np.cumsum([len(c) for _, c in chunks])[:-1].tolist()]
+    assert len(chunks) > 1 and all(size[s:s + len(c)].sum() <= 3 * size.max() for s, c in chunks)
+    one_each = SuperResolver(result.checkpoint, device="cpu", max_nodes=1).chunks(storage, events, ensemble=3)
+    assert [len(c) for _, c in one_each] == [1] * 20
 
 
 def test_sample_command_writes_cocoa_file_and_refuses_to_overwrite(trained, data_file, tmp_path, capsys):
@@ -169,6 +212,29 @@ def test_evaluation_metrics_on_a_tiny_run(trained, data_file, tmp_path):
     truth = particles["fine_truth"]
     assert truth["cardinality"]["1"]["events"] == 12 and truth["cardinality"]["1"]["value"] >= 0.9
     assert truth["efficiency"] >= 0.9 and truth["energy"]["value"] < 0.05
+
+
+def test_evaluate_command_writes_metrics_report_and_plots(trained, data_file, tmp_path, capsys):
+    import json
+
+    _, result = trained
+    out = tmp_path / "report"
+    args = ["evaluate", "--checkpoint", str(result.checkpoint), "--input", str(data_file), "--out", str(out),
+            "--ensemble", "2", "--mode", "fused", "--calibration-events", "4", "--displays", "1", "--device", "cpu"]
+    with pytest.warns(UserWarning):  # a tiny held-out set
+        assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "spread scale" in printed and "headline" in printed  # fused mode calibrated on validation events
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["events"] == 6 and metrics["mode"] == "fused"  # the run's 10% held-out test events of 60
+    assert metrics["calibration"]["events"] == 4 and metrics["calibration"]["spread_scale"] > 0
+    assert {"event", "cell", "shower_shapes", "physics_distances", "consistency", "particles"} <= set(metrics)
+    report = (out / "report.md").read_text()
+    for section in ("How close", "Where wrong", "Downstream", "How sure", "Event displays"):
+        assert f"## {section}" in report
+    for png in ("ensemble_size", "event_energy_residual", "cells_ECAL2", "calibration", "event_0",
+                "event_0_denoising"):
+        assert (out / f"{png}.png").stat().st_size > 0
 
 
 def test_fused_mode_sums_between_measurement_and_model(trained):
