@@ -93,7 +93,7 @@ def _sample(args):
     resolver = _resolver(args)
     n = super_resolve_file(resolver, args.input, args.output, overwrite=args.overwrite, max_events=args.max_events,
                            sampler=args.sampler, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
-                           mode=args.mode, spread_scale=args.spread_scale)
+                           mode=args.mode, spread_scale=args.spread_scale, energy_scale=args.energy_scale)
     print(f"wrote {n} super-resolved events to {args.output}")
 
 
@@ -101,7 +101,7 @@ def _evaluate(args):
     import torch
 
     from graphsr.datasets import CocoaDataset
-    from graphsr.eval.evaluate import calibrate_spread_scale, compute_metrics, generate, write_report
+    from graphsr.eval.evaluate import calibrate_fusion, compute_metrics, generate, write_report
     from graphsr.inference import SuperResolver
     from graphsr.plotting import event_display
 
@@ -123,18 +123,21 @@ def _evaluate(args):
     storage = dataset.storage()
     mode = args.mode or config.sample.mode
     calibration = None
-    if mode == "fused" and same_file and args.spread_scale is None:
+    spread_scale, energy_scale = args.spread_scale, args.energy_scale
+    if mode == "fused" and same_file and spread_scale is None and energy_scale is None:
         v, t = config.data.val_fraction, config.data.test_fraction
         val = torch.as_tensor(dataset.split((1 - v - t, v, t), seed=config.data.split_seed)[1].indices())
-        calibration = calibrate_spread_scale(resolver, storage, val[:args.calibration_events],
-                                             ensemble=args.ensemble, sampler=args.sampler, steps=args.steps)
-        print(f"fused mode: spread scale {calibration['spread_scale']} chosen on {calibration['events']} validation "
-              "events (" + ", ".join(f"{k}: {v:.4f}" for k, v in calibration["grid"].items()) + ")")
-    spread_scale = calibration["spread_scale"] if calibration else args.spread_scale
+        calibration = calibrate_fusion(resolver, storage, val[:args.calibration_events],
+                                       ensemble=args.ensemble, sampler=args.sampler, steps=args.steps)
+        spread_scale, energy_scale = calibration["spread_scale"], calibration["energy_scale"]
+        rms, default = calibration["rms"], f"{config.sample.spread_scale},1.0"
+        print(f"fused mode: spread scale {spread_scale}, energy scale {energy_scale} chosen on "
+              f"{calibration['events']} validation events (RMS relative residual "
+              f"{rms[f'{spread_scale},{energy_scale}']:.4f}; with {default}: {rms.get(default, float('nan')):.4f})")
     regression = SuperResolver(args.regression, device=args.device) if args.regression else None
     generated = generate(resolver, storage, events, ensemble=args.ensemble, sampler=args.sampler,
                          steps=args.steps, seed=args.seed, mode=mode, spread_scale=spread_scale,
-                         regression=regression)
+                         energy_scale=energy_scale, regression=regression)
     results = compute_metrics(generated)
     results["calibration"] = calibration
     out = Path(args.out)
@@ -142,7 +145,7 @@ def _evaluate(args):
     for i, event in enumerate(events[:args.displays].tolist()):
         single = resolver(storage, torch.tensor([event]), sampler=args.sampler, steps=args.steps,
                           ensemble=args.ensemble, seed=args.seed, mode=mode, spread_scale=spread_scale,
-                          record_steps=True)
+                          energy_scale=energy_scale, record_steps=True)
         data = single["batch"].cpu()
         path = event_display(data, out / f"event_{i}.png", {"one sample": single["samples"][0].cpu(),
                                                           f"mean of {single['samples'].shape[0]}": single["mean"].cpu()},
@@ -158,7 +161,8 @@ def _evaluate(args):
     ev = results["event"]
     print(f"headline: relative spread of the event ECAL energy against the fine truth: coarse "
           f"{ev['coarse']['spread']['value']:.4f}, super-resolved (mean of {args.ensemble}) "
-          f"{ev['super_resolved']['spread']['value']:.4f}, ratio {ev['ratio']:.2f} (published 0.0057 -> 0.0034, 0.60)")
+          f"{ev['super_resolved']['spread']['value']:.4f}, ratio {ev['ratio']:.2f} (published 0.0057 -> 0.0034, 0.60); "
+          f"bias coarse {ev['coarse']['bias']['value']:+.4f}, super-resolved {ev['super_resolved']['bias']['value']:+.4f}")
     cell = results["cell"].get("ECAL2", next(iter(results["cell"].values())))
     print("per-cell RMSE (ECAL2, GeV): " + ", ".join(f"{name} {v['rmse']['value']:.4f}" for name, v in cell.items()
                                                      if name != "coverage_68"))
@@ -183,6 +187,9 @@ def _add_sampling_options(parser, ensemble_default=None):
     parser.add_argument("--spread-scale", type=float,
                         help="fused mode: factor on the ensemble spread (default: the checkpoint's; evaluate "
                         "calibrates it on validation events)")
+    parser.add_argument("--energy-scale", type=float,
+                        help="fused mode: factor on the ensemble's sums, the model's energy-scale correction (default: "
+                        "the checkpoint's; evaluate calibrates it on validation events)")
     parser.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: CUDA if present)')
 
 

@@ -72,6 +72,7 @@ class SampleConfig:
     ensemble: int = 10                        # samples per event (mean and spread are reported)
     mode: str = "free"                        # "free", "conserving" or "fused" (graphsr.models.sr3.MODES)
     spread_scale: float = 3.0                 # fused mode: factor on the ensemble spread (calibrate: graphsr evaluate)
+    energy_scale: float = 1.0                 # fused mode: factor on the ensemble's sums (calibrate: graphsr evaluate)
 
 
 @dataclass

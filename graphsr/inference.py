@@ -63,7 +63,7 @@ class SuperResolver:
     @torch.no_grad()
     def __call__(self, storage, events: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
                  ensemble: int | None = None, seed: int = 0, mode: str | None = None,
-                 spread_scale: float | None = None, eta: float | None = None,
+                 spread_scale: float | None = None, energy_scale: float | None = None, eta: float | None = None,
                  record_steps: bool = False) -> dict:
         """Generate fine-cell energies for some events of a collated storage.
 
@@ -76,7 +76,8 @@ class SuperResolver:
                 (each parent's children sum exactly to its measured energy) or ``"fused"`` (they sum to the
                 measurement and the ensemble's estimate combined by their uncertainties: :func:`~graphsr.models.sr3.fuse`;
                 needs ensemble >= 2). Default: the config's ``sample.mode``.
-            spread_scale: fused mode's factor on the ensemble spread (default: the config's).
+            spread_scale, energy_scale: fused mode's factors on the ensemble's spread and sums (default: the
+                config's; :func:`graphsr.eval.evaluate.calibrate_fusion` chooses them on validation events).
             eta: the ``ddim`` sampler's stochasticity (default: the config's ``sample.eta``).
             record_steps: also return the denoised estimate after every step (``trajectory``: [steps, Nf]).
 
@@ -117,7 +118,8 @@ class SuperResolver:
         if mode == "fused":
             noise = torch.as_tensor(self.coarse_geometry.noise, dtype=samples.dtype, device=self.device) / MEV_PER_GEV
             samples = fuse(samples, single, noise[single.coarse_layer],
-                           sc.spread_scale if spread_scale is None else spread_scale)
+                           sc.spread_scale if spread_scale is None else spread_scale,
+                           sc.energy_scale if energy_scale is None else energy_scale)
         out = {"batch": single, "samples": samples, "free_samples": free, "mode": mode, "mean": samples.mean(0),
                "spread": samples.std(0) if ensemble > 1 else torch.zeros_like(samples[0])}
         if record_steps:
@@ -174,7 +176,8 @@ def super_resolve_file(resolver: SuperResolver, input_path: str | Path, output_p
     """Super-resolve every event of a COCOA file (``Low_Tree`` + ``High_Tree`` or plain ``Out_Tree``) into a
     new file (:func:`output_trees`), one output entry per input entry. Returns the number of events written.
 
-    ``sample_args`` go to :meth:`SuperResolver.__call__` (sampler, steps, ensemble, seed, mode, spread_scale).
+    ``sample_args`` go to :meth:`SuperResolver.__call__` (sampler, steps, ensemble, seed, mode, spread_scale,
+    energy_scale).
     """
     info = open_cocoa(input_path)
     high_branches = GRAPH_BRANCHES_HIGH if info.high_tree else None

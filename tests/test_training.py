@@ -227,7 +227,10 @@ def test_evaluate_command_writes_metrics_report_and_plots(trained, data_file, tm
     assert "spread scale" in printed and "headline" in printed  # fused mode calibrated on validation events
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["events"] == 6 and metrics["mode"] == "fused"  # the run's 10% held-out test events of 60
-    assert metrics["calibration"]["events"] == 4 and metrics["calibration"]["spread_scale"] > 0
+    calibration = metrics["calibration"]
+    assert calibration["events"] == 4 and calibration["spread_scale"] > 0 and calibration["energy_scale"] > 0
+    assert min(calibration["rms"].values()) == calibration["rms"][f"{calibration['spread_scale']},"
+                                                                  f"{calibration['energy_scale']}"]
     assert {"event", "cell", "shower_shapes", "physics_distances", "consistency", "particles"} <= set(metrics)
     report = (out / "report.md").read_text()
     for section in ("How close", "Where wrong", "Downstream", "How sure", "Event displays"):
@@ -252,6 +255,9 @@ def test_fused_mode_sums_between_measurement_and_model(trained):
     trust_model = parent_sums(fuse(samples, batch, noise, spread_scale=1e-6), batch)
     trust_measurement = parent_sums(fuse(samples, batch, noise, spread_scale=1e6), batch)
     assert torch.allclose(trust_model, sums.mean(0).expand_as(trust_model), atol=1e-4)
+    # the energy scale corrects the model's sums before they are combined
+    rescaled = parent_sums(fuse(samples, batch, noise, spread_scale=1e-6, energy_scale=1.5), batch)
+    assert torch.allclose(rescaled, 1.5 * sums.mean(0).expand_as(rescaled), atol=1e-4)
     assert torch.allclose(trust_measurement, batch.coarse_energy.expand_as(trust_measurement), atol=1e-4)
     # every member is rescaled to the same per-parent total, keeping its own shares
     fused = fuse(samples, batch, noise, spread_scale=3.0)

@@ -68,14 +68,15 @@ def parent_sums(energy: torch.Tensor, data) -> torch.Tensor:
     return out.reshape(*energy.shape[:-1], -1)
 
 
-def fuse(samples: torch.Tensor, data, noise: torch.Tensor, spread_scale: float = 1.0,
+def fuse(samples: torch.Tensor, data, noise: torch.Tensor, spread_scale: float = 1.0, energy_scale: float = 1.0,
          floor: float = 1e-3) -> torch.Tensor:
     """Children that sum to the measurement and the model combined by their uncertainties, per coarse cell.
 
     Each coarse cell has two estimates of its true energy: the measurement E (Gaussian noise of known sigma,
     ``noise``) and the ensemble's sum of children S (mean S_bar, variance v over the members, times
-    ``spread_scale**2``: small ensembles of an imperfect model are over-confident, so the scale is calibrated on
-    validation events, see :func:`graphsr.eval.evaluate.calibrate_spread_scale`). They are combined by inverse
+    ``spread_scale**2``: small ensembles of an imperfect model are over-confident; and S times ``energy_scale``:
+    an imperfect model's sums can be biased, a bias the measurement does not have). Both factors are calibrated on
+    validation events, see :func:`graphsr.eval.evaluate.calibrate_fusion`. The two are combined by inverse
     variance, ``T = (E / sigma^2 + S_bar / v) / (1 / sigma^2 + 1 / v)``, and every member's children are
     rescaled to sum to T, keeping the member's shares. Where the model is sure (cells it reads as noise) T follows
     the model; where it is not (hot cells, whose measurement is precise) T follows the measurement.
@@ -85,11 +86,13 @@ def fuse(samples: torch.Tensor, data, noise: torch.Tensor, spread_scale: float =
         data: the events (``coarse_energy``, ``fine_parent``).
         noise: ``[Nc]`` noise sigma of each coarse cell, GeV.
         spread_scale: factor on the ensemble's standard deviation.
+        energy_scale: factor on the ensemble's sums (and their spread): the model's energy-scale correction.
         floor: smallest ensemble standard deviation, as a fraction of sigma.
     """
     if samples.size(0) < 2:
         raise ValueError("fused mode needs an ensemble of at least 2 samples (it uses their spread)")
     sums = parent_sums(samples, data)                        # [K, Nc]
+    sums = energy_scale * sums
     mean, var = sums.mean(0), (spread_scale**2 * sums.var(0)).clamp_min((floor * noise) ** 2)
     w_measured, w_model = noise.pow(-2), var.reciprocal()
     total = (data.coarse_energy * w_measured + mean * w_model) / (w_measured + w_model)
