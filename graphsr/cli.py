@@ -134,6 +134,9 @@ def _evaluate(args):
         print(f"fused mode: spread scale {spread_scale}, energy scale {energy_scale} chosen on "
               f"{calibration['events']} validation events (RMS relative residual "
               f"{rms[f'{spread_scale},{energy_scale}']:.4f}; with {default}: {rms.get(default, float('nan')):.4f})")
+        if calibration["at_edge"]:
+            print("warning: a calibrated value is at the edge of its grid (graphsr.eval.evaluate.calibrate_fusion); "
+                  "the model may need more training", file=sys.stderr)
     regression = SuperResolver(args.regression, device=args.device) if args.regression else None
     generated = generate(resolver, storage, events, ensemble=args.ensemble, sampler=args.sampler,
                          steps=args.steps, seed=args.seed, mode=mode, spread_scale=spread_scale,

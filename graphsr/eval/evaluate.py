@@ -143,14 +143,16 @@ def generate(resolver, storage, events, *, ensemble: int = 10, sampler: str | No
 
 
 def calibrate_fusion(resolver, storage, events, *, ensemble: int = 10, sampler: str | None = None,
-                     steps: int | None = None, seed: int = 10_000, spread_grid=(1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
-                     energy_grid=(0.98, 1.0, 1.01, 1.02, 1.03, 1.04, 1.06)) -> dict:
+                     steps: int | None = None, seed: int = 10_000,
+                     spread_grid=(1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0),
+                     energy_grid=(0.98, 1.0, 1.01, 1.02, 1.03, 1.04, 1.06, 1.08, 1.1, 1.15)) -> dict:
     """Choose the fused mode's ``spread_scale`` and ``energy_scale`` (:func:`~graphsr.models.sr3.fuse`) on
     validation events: the pair of the grids that minimises the root-mean-square relative residual of the event
     ECAL energy, bias and spread together (the spread alone would accept an energy-scale shift). Never use test
     events here.
 
-    Returns ``{"spread_scale", "energy_scale", "rms": {"spread_scale,energy_scale": rms}, "events": n}``.
+    Returns ``{"spread_scale", "energy_scale", "rms": {"spread_scale,energy_scale": rms}, "events": n,
+    "at_edge": whether a chosen value is the first or last of its grid (the grid may be too narrow)}``.
     """
     from graphsr.models.sr3 import fuse
 
@@ -171,7 +173,8 @@ def calibrate_fusion(resolver, storage, events, *, ensemble: int = 10, sampler: 
     truth = torch.cat(truths).numpy()
     rms = {pair: float(np.sqrt(np.mean(((torch.cat(v).numpy() - truth) / truth) ** 2))) for pair, v in results.items()}
     spread_scale, energy_scale = min(rms, key=rms.get)
-    return {"spread_scale": spread_scale, "energy_scale": energy_scale,
+    at_edge = spread_scale in (spread_grid[0], spread_grid[-1]) or energy_scale in (energy_grid[0], energy_grid[-1])
+    return {"spread_scale": spread_scale, "energy_scale": energy_scale, "at_edge": at_edge,
             "rms": {f"{s},{e}": value for (s, e), value in rms.items()}, "events": len(events)}
 
 
