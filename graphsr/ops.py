@@ -3,7 +3,9 @@
 torch_scatter and torch_cluster are compiled extensions: GPU hosts often have torch and PyG but not these two, and
 PyG 2.8's own ``knn_graph`` needs pyg-lib, which cannot be installed everywhere. Every function here uses the
 extension when it is importable and a pure-torch implementation otherwise; both give the same results (the tests
-compare them). ``use_extensions(False)`` forces the pure-torch path, e.g. to test it on a host that has both.
+compare them), except that kNN may pick a different one of several equidistant neighbours: on graphsr's regular
+cell grids about 0.25% of edges differ between the paths. ``use_extensions(False)`` forces the pure-torch path,
+e.g. to test it on a host that has both.
 """
 
 from __future__ import annotations
