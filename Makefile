@@ -61,12 +61,13 @@ demo: $(STAMP) $(DATA)/single_electron_2x.root
 	  --regression $(RUN)_regression/checkpoint.pt
 	@echo "demo done: report in $(REPORT)/report.md"
 
-# the multi-particle 4x setup on CPU (an electron plus 0-3 photons): simulate, train ~8 min, evaluate with the
-# downstream particle reconstruction; reports/multi_particle_4x/report.md
+# the multi-particle 4x setup on CPU (an electron plus 0-3 photons): simulate, train ~8 min (+ the regression
+# baseline, 3 min), evaluate with the downstream particle reconstruction; reports/multi_particle_4x/report.md
 demo-multi: $(STAMP) $(DATA)/multi_particle_4x.root
 	$(GRAPHSR) train --config configs/multi_particle_4x_cpu.yaml --out runs/multi_particle_4x
+	$(GRAPHSR) train --config configs/multi_particle_4x_cpu_regression.yaml --out runs/multi_particle_4x_regression
 	$(GRAPHSR) evaluate --checkpoint runs/multi_particle_4x/checkpoint.pt --input $(DATA)/multi_particle_4x.root \
-	  --out reports/multi_particle_4x --events 300
+	  --out reports/multi_particle_4x --events 300 --regression runs/multi_particle_4x_regression/checkpoint.pt
 	@echo "multi-particle demo done: report in reports/multi_particle_4x/report.md"
 
 # train (or continue with RESUME=1) the model of CONFIG (its data.train files) into RUN; INPUT is made first
