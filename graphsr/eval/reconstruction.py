@@ -23,16 +23,13 @@ from scipy.sparse.csgraph import connected_components
 
 from graphsr.detector import Geometry
 from graphsr.eval.metrics import as_numpy
+from graphsr.simulation.guns import wrap_phi
 from graphsr.simulation.topoclustering import neighbour_edges
 
 SEED_LAYER = 1          # ECAL2
 SEED_THRESHOLD = 1.0    # GeV in the seed cell
 RADIUS = 0.1            # cells further than this from every seed (eta, phi) join no particle (~3.5 Moliere radii)
 MATCH_RADIUS = 0.1      # largest Delta R of a reconstructed-true match
-
-
-def _delta_phi(a, b):
-    return np.mod(a - b + np.pi, 2 * np.pi) - np.pi
 
 
 def find_particles(energy, cell, event, num_events: int, geometry: Geometry, *, seed_layer: int = SEED_LAYER,
@@ -68,11 +65,11 @@ def find_particles(energy, cell, event, num_events: int, geometry: Geometry, *, 
     # a seed sits at its plateau's centre
     size = np.bincount(plateau, minlength=num_plateaus)
     plateau_eta = np.bincount(plateau, weights=eta[candidate], minlength=num_plateaus) / size
-    plateau_phi = phi[lowest] + np.bincount(plateau, weights=_delta_phi(phi[candidate], phi[lowest][plateau]),
+    plateau_phi = phi[lowest] + np.bincount(plateau, weights=wrap_phi(phi[candidate] - phi[lowest][plateau]),
                                             minlength=num_plateaus) / size
     kept = np.flatnonzero(~beaten)
     kept = kept[np.lexsort((-energy[lowest[kept]], event[lowest[kept]]))]
-    seeds, seed_eta, seed_phi = lowest[kept], plateau_eta[kept], _delta_phi(plateau_phi[kept], 0.0)
+    seeds, seed_eta, seed_phi = lowest[kept], plateau_eta[kept], wrap_phi(plateau_phi[kept])
     count = np.bincount(event[seeds], minlength=num_events)
     first = np.concatenate([[0], np.cumsum(count)])[:-1]
 
@@ -82,7 +79,7 @@ def find_particles(energy, cell, event, num_events: int, geometry: Geometry, *, 
     for rank in range(int(count.max()) if len(count) else 0):
         has = count[event] > rank
         s = first[event[has]] + rank
-        dr = np.hypot(eta[has] - seed_eta[s], _delta_phi(phi[has], seed_phi[s]))
+        dr = np.hypot(eta[has] - seed_eta[s], wrap_phi(phi[has] - seed_phi[s]))
         closer = dr < best[has]
         rows = np.flatnonzero(has)[closer]
         owner[rows], best[rows] = first[event[rows]] + rank, dr[closer]
@@ -92,12 +89,12 @@ def find_particles(energy, cell, event, num_events: int, geometry: Geometry, *, 
     w = np.clip(e, 0, None)
     total = np.bincount(o, weights=e, minlength=len(seeds))
     weight = np.bincount(o, weights=w, minlength=len(seeds))
-    d_phi = _delta_phi(phi[joined], seed_phi[o])
+    d_phi = wrap_phi(phi[joined] - seed_phi[o])
     with np.errstate(invalid="ignore", divide="ignore"):
         c_eta = np.bincount(o, weights=w * eta[joined], minlength=len(seeds)) / weight
         c_phi = seed_phi + np.bincount(o, weights=w * d_phi, minlength=len(seeds)) / weight
     c_eta = np.where(weight > 0, c_eta, seed_eta)
-    c_phi = _delta_phi(np.where(weight > 0, c_phi, seed_phi), 0.0)
+    c_phi = wrap_phi(np.where(weight > 0, c_phi, seed_phi))
     return {"event": event[seeds], "energy": total, "eta": c_eta, "phi": c_phi, "count": count}
 
 
@@ -118,7 +115,7 @@ def match_particles(reco_event, reco_eta, reco_phi, true_event, true_eta, true_p
     reco = np.repeat(np.arange(len(reco_event)), per_reco)
     slot = np.arange(len(reco)) - np.repeat(np.cumsum(per_reco) - per_reco, per_reco)
     true = true_order[true_first[reco_event[reco]] + slot]
-    dr = np.hypot(reco_eta[reco] - true_eta[true], _delta_phi(reco_phi[reco], true_phi[true]))
+    dr = np.hypot(reco_eta[reco] - true_eta[true], wrap_phi(reco_phi[reco] - true_phi[true]))
     keep = dr < max_dr
     reco, true, dr = reco[keep], true[keep], dr[keep]
     order = np.lexsort((dr, reco_event[reco]))
@@ -175,5 +172,5 @@ def particle_metrics(reco: dict[str, np.ndarray], true_count, true_energy, true_
 
     out["energy"] = spread((reco["energy"][r] - true_energy[t]) / true_energy[t])
     out["eta"] = spread(reco["eta"][r] - true_eta[t])
-    out["phi"] = spread(_delta_phi(reco["phi"][r], true_phi[t]))
+    out["phi"] = spread(wrap_phi(reco["phi"][r] - true_phi[t]))
     return out
