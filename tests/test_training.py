@@ -119,7 +119,7 @@ def test_tiny_model_overfits_a_handful_of_events(data_file, tmp_path):
 
     before = fixed_loss()
     g = torch.Generator().manual_seed(1)
-    for _ in range(150):
+    for _ in range(300):
         loss = _loss(loss_fn, denoiser, batch, transform, g)
         optimizer.zero_grad()
         loss.backward()

@@ -101,11 +101,13 @@ class _Cells:
 
 def _contributions(keys, energy, particle):
     """Sum deposits per (cell key, particle); returns unique cell keys and the (cell, particle, energy) rows."""
-    pair = np.stack([keys, particle])
-    (uniq_pairs, inverse) = np.unique(pair, axis=1, return_inverse=True)
+    keys, particle = np.asarray(keys, dtype=np.int64), np.asarray(particle, dtype=np.int64)
+    stride = int(particle.max()) + 1 if len(particle) else 1
+    # one int64 key per pair, ordered by (cell key, particle): a 1-D unique instead of a row-wise one
+    pairs, inverse = np.unique(keys * stride + particle, return_inverse=True)
     summed = np.bincount(inverse.ravel(), weights=energy)
-    cells, cell_of_pair = np.unique(uniq_pairs[0], return_inverse=True)
-    return cells, cell_of_pair.ravel(), uniq_pairs[1], summed
+    cells, cell_of_pair = np.unique(pairs // stride, return_inverse=True)
+    return cells, cell_of_pair.ravel(), pairs % stride, summed
 
 
 def simulate_events(gun, num_events: int, *, factor: int = 2,

@@ -6,10 +6,11 @@ layers differ by an integer ratio r: a cell overlaps r^2 cells of a finer neighb
 
 Clustering (ATLAS-style 4-2-0, arXiv:1603.02934, as COCOA configures it): cells with E > 4.6 sigma seed clusters;
 cells with E > 2 sigma grow them (connected growing cells form one cluster, kept if it holds a seed); then every
-neighbour of a cluster's growing cells joins it whatever its energy (threshold 0). A boundary cell next to two
-clusters joins the one of its most energetic growing neighbour. Clusters are numbered from 1 per event in order
-of decreasing energy. COCOA's later splitting of clusters at local maxima (400 MeV) does not change which cells
-are kept and is not modelled.
+neighbour of a cluster's growing cells with E > 0 joins it (signed energies, as COCOA's
+``cluster_negative_energy_cells: false``: a neighbour with noise only joins half the time). A boundary cell next to
+two clusters joins the one of its most energetic growing neighbour. Clusters whose summed energy is not positive are
+dropped, and the rest numbered from 1 per event in order of decreasing energy. COCOA's later splitting of clusters
+at local maxima (400 MeV) does not change which cells are kept and is not modelled.
 
 Noise is drawn only for cells within a halo of the cells with signal (:func:`signal_halo`: 2 cells in-layer and
 the cells overlapping those in adjacent layers), enough for every cluster that contains signal: a cluster can only
@@ -107,7 +108,7 @@ def neighbour_edges(event: np.ndarray, layer: np.ndarray, ieta: np.ndarray, iphi
     pos = _lookup(keys[order], cell_keys(np.asarray(event)[row], nb_layer, nb_eta, nb_phi, geometry))
     found = pos >= 0
     end, start = row[found], order[pos[found]]
-    sort = np.lexsort((start, end))
+    sort = np.argsort(end * len(keys) + start)  # by (end, start) in one int64 sort
     return start[sort], end[sort]
 
 
@@ -154,7 +155,8 @@ def topoclusters(event: np.ndarray, layer: np.ndarray, ieta: np.ndarray, iphi: n
         sigma: ``[C]`` noise sigma of each cell, MeV.
         geometry: the cells' geometry.
         seed_threshold, grow_threshold: E > threshold x sigma seeds / grows a cluster.
-        boundary_threshold: neighbours with |E| >= threshold x sigma join (0: all).
+        boundary_threshold: neighbours with E > threshold x sigma join (signed, as COCOA: at 0, a noise-only
+            neighbour joins half the time).
 
     Returns:
         ``[C]`` int64 cluster index, from 1 per event in order of decreasing cluster energy; 0 outside clusters.
@@ -182,15 +184,19 @@ def topoclusters(event: np.ndarray, layer: np.ndarray, ieta: np.ndarray, iphi: n
     pos = _lookup(keys[order], cell_keys(event[grow][row], nb_layer, nb_eta, nb_phi, geometry))
     found = pos >= 0
     source, target = grow[row[found]], order[pos[found]]
-    free = (cluster[target] < 0) & (np.abs(energy[target]) >= boundary_threshold * sigma[target])
+    free = (cluster[target] < 0) & (energy[target] > boundary_threshold * sigma[target])
     source, target = source[free], target[free]
     best = np.lexsort((-energy[source], target))
     first = np.ones(len(best), dtype=bool)
     first[1:] = target[best][1:] != target[best][:-1]
     cluster[target[best][first]] = cluster[source[best][first]]
 
-    # number clusters per event by decreasing energy
+    # clusters with a net energy <= 0 are dropped (COCOA does), the rest numbered per event by decreasing energy
     member = np.flatnonzero(cluster >= 0)
+    labels, inverse = np.unique(cluster[member], return_inverse=True)
+    cluster_energy = np.bincount(inverse, weights=energy[member])
+    positive = cluster_energy[inverse] > 0
+    member = member[positive]
     labels, inverse = np.unique(cluster[member], return_inverse=True)
     cluster_energy = np.bincount(inverse, weights=energy[member])
     cluster_event = np.zeros(len(labels), dtype=np.int64)
