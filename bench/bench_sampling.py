@@ -18,7 +18,7 @@ from graphsr.datasets import CocoaDataset
 from graphsr.diffusion import evaluations
 from graphsr.eval import metrics as m
 from graphsr.eval.evaluate import generate
-from graphsr.inference import SuperResolver
+from graphsr.inference import SuperResolver, unseen_events
 
 
 def main():
@@ -35,11 +35,8 @@ def main():
 
     resolver = SuperResolver(args.checkpoint, device=args.device)
     config = resolver.config
-    dataset = CocoaDataset([args.input], root=config.data.cache, options=resolver.graph_options,
-                           max_events=config.data.max_events)
-    v, t = config.data.val_fraction, config.data.test_fraction
-    test = dataset.split((1 - v - t, v, t), seed=config.data.split_seed)[2]
-    events = torch.as_tensor(test.indices()[:args.events])
+    dataset = CocoaDataset([args.input], root=config.data.cache, options=resolver.graph_options)
+    events = unseen_events(resolver, dataset, args.input)[0][:args.events]
     storage = dataset.storage()
     print(f"{len(events)} held-out events, ensemble {args.ensemble}, device {resolver.device}, "
           f"checkpoint step {resolver.step}")

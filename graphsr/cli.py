@@ -93,65 +93,71 @@ def _sample(args):
     resolver = _resolver(args)
     n = super_resolve_file(resolver, args.input, args.output, overwrite=args.overwrite, max_events=args.max_events,
                            sampler=args.sampler, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
-                           mode=args.mode, spread_scale=args.spread_scale, energy_scale=args.energy_scale)
+                           mode=args.mode, calibrated=not args.uncalibrated)
     print(f"wrote {n} super-resolved events to {args.output}")
+
+
+def _shifted_inputs(resolver, args, seed: int = 7) -> dict:
+    """The model on single electrons outside the default training range (pT 30 and 80 GeV at eta ~ 0, and pT 50
+    GeV at |eta| 0.4-0.6), simulated here: spread ratio, bias and coverage of the event energy."""
+    import torch
+
+    from graphsr.eval.evaluate import generate, shifted_summary
+    from graphsr.graphs import build_storage
+    from graphsr.simulation import SingleElectronGun, simulate_events
+
+    guns = {"pT 30 GeV, eta ~ 0": SingleElectronGun(pt_min=30_000, pt_max=31_000),
+            "pT 80 GeV, eta ~ 0": SingleElectronGun(pt_min=80_000, pt_max=81_000),
+            "pT 50 GeV, |eta| 0.4-0.6": SingleElectronGun(eta_min=0.4, eta_max=0.6)}
+    out = {}
+    for i, (name, gun) in enumerate(guns.items()):
+        events = simulate_events(gun, args.shifted_inputs, factor=resolver.factor, seed=seed + i,
+                                 neighbour_branches=False)
+        storage = build_storage(events["Low_Tree"], events["High_Tree"], resolver.graph_options,
+                                factor=resolver.factor)
+        indices = torch.arange(len(storage[1]["event"]) - 1)
+        outside = resolver.outside_training_range(storage, indices)
+        g = generate(resolver, storage, indices, ensemble=args.ensemble, sampler=args.sampler, steps=args.steps,
+                     seed=args.seed, mode=args.mode, calibrated=not args.uncalibrated, progress=False)
+        out[name] = {**shifted_summary(g), "outside_training_range": outside}
+    return out
 
 
 def _evaluate(args):
     import torch
 
     from graphsr.datasets import CocoaDataset
-    from graphsr.eval.evaluate import calibrate_fusion, compute_metrics, generate, write_report
-    from graphsr.inference import SuperResolver
+    from graphsr.eval.evaluate import compute_metrics, generate, write_report
+    from graphsr.inference import SuperResolver, unseen_events
     from graphsr.plotting import event_display
 
     resolver = _resolver(args)
     config = resolver.config
-    same_file = any(Path(args.input).resolve() == Path(f).resolve() for f in config.data.train)
-    dataset = CocoaDataset([args.input], root=config.data.cache, options=resolver.graph_options,
-                           max_events=config.data.max_events if same_file else None)
-    if args.split == "test" and same_file:
-        # the training run's own held-out events (same split seed and fractions)
-        v, t = config.data.val_fraction, config.data.test_fraction
-        events = torch.as_tensor(dataset.split((1 - v - t, v, t), seed=config.data.split_seed)[2].indices())
-        where = f"the {len(events)} held-out test events of {args.input}"
-    else:
-        events = torch.arange(len(dataset))
-        where = f"all {len(events)} events of {args.input}"
+    dataset = CocoaDataset([args.input], root=config.data.cache, options=resolver.graph_options)
+    events, where = unseen_events(resolver, dataset, args.input, args.split)
     events = events[:args.events] if args.events else events
     print(f"evaluating {resolver.step}-step checkpoint on {len(events)} events ({where})")
     storage = dataset.storage()
-    mode = args.mode or config.sample.mode
-    calibration = None
-    spread_scale, energy_scale = args.spread_scale, args.energy_scale
-    if mode == "fused" and same_file and spread_scale is None and energy_scale is None:
-        v, t = config.data.val_fraction, config.data.test_fraction
-        val = torch.as_tensor(dataset.split((1 - v - t, v, t), seed=config.data.split_seed)[1].indices())
-        calibration = calibrate_fusion(resolver, storage, val[:args.calibration_events],
-                                       ensemble=args.ensemble, sampler=args.sampler, steps=args.steps)
-        spread_scale, energy_scale = calibration["spread_scale"], calibration["energy_scale"]
-        rms, default = calibration["rms"], f"{config.sample.spread_scale},1.0"
-        print(f"fused mode: spread scale {spread_scale}, energy scale {energy_scale} chosen on "
-              f"{calibration['events']} validation events (RMS relative residual "
-              f"{rms[f'{spread_scale},{energy_scale}']:.4f}; with {default}: {rms.get(default, float('nan')):.4f})")
-        if calibration["at_edge"]:
-            print("warning: a calibrated value is at the edge of its grid (graphsr.eval.evaluate.calibrate_fusion); "
-                  "the model may need more training", file=sys.stderr)
+    resolver.warn_if_outside(storage, events, args.input)
     regression = SuperResolver(args.regression, device=args.device) if args.regression else None
+    calibrated = not args.uncalibrated
     generated = generate(resolver, storage, events, ensemble=args.ensemble, sampler=args.sampler,
-                         steps=args.steps, seed=args.seed, mode=mode, spread_scale=spread_scale,
-                         energy_scale=energy_scale, regression=regression)
+                         steps=args.steps, seed=args.seed, mode=args.mode, regression=regression,
+                         calibrated=calibrated)
     results = compute_metrics(generated)
-    results["calibration"] = calibration
+    results["calibration"] = resolver.calibration if calibrated else None
+    if args.shifted_inputs:
+        results["shifted_inputs"] = _shifted_inputs(resolver, args)
     out = Path(args.out)
     displays = []
     for i, event in enumerate(events[:args.displays].tolist()):
         single = resolver(storage, torch.tensor([event]), sampler=args.sampler, steps=args.steps,
-                          ensemble=args.ensemble, seed=args.seed, mode=mode, spread_scale=spread_scale,
-                          energy_scale=energy_scale, record_steps=True)
+                          ensemble=args.ensemble, seed=args.seed, mode=args.mode, calibrated=calibrated,
+                          record_steps=True)
         data = single["batch"].cpu()
         path = event_display(data, out / f"event_{i}.png", {"one sample": single["samples"][0].cpu(),
-                                                          f"mean of {single['samples'].shape[0]}": single["mean"].cpu()},
+                                                          f"estimate of {single['samples'].shape[0]}":
+                                                          single["estimate"].cpu()},
                              title=f"event {int(data.event)}: coarse / truth / super-resolved")
         trajectory = single["trajectory"].cpu()
         picks = sorted({0, len(trajectory) // 3, 2 * len(trajectory) // 3, len(trajectory) - 1})
@@ -165,11 +171,41 @@ def _evaluate(args):
     print(f"headline: relative spread of the event ECAL energy against the fine truth: coarse "
           f"{ev['coarse']['spread']['value']:.4f}, super-resolved (mean of {args.ensemble}) "
           f"{ev['super_resolved']['spread']['value']:.4f}, ratio {ev['ratio']:.2f} (published 0.0057 -> 0.0034, 0.60); "
-          f"bias coarse {ev['coarse']['bias']['value']:+.4f}, super-resolved {ev['super_resolved']['bias']['value']:+.4f}")
+          f"bias coarse {ev['coarse']['bias']['value']:+.4f}, super-resolved {ev['super_resolved']['bias']['value']:+.4f}"
+          f" ± {ev['super_resolved']['bias']['error']:.4f}")
+    if "coverage" in results:
+        cov = results["coverage"]
+        print(f"coverage of the 68% intervals: event energy {cov['event_energy']['0.68']['value']:.3f}, coarse cells "
+              f"{cov['coarse_cells']['0.68']['value']:.3f}, hit fine cells {cov['hit_cells']['0.68']['value']:.3f}")
     cell = results["cell"].get("ECAL2", next(iter(results["cell"].values())))
     print("per-cell RMSE (ECAL2, GeV): " + ", ".join(f"{name} {v['rmse']['value']:.4f}" for name, v in cell.items()
-                                                     if name != "coverage_68"))
+                                                     if name != "truth"))
     print(f"report: {report} (metrics: {out / 'metrics.json'})")
+
+
+def _calibrate(args):
+    import torch
+
+    from graphsr.datasets import CocoaDataset
+    from graphsr.inference import SuperResolver, fit_calibration
+    from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
+
+    resolver = SuperResolver(args.checkpoint, device=args.device)
+    config = resolver.config
+    dataset = CocoaDataset(config.data.train, root=config.data.cache, options=resolver.graph_options,
+                           max_events=config.data.max_events)
+    v, t = config.data.val_fraction, config.data.test_fraction
+    val = torch.as_tensor(dataset.split((1 - v - t, v, t), seed=config.data.split_seed)[1].indices())
+    events = val[:args.events]
+    calibration = fit_calibration(resolver, dataset.storage(), events, ensemble=args.ensemble)
+    state = load_checkpoint(args.checkpoint)
+    state["calibration"] = calibration
+    save_checkpoint(state, args.checkpoint)
+    print(f"calibrated on {len(events)} validation events with ensembles of {calibration['ensemble']}: spread factors "
+          f"coarse {calibration['coarse']:.2f}, fine {calibration['fine']:.2f}; 68% coverage of the event energy "
+          f"{calibration['coverage']['event_before']:.3f} -> {calibration['coverage']['event_after']:.3f}, of hit "
+          f"cells {calibration['coverage']['cells_before']:.3f} -> {calibration['coverage']['cells_after']:.3f}; "
+          f"written to {args.checkpoint}")
 
 
 def _add_sampling_options(parser, ensemble_default=None):
@@ -184,15 +220,11 @@ def _add_sampling_options(parser, ensemble_default=None):
     parser.add_argument("--ensemble", type=int, default=ensemble_default,
                         help=f"samples per event (default: {ensemble_default or 'the checkpoint' + chr(39) + 's'})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise (same seed, same samples)")
-    parser.add_argument("--mode", choices=["free", "conserving", "fused"],
-                        help="free: children as generated; conserving: they sum to the measured parent; fused: to the "
-                        "measurement and the ensemble combined by their uncertainties (default: the checkpoint's)")
-    parser.add_argument("--spread-scale", type=float,
-                        help="fused mode: factor on the ensemble spread (default: the checkpoint's; evaluate "
-                        "calibrates it on validation events)")
-    parser.add_argument("--energy-scale", type=float,
-                        help="fused mode: factor on the ensemble's sums, the model's energy-scale correction (default: "
-                        "the checkpoint's; evaluate calibrates it on validation events)")
+    parser.add_argument("--mode", choices=["posterior", "conserving"],
+                        help="posterior: each parent's children sum to a sample of its true total given the "
+                        "measurement; conserving: to the measurement itself (default: the checkpoint's)")
+    parser.add_argument("--uncalibrated", action="store_true",
+                        help="leave out the checkpoint's post-hoc spread calibration (raw ensemble)")
     parser.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: CUDA if present)')
 
 
@@ -243,8 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     sa = commands.add_parser("sample", help="super-resolve the events of a COCOA file",
                              description="Generate the fine cells of every event of a COCOA file (Low_Tree + "
                              "High_Tree, or a plain Out_Tree with coarse cells only) and write them to a new ROOT "
-                             "file: High_Tree cell_e is the ensemble mean and cell_e_spread its standard deviation "
-                             "(MeV); Low_Tree holds the coarse cells used and the coarse -> fine mapping.")
+                             "file: High_Tree cell_e is the point estimate (the ensemble mean on the cells most "
+                             "members hit), cell_e_mean the ensemble mean and cell_e_spread its standard deviation "
+                             "(MeV); Low_Tree holds the coarse cells used and the coarse -> fine mapping. Warns "
+                             "about events outside the model's training range.")
     _add_sampling_options(sa)
     sa.add_argument("--input", required=True, help="COCOA ROOT file with the coarse cells")
     sa.add_argument("--output", required=True, help="ROOT file to write (refused if it exists)")
@@ -261,14 +295,28 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--input", required=True, help="COCOA super-resolution ROOT file (with High_Tree)")
     ev.add_argument("--out", default="reports/eval", help="report directory")
     ev.add_argument("--split", choices=["test", "all"], default="test",
-                    help="test: the training run's held-out events when --input is its training file")
+                    help="test: the events of a training file (recognised by its content hash) that the model "
+                    "neither trained nor validated on; all: every event of a file the model never saw. Anything "
+                    "else is refused.")
     ev.add_argument("--events", type=int, help="evaluate at most this many events")
     ev.add_argument("--regression", help="checkpoint of a regression baseline (diffusion.parameterisation: "
                     "regression) to compare with")
     ev.add_argument("--displays", type=int, default=2, help="event displays to draw")
-    ev.add_argument("--calibration-events", type=int, default=100,
-                    help="validation events used to calibrate the fused mode's spread scale")
+    ev.add_argument("--shifted-inputs", type=int, default=0,
+                    help="also simulate this many single electrons of pT 30 and 80 GeV and of |eta| 0.4-0.6 and "
+                    "report how the model does on them (for models trained on the default single electrons)")
     ev.set_defaults(run=_evaluate)
+
+    ca = commands.add_parser("calibrate", help="refit a checkpoint's post-hoc spread calibration",
+                             description="Fit the factors that widen (or narrow) the ensemble around its mean so "
+                             "that central intervals cover their nominal fraction of the truth, on the checkpoint's "
+                             "validation events, and write them into the checkpoint (`graphsr train` does this at "
+                             "the end of training).")
+    ca.add_argument("--checkpoint", required=True, help="checkpoint written by `graphsr train`")
+    ca.add_argument("--events", type=int, default=200, help="validation events to use")
+    ca.add_argument("--ensemble", type=int, help="ensemble size to calibrate for (default: the checkpoint's)")
+    ca.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: CUDA if present)')
+    ca.set_defaults(run=_calibrate)
     return parser
 
 

@@ -45,7 +45,7 @@ class DiffusionConfig:
     sigma_min: float = 0.002                  # sampling range
     sigma_max: float = 80.0
     min_snr_gamma: float | None = None        # min-SNR loss weighting (None: off)
-    margin: float = 1.2                       # target = logit(E_fine / (margin * E_parent))
+    coarse_weight: float = 1.0                # loss weight of the coarse totals against the fine shares, per event
 
 
 @dataclass
@@ -70,9 +70,8 @@ class SampleConfig:
     steps: int = 8                            # sampling steps
     eta: float = 0.0                          # ddim: stochasticity (0: deterministic DDIM, 1: ancestral DDPM)
     ensemble: int = 10                        # samples per event (mean and spread are reported)
-    mode: str = "free"                        # "free", "conserving" or "fused" (graphsr.models.sr3.MODES)
-    spread_scale: float = 3.0                 # fused mode: factor on the ensemble spread (calibrate: graphsr evaluate)
-    energy_scale: float = 1.0                 # fused mode: factor on the ensemble's sums (calibrate: graphsr evaluate)
+    mode: str = "posterior"                   # "posterior" or "conserving" (graphsr.models.sr3.MODES)
+    calibration_events: int = 200             # validation events for the post-hoc spread calibration (0: none)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import awkward as ak
@@ -14,14 +15,17 @@ from graphsr.diffusion import get_sampler, karras_sigmas
 from graphsr.detector import Geometry
 from graphsr.graphs import GraphOptions, build_storage, collate_events
 from graphsr.graphs.build import MEV_PER_GEV
-from graphsr.io import GRAPH_BRANCHES_HIGH, GRAPH_BRANCHES_LOW, CocoaWriter, iter_cocoa, open_cocoa
-from graphsr.models.sr3 import MODES, add_inputs, conserve, fuse, target_transform
+from graphsr.io import GRAPH_BRANCHES_HIGH, GRAPH_BRANCHES_LOW, CocoaWriter, file_digest, iter_cocoa, open_cocoa
+from graphsr.models.sr3 import EnergyModel, add_inputs, parent_sums, state_batch
 from graphsr.training.checkpoint import load_checkpoint
 from graphsr.training.trainer import build_denoiser, resolve_device
 
 
+HIT_THRESHOLD = 0.001  # GeV: a fine cell counts as hit above 1 MeV
+
+
 class SuperResolver:
-    """A trained denoiser with its data normalisation, ready to generate fine cells.
+    """A trained denoiser with its energy model and calibration, ready to generate fine cells.
 
     Args:
         checkpoint: path of a ``graphsr train`` checkpoint.
@@ -35,6 +39,9 @@ class SuperResolver:
     def __init__(self, checkpoint: str | Path, device: str | torch.device = "auto", use_ema: bool = True,
                  max_nodes: int | None = None):
         state = load_checkpoint(checkpoint)
+        if "energy_model" not in state:
+            raise ValueError(f"{checkpoint} was written by an older graphsr (logit-fraction energy target, before "
+                             "the share / total energy model): retrain it with `graphsr train`")
         self.config: Config = config_from_dict(state["config"])
         self.device = resolve_device(str(device))
         self.denoiser = build_denoiser(self.config).to(self.device).eval()
@@ -42,12 +49,19 @@ class SuperResolver:
         if use_ema:  # AveragedModel prefixes the wrapped module's keys and counts updates
             weights = {k.removeprefix("module."): v for k, v in weights.items() if k.startswith("module.")}
         self.denoiser.load_state_dict(weights)
-        self.transform = target_transform(**state["normalisation"])
+        self.energy_model = EnergyModel(**state["energy_model"])
+        self.calibration: dict | None = state.get("calibration")
+        self.training_range: dict | None = state.get("training_range")
+        self.events: dict = state.get("events", {})
         self.graph_options = GraphOptions(**{k: tuple(v) if isinstance(v, list) else v
                                              for k, v in state["graph_options"].items()})
         self.step, self.factor = state["step"], state["factor"]
         self.coarse_geometry = Geometry.cocoa().coarsen(self.factor)
         self.max_nodes = max_nodes or (5_000 if self.device.type == "cpu" else 200_000)
+
+    @property
+    def generative(self) -> bool:
+        return self.energy_model.kind == "shares"
 
     def chunks(self, storage, events: torch.Tensor, ensemble: int) -> list[tuple[int, torch.Tensor]]:
         """``events`` cut into consecutive chunks of about :attr:`max_nodes` fine cells times ``ensemble`` (events
@@ -60,11 +74,82 @@ class SuperResolver:
         starts = [0, *torch.cumsum(torch.tensor(counts), 0).tolist()[:-1]]
         return list(zip(starts, torch.split(events, counts)))
 
+    def outside_training_range(self, storage, events: torch.Tensor) -> float:
+        """Fraction of ``events`` whose coarse ECAL energy or hottest coarse cell lies outside the 0.1-99.9%
+        range of the training events (0 when the checkpoint has no record)."""
+        if not self.training_range:
+            return 0.0
+        batch = collate_events(*storage, torch.as_tensor(events))
+        total = torch.zeros(batch.num_graphs).index_add_(0, batch.coarse_batch, batch.coarse_energy)
+        hottest = torch.full((batch.num_graphs,), -float("inf")).scatter_reduce_(
+            0, batch.coarse_batch, batch.coarse_energy, "amax")
+        outside = torch.zeros(batch.num_graphs, dtype=torch.bool)
+        for value, key in ((total, "event_energy"), (hottest, "hottest_cell")):
+            lo, hi = self.training_range[key]
+            outside |= (value < lo) | (value > hi)
+        return float(outside.float().mean())
+
+    def warn_if_outside(self, storage, events: torch.Tensor, where: str) -> float:
+        """Warn when some events lie outside the training range (:meth:`outside_training_range`)."""
+        fraction = self.outside_training_range(storage, events)
+        if fraction > 0:
+            lo, hi = self.training_range["event_energy"]
+            warnings.warn(f"{where}: {100 * fraction:.1f}% of the events have a coarse ECAL energy ({lo:.1f}-{hi:.1f} "
+                          "GeV in training) or a hottest coarse cell outside the range this model was trained on; "
+                          "its output there is an extrapolation (see the report's section on shifted inputs)",
+                          stacklevel=2)
+        return fraction
+
     @torch.no_grad()
-    def __call__(self, storage, events: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
-                 ensemble: int | None = None, seed: int = 0, mode: str | None = None,
-                 spread_scale: float | None = None, energy_scale: float | None = None, eta: float | None = None,
+    def generate(self, storage, events: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
+                 ensemble: int | None = None, seed: int = 0, eta: float | None = None,
                  record_steps: bool = False) -> dict:
+        """The raw generated targets of some events: ``fine`` [K, Nf] and ``coarse`` [K, Nc] (see
+        :class:`~graphsr.models.sr3.EnergyModel`), ``batch`` (one copy of the events, with the network's inputs)
+        and optionally ``trajectory`` ([steps, Nf + Nc]: the denoised state of the first copy after every step)."""
+        sc, dc = self.config.sample, self.config.diffusion
+        sampler, steps, ensemble = sampler or sc.sampler, steps or sc.steps, ensemble or sc.ensemble
+        events = torch.as_tensor(events)
+        # copy-major order: [all events, copy 0], [all events, copy 1], ...: node tensors reshape to [K, N]
+        batch = add_inputs(collate_events(*storage, events.repeat(ensemble)).to(self.device), self.factor)
+        num_fine = batch.num_nodes
+        nodes = state_batch(batch)
+        generator = torch.Generator(self.device).manual_seed(seed)
+        sigmas = karras_sigmas(steps, dc.sigma_min, dc.sigma_max, device=self.device)
+        x = torch.randn(nodes.numel(), 1, generator=generator, device=self.device) * sigmas[0]
+        trajectory = []
+        callback = (lambda info: trajectory.append(info["denoised"][:, 0].clone())) if record_steps else None
+        # the graph-only work (edge embeddings, cross edges) once for every step
+        net_args = {"data": batch, "prepared": self.denoiser.net.backbone.prepare(batch)}
+        if not self.generative:  # deterministic baseline: one evaluation gives the prediction
+            ones = torch.ones(batch.num_graphs, device=self.device)
+            target = self.denoiser(torch.zeros_like(x), ones, nodes, **net_args)[:, 0]
+            trajectory = [target]
+        else:
+            options = {"eta": sc.eta if eta is None else eta} if sampler == "ddim" else {}
+            target = get_sampler(sampler)(self.denoiser, x, sigmas, batch=nodes, extra_args=net_args,
+                                          callback=callback, generator=generator, disable=True,
+                                          num_graphs=batch.num_graphs, **options)[:, 0]
+        single = add_inputs(collate_events(*storage, events).to(self.device), self.factor)
+        out = {"batch": single, "fine": target[:num_fine].view(ensemble, -1),
+               "coarse": target[num_fine:].view(ensemble, -1)}
+        if record_steps:
+            nf, nc = single.num_nodes, single.coarse_energy.numel()
+            out["trajectory"] = torch.stack([torch.cat([t[:nf], t[num_fine:num_fine + nc]]) for t in trajectory])
+        return out
+
+    def decode(self, generated: dict, mode: str | None = None, calibrated: bool = True) -> torch.Tensor:
+        """``[K, Nf]`` fine energies (GeV) of :meth:`generate`'s targets, with the checkpoint's spread calibration
+        (:func:`fit_calibration`) applied when ``calibrated`` and the ensemble has at least 2 members."""
+        mode = mode or self.config.sample.mode
+        fine, coarse = generated["fine"], generated["coarse"]
+        if calibrated and self.calibration and fine.size(0) > 1:
+            fine, coarse = inflate(fine, self.calibration["fine"]), inflate(coarse, self.calibration["coarse"])
+        return torch.stack([self.energy_model.decode(generated["batch"], f, c, mode) for f, c in zip(fine, coarse)])
+
+    def __call__(self, storage, events: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
+                 ensemble: int | None = None, seed: int = 0, mode: str | None = None, eta: float | None = None,
+                 calibrated: bool = True, record_steps: bool = False) -> dict:
         """Generate fine-cell energies for some events of a collated storage.
 
         Args:
@@ -72,70 +157,149 @@ class SuperResolver:
             events: [E] indices of the events to super-resolve.
             sampler, steps, ensemble: default to the checkpoint's ``sample`` config.
             seed: seed of the sampling noise (same seed, same samples on the same device).
-            mode: ``"free"`` (children as generated: they may also remove the coarse noise), ``"conserving"``
-                (each parent's children sum exactly to its measured energy) or ``"fused"`` (they sum to the
-                measurement and the ensemble's estimate combined by their uncertainties: :func:`~graphsr.models.sr3.fuse`;
-                needs ensemble >= 2). Default: the config's ``sample.mode``.
-            spread_scale, energy_scale: fused mode's factors on the ensemble's spread and sums (default: the
-                config's; :func:`graphsr.eval.evaluate.calibrate_fusion` chooses them on validation events).
+            mode: ``"posterior"`` (children sum to a sample of their true total given the measurement) or
+                ``"conserving"`` (they sum to the measurement itself). Default: the config's ``sample.mode``.
             eta: the ``ddim`` sampler's stochasticity (default: the config's ``sample.eta``).
-            record_steps: also return the denoised estimate after every step (``trajectory``: [steps, Nf]).
+            calibrated: apply the checkpoint's post-hoc spread calibration (ensembles of 2 or more).
+            record_steps: also return the decoded estimate of the first copy after every step (``trajectory``:
+                [steps, Nf]).
 
         Returns:
-            dict with ``batch`` (the events, one copy), ``mean`` and ``spread`` ([Nf] GeV: ensemble mean and
-            standard deviation per fine cell), ``samples`` ([K, Nf] GeV, in ``mode``), ``free_samples`` (the same
-            before any conserving / fused projection), ``mode`` and optionally ``trajectory``.
+            dict with ``batch`` (the events, one copy), ``samples`` ([K, Nf] GeV), ``mean`` and ``spread`` ([Nf]:
+            ensemble mean and standard deviation per fine cell), ``estimate`` ([Nf]: :func:`point_estimate`),
+            ``mode`` and optionally ``trajectory``.
         """
-        sc, dc = self.config.sample, self.config.diffusion
-        sampler, steps, ensemble = sampler or sc.sampler, steps or sc.steps, ensemble or sc.ensemble
-        mode = mode or sc.mode
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
-        events = torch.as_tensor(events)
-        # copy-major order: [all events, copy 0], [all events, copy 1], ...: node tensors reshape to [K, Nf]
-        batch = add_inputs(collate_events(*storage, events.repeat(ensemble)).to(self.device))
-        generator = torch.Generator(self.device).manual_seed(seed)
-        sigmas = karras_sigmas(steps, dc.sigma_min, dc.sigma_max, device=self.device)
-        x = torch.randn(batch.num_nodes, 1, generator=generator, device=self.device) * sigmas[0]
-        trajectory = []
-        callback = (lambda info: trajectory.append(info["denoised"][:, 0].clone())) if record_steps else None
-        # the graph-only work (edge embeddings, cross edges) once for every step
-        net_args = {"data": batch, "prepared": self.denoiser.net.backbone.prepare(batch)}
-        if dc.parameterisation == "regression":  # deterministic baseline: one evaluation gives the prediction
-            ones = torch.ones(batch.num_graphs, device=self.device)
-            target = self.denoiser(torch.zeros_like(x), ones, batch.batch, **net_args)[:, 0]
-            trajectory = [target]
-        else:
-            options = {"eta": sc.eta if eta is None else eta} if sampler == "ddim" else {}
-            target = get_sampler(sampler)(self.denoiser, x, sigmas, batch=batch.batch, extra_args=net_args,
-                                          callback=callback, generator=generator, disable=True,
-                                          num_graphs=batch.num_graphs, **options)[:, 0]
-        energy = self.transform.inverse(batch, target)
-        if mode == "conserving":
-            energy = conserve(energy, batch)
-        samples = free = energy.view(ensemble, -1)
-        single = collate_events(*storage, events).to(self.device)
-        if mode == "fused":
-            noise = torch.as_tensor(self.coarse_geometry.noise, dtype=samples.dtype, device=self.device) / MEV_PER_GEV
-            samples = fuse(samples, single, noise[single.coarse_layer],
-                           sc.spread_scale if spread_scale is None else spread_scale,
-                           sc.energy_scale if energy_scale is None else energy_scale)
-        out = {"batch": single, "samples": samples, "free_samples": free, "mode": mode, "mean": samples.mean(0),
-               "spread": samples.std(0) if ensemble > 1 else torch.zeros_like(samples[0])}
+        mode = mode or self.config.sample.mode
+        generated = self.generate(storage, events, sampler=sampler, steps=steps, ensemble=ensemble, seed=seed,
+                                  eta=eta, record_steps=record_steps)
+        samples = self.decode(generated, mode, calibrated)
+        batch = generated["batch"]
+        out = {"batch": batch, "samples": samples, "mode": mode, "mean": samples.mean(0),
+               "spread": samples.std(0) if samples.size(0) > 1 else torch.zeros_like(samples[0]),
+               "estimate": point_estimate(samples, batch)}
         if record_steps:
-            out["trajectory"] = torch.stack([self.transform.inverse(batch, t).view(ensemble, -1)[0]
-                                             for t in trajectory])
+            nf = batch.num_nodes
+            out["trajectory"] = torch.stack([self.energy_model.decode(batch, t[:nf], t[nf:], mode)
+                                             for t in generated["trajectory"]])
         return out
+
+
+def unseen_events(resolver: SuperResolver, dataset, path: str | Path, split: str = "test") -> tuple[torch.Tensor, str]:
+    """The events of ``dataset`` (a :class:`~graphsr.datasets.CocoaDataset` of the one file ``path``) that
+    ``split`` may score, and a sentence saying which.
+
+    ``test``: the file must be one the model trained on (same content hash, whatever its name): its events the model
+    neither trained nor validated (calibrated) on. ``all``: every event, for a file the model never saw. Anything
+    else is refused (ValueError), so that training events are never scored as held-out ones.
+    """
+    digest = file_digest(path)
+    used = {part: next((f["entries"] for f in resolver.events.get(part, []) if f["sha256"] == digest), None)
+            for part in ("train", "val")}
+    entries = dataset.storage()[0].event
+    if used["train"] is None:
+        if split == "test":
+            raise ValueError(f"{path} is not a file this model trained on (no file with its content hash in the "
+                             "checkpoint), so it has no held-out test events: pass --split all to score all its "
+                             "events")
+        return torch.arange(len(dataset)), f"all {len(dataset)} events of {path} (a file the model never saw)"
+    seen = torch.cat([used["train"], used["val"] if used["val"] is not None else used["train"][:0]])
+    if split == "all":
+        raise ValueError(f"{path} holds {len(used['train'])} training and {len(seen) - len(used['train'])} "
+                         "validation events of this model: --split all would score them; use --split test")
+    events = torch.nonzero(~torch.isin(entries, seen)).squeeze(1)
+    return events, f"the {len(events)} events of {path} the model neither trained nor validated on"
+
+
+def inflate(values: torch.Tensor, factor: float) -> torch.Tensor:
+    """Ensemble members ``[K, N]`` moved away from their mean by ``factor`` (> 1 widens, < 1 narrows)."""
+    mean = values.mean(0, keepdim=True)
+    return mean + factor * (values - mean)
+
+
+def point_estimate(samples: torch.Tensor, data, threshold: float = HIT_THRESHOLD) -> torch.Tensor:
+    """One energy per fine cell from an ensemble ``[K, Nf]``: the ensemble mean on the cells that at least half the
+    members hit (above ``threshold``), each parent's other children set to zero and its kept children scaled to
+    keep the parent's mean total. The plain mean spreads a little energy over every cell a single member hit, so it
+    shows more, fainter hits than the truth has; this estimate keeps the mean's energy and the members' typical
+    occupancy. Parents none of whose children are kept keep the plain mean."""
+    mean = samples.mean(0)
+    keep = (samples > threshold).float().mean(0) >= 0.5
+    total = parent_sums(mean, data)
+    kept = parent_sums(mean * keep, data)
+    scale = torch.where(kept > 0, total / kept.clamp_min(1e-30), torch.ones_like(kept))
+    keep = keep | (kept <= 0)[data.fine_parent]
+    return mean * keep * scale[data.fine_parent]
+
+
+def central_coverage(samples: torch.Tensor, truth: torch.Tensor, level: float = 0.68) -> float:
+    """Fraction of ``truth`` ([N]) inside the central ``level`` interval of ``samples`` ([K, N])."""
+    lo, hi = torch.quantile(samples, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=samples.dtype,
+                                                  device=samples.device), dim=0)
+    return float(((truth >= lo) & (truth <= hi)).float().mean())
+
+
+def fit_calibration(resolver: SuperResolver, storage, events: torch.Tensor, *, ensemble: int | None = None,
+                    seed: int = 20_000, level: float = 0.68,
+                    grid=tuple(float(f) for f in np.geomspace(0.5, 8.0, 33))) -> dict:
+    """The post-hoc spread calibration, fitted on validation events (never on test events).
+
+    The ensemble members are moved away from (or towards) their mean by one factor for the coarse totals (in units
+    of the noise) and one for the fine shares (in log space): the coarse factor is chosen so that the central
+    ``level`` interval of the event ECAL energy covers ``level`` of the validation events, then the fine factor so
+    that the same holds for the hit fine cells (truth above 1 MeV). Both apply to ensembles of the size they were
+    fitted with (the interval of a few members is itself narrower than the distribution's). The means barely move;
+    the intervals get the width they should have.
+
+    Returns ``{"coarse", "fine", "events", "ensemble", "level", "coverage": {before / after}}``, what
+    :class:`SuperResolver` applies (the trainer stores it in the checkpoint).
+    """
+    ensemble = ensemble or resolver.config.sample.ensemble
+    if ensemble < 2:
+        raise ValueError("calibration needs an ensemble of at least 2 members")
+    parts = []
+    for i, chunk in resolver.chunks(storage, torch.as_tensor(events), ensemble):
+        generated = resolver.generate(storage, chunk, ensemble=ensemble, seed=seed + i)
+        parts.append({k: v.cpu() for k, v in generated.items() if k in ("fine", "coarse")} |
+                     {"batch": generated["batch"].cpu()})
+    model = resolver.energy_model
+
+    def event_sums(part, coarse_factor):
+        totals = model.totals(part["batch"], inflate(part["coarse"], coarse_factor))
+        return torch.zeros(len(totals), part["batch"].num_graphs).index_add_(1, part["batch"].coarse_batch, totals)
+
+    truth = torch.cat([torch.zeros(p["batch"].num_graphs).index_add_(0, p["batch"].batch, p["batch"].fine_energy)
+                       for p in parts])
+
+    def event_coverage(coarse_factor):
+        return central_coverage(torch.cat([event_sums(p, coarse_factor) for p in parts], dim=1), truth, level)
+
+    def cell_coverage(coarse_factor, fine_factor):
+        inside, count = 0.0, 0
+        for p in parts:
+            energy = torch.stack([model.decode(p["batch"], f, c) for f, c in
+                                  zip(inflate(p["fine"], fine_factor), inflate(p["coarse"], coarse_factor))])
+            hit = p["batch"].fine_energy > HIT_THRESHOLD
+            inside += central_coverage(energy[:, hit], p["batch"].fine_energy[hit], level) * int(hit.sum())
+            count += int(hit.sum())
+        return inside / max(count, 1)
+
+    coarse = min(grid, key=lambda f: abs(event_coverage(f) - level))
+    fine = min(grid, key=lambda f: abs(cell_coverage(coarse, f) - level))
+    return {"coarse": coarse, "fine": fine, "events": len(events), "ensemble": ensemble, "level": level,
+            "coverage": {"event_before": event_coverage(1.0), "event_after": event_coverage(coarse),
+                         "cells_before": cell_coverage(1.0, 1.0), "cells_after": cell_coverage(coarse, fine)}}
 
 
 def _unflatten(values: torch.Tensor, counts: np.ndarray, dtype) -> ak.Array:
     return ak.unflatten(np.asarray(values.detach().cpu().numpy(), dtype=dtype), counts)
 
 
-def output_trees(data, slices, mean: torch.Tensor, spread: torch.Tensor, geometry: Geometry | None = None) -> dict:
+def output_trees(data, slices, estimate: torch.Tensor, mean: torch.Tensor, spread: torch.Tensor,
+                 geometry: Geometry | None = None) -> dict:
     """COCOA super-resolution trees of generated events: ``Low_Tree`` the coarse cells used, ``High_Tree`` the
-    generated fine cells (``cell_e`` = ensemble mean, ``cell_e_spread`` = ensemble standard deviation; MeV) in
-    block order, with the mapping between them. Readable by :func:`graphsr.io.iter_cocoa` like any COCOA file.
+    generated fine cells in block order (MeV: ``cell_e`` the :func:`point_estimate`, ``cell_e_mean`` the ensemble
+    mean, ``cell_e_spread`` the ensemble standard deviation), with the mapping between them. Readable by
+    :func:`graphsr.io.iter_cocoa` like any COCOA file.
     """
     geometry = geometry or Geometry.cocoa()
     nc = np.diff(slices["coarse_layer"].numpy())
@@ -165,7 +329,8 @@ def output_trees(data, slices, mean: torch.Tensor, spread: torch.Tensor, geometr
                             ("particle_eta", eta), ("particle_phi", phi)):
             low[name] = _unflatten(value, counts, np.float32)
         low["particle_pdgid"] = _unflatten(data.particle_pdgid, counts, np.int32)
-    high = cells(data.fine_cell, geometry, nf, mean)
+    high = cells(data.fine_cell, geometry, nf, estimate)
+    high["cell_e_mean"] = _unflatten(mean * MEV_PER_GEV, nf, np.float32)
     high["cell_e_spread"] = _unflatten(spread * MEV_PER_GEV, nf, np.float32)
     return {"Low_Tree": ak.zip(low, depth_limit=1), "High_Tree": ak.zip(high, depth_limit=1)}
 
@@ -176,8 +341,8 @@ def super_resolve_file(resolver: SuperResolver, input_path: str | Path, output_p
     """Super-resolve every event of a COCOA file (``Low_Tree`` + ``High_Tree`` or plain ``Out_Tree``) into a
     new file (:func:`output_trees`), one output entry per input entry. Returns the number of events written.
 
-    ``sample_args`` go to :meth:`SuperResolver.__call__` (sampler, steps, ensemble, seed, mode, spread_scale,
-    energy_scale).
+    ``sample_args`` go to :meth:`SuperResolver.__call__` (sampler, steps, ensemble, seed, mode, eta). Warns when
+    events lie outside the model's training range (:meth:`SuperResolver.warn_if_outside`).
     """
     info = open_cocoa(input_path)
     high_branches = GRAPH_BRANCHES_HIGH if info.high_tree else None
@@ -192,13 +357,15 @@ def super_resolve_file(resolver: SuperResolver, input_path: str | Path, output_p
                                  f"checkpoint was trained on {resolver.factor}x{resolver.factor}")
             data, slices = build_storage(chunk.low, chunk.high, resolver.graph_options, factor=resolver.factor,
                                          first_event=chunk.entry_start)
-            means, spreads = [], []
+            resolver.warn_if_outside((data, slices), torch.arange(len(chunk)),
+                                     f"{input_path}, entries {chunk.entry_start}-{chunk.entry_stop - 1}")
+            parts = {"estimate": [], "mean": [], "spread": []}
             ensemble = sample_args.get("ensemble") or resolver.config.sample.ensemble
             for _, events in resolver.chunks((data, slices), torch.arange(len(chunk)), ensemble):
                 result = resolver((data, slices), events, **sample_args)
-                means.append(result["mean"].cpu())
-                spreads.append(result["spread"].cpu())
+                for key, values in parts.items():
+                    values.append(result[key].cpu())
                 bar.update(len(events))
-            writer.write(output_trees(data, slices, torch.cat(means), torch.cat(spreads)))
+            writer.write(output_trees(data, slices, *(torch.cat(parts[k]) for k in ("estimate", "mean", "spread"))))
             written += len(chunk)
     return written

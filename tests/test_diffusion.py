@@ -146,12 +146,10 @@ def test_loss_averages_per_event_not_per_node():
     assert float(value) == pytest.approx(0.5 * 2.0)
 
 
-def test_min_snr_weight_clamps():
-    loss = DiffusionLoss("eps", min_snr_gamma=5.0)
-    sigma = torch.tensor([0.01, 1.0, 10.0])
-    assert torch.allclose(loss.weight(sigma), torch.tensor([5.0, 1.0, 0.01]))
-    assert torch.allclose(DiffusionLoss("v").weight(sigma), sigma.pow(-2) + 1)
+def test_edm_loss_weight():
+    # EDM: (sigma^2 + sigma_data^2) / (sigma sigma_data)^2, unit weight on F's error
     assert math.isclose(float(DiffusionLoss("edm").weight(torch.tensor([1.0]))), 2.0)
+    assert math.isclose(float(DiffusionLoss("edm", sigma_data=0.5).weight(torch.tensor([2.0]))), 4.25)
 
 
 def test_bad_names_are_rejected():
@@ -174,3 +172,54 @@ def test_regression_baseline_ignores_the_noisy_input_and_samples_in_one_step():
     loss = DiffusionLoss("regression")
     x0 = torch.full((6, 1), 0.75)
     assert float(loss(d, x0, batch=batch, num_graphs=1)) == pytest.approx(0.25)  # plain MSE: (0.75 - 0.25)^2
+
+
+@pytest.mark.parametrize("parameterisation,sigma_data,expected", [
+    # hand-computed at sigma = 2: EDM table 1 (sigma_data 0.5); eps c_out = -sigma; v for unit-variance data
+    ("edm", 0.5, (0.25 / 4.25, 1.0 / math.sqrt(4.25), 1 / math.sqrt(4.25))),
+    ("eps", 1.0, (1.0, -2.0, 1 / math.sqrt(5.0))),
+    ("v", 1.0, (0.2, -2 / math.sqrt(5.0), 1 / math.sqrt(5.0))),
+    ("regression", 1.0, (0.0, 1.0, 0.0)),
+])
+def test_preconditioning_scalings_match_hand_values(parameterisation, sigma_data, expected):
+    c_skip, c_out, c_in = Denoiser(Zero(), parameterisation, sigma_data).scalings(torch.tensor([2.0]))
+    assert [float(c_skip), float(c_out), float(c_in)] == pytest.approx(expected, rel=1e-6)
+
+
+def test_v_prediction_recovers_x0_from_the_true_v():
+    # VP form: x_t = a x0 + s n with a^2 + s^2 = 1, v = a n - s x0; in sigma form x = x_t / a, sigma = s / a.
+    # Feeding the network's input c_in x and the true v must give back x0 exactly.
+    x0, n = torch.tensor([[0.7], [-1.3]]), torch.tensor([[0.2], [0.9]])
+    a, s = 0.6, 0.8
+    v = a * n - s * x0
+
+    class TrueV(nn.Module):
+        def forward(self, x_in, c_noise, batch):
+            return v
+
+    sigma = torch.tensor([s / a])
+    assert torch.allclose(Denoiser(TrueV(), "v")((a * x0 + s * n) / a, sigma, torch.zeros(2, dtype=torch.long)), x0,
+                          atol=1e-6)
+
+
+@pytest.mark.parametrize("parameterisation", ["eps", "v"])
+def test_min_snr_weight_on_the_x0_error_is_min_of_snr_and_gamma(parameterisation):
+    # Hang et al. 2023: min(SNR, gamma) / SNR on the eps-MSE and min(SNR, gamma) / (SNR + 1) on the v-MSE; the
+    # eps-MSE is SNR and the v-MSE (SNR + 1) times the x0-MSE, so both weigh the x0 error by min(SNR, gamma)
+    sigma = torch.tensor([0.1, 0.5, 2.0])  # SNR 100, 4, 0.25
+    weighted = DiffusionLoss(parameterisation, min_snr_gamma=5.0).weight(sigma)
+    assert weighted.tolist() == pytest.approx([5.0, 4.0, 0.25])
+    plain = DiffusionLoss(parameterisation).weight(sigma)
+    assert plain.tolist() == pytest.approx([100.0, 4.0, 0.25] if parameterisation == "eps" else [101.0, 5.0, 1.25])
+
+
+def test_loss_node_weights_average_within_events():
+    # F = 0 under "regression" gives D = 0: the squared error is x0^2. Event 0 has nodes 1, 3 (weights 1, 3) and
+    # event 1 node 2 (weight 1): per event (1*1 + 3*9) / 4 = 7 and 4, mean 5.5
+    loss = DiffusionLoss("regression")
+    x0 = torch.tensor([[1.0], [3.0], [2.0]])
+    batch = torch.tensor([0, 0, 1])
+    value = loss(Denoiser(Zero(), "regression"), x0, batch=batch, num_graphs=2,
+                 node_weight=torch.tensor([1.0, 3.0, 1.0]))
+    assert float(value) == pytest.approx(5.5)
+    assert float(loss(Denoiser(Zero(), "regression"), x0, batch=batch, num_graphs=2)) == pytest.approx((5 + 4) / 2)

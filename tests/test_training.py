@@ -14,15 +14,7 @@ from graphsr.inference import SuperResolver
 from graphsr.io import read_cocoa, write_cocoa
 from graphsr.simulation import SingleElectronGun, simulate_events
 from graphsr.training.checkpoint import load_checkpoint
-from graphsr.training.trainer import (
-    _loss,
-    build_denoiser,
-    build_loss,
-    fit_normalisation,
-    load_splits,
-    target_transform,
-    train,
-)
+from graphsr.training.trainer import _loss, build_denoiser, build_loss, fit_energy_model, load_splits, train
 from graphsr.graphs import collate_events
 
 
@@ -54,21 +46,52 @@ def test_training_writes_a_complete_checkpoint(trained):
     config, result = trained
     state = load_checkpoint(result.checkpoint)
     assert state["step"] == 8 and np.isfinite(state["val_loss"])
-    assert {"model", "ema", "optimizer", "scheduler", "config", "normalisation", "noise_generator"} <= set(state)
+    assert {"model", "ema", "optimizer", "scheduler", "config", "energy_model", "noise_generator", "rng_state",
+            "events", "training_range", "calibration"} <= set(state)
     assert state["config"] == config.to_dict() and state["factor"] == 2
+    # the record of what the model saw: 48 training and 6 validation entries of the one file, disjoint
+    train_entries, val_entries = state["events"]["train"][0]["entries"], state["events"]["val"][0]["entries"]
+    assert len(train_entries) == 48 and len(val_entries) == 6
+    assert not set(train_entries.tolist()) & set(val_entries.tolist())
+    import hashlib
+
+    assert state["events"]["train"][0]["sha256"] == hashlib.sha256(open(config.data.train[0], "rb").read()).hexdigest()
+    # fitted on the validation events at the end of training
+    assert state["calibration"]["events"] == 6 and state["calibration"]["ensemble"] == 3
+
+
+def _assert_same(a, b, where=""):
+    """Nested dicts / lists of tensors and numbers are equal, exactly."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}/{i}")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b or (a != a and b != b), where  # NaN equals NaN here
 
 
 def test_resume_continues_exactly(data_file, tmp_path):
-    config = tiny_config(data_file, tmp_path / "cache")
+    # dropout on: the global generator that drives it must be restored too
+    config = config_from_dict({**tiny_config(data_file, tmp_path / "cache").to_dict(),
+                               "model": {"width": 16, "depth": 1, "coarse_depth": 1, "heads": 2, "context_tokens": 2,
+                                         "dropout": 0.2}})
+    config.sample.calibration_events = 0
     train(config, tmp_path / "straight", progress=False)
     train(config, tmp_path / "interrupted", progress=False, stop_after=3)
     assert load_checkpoint(tmp_path / "interrupted" / "checkpoint.pt")["step"] == 3
+    torch.manual_seed(12345)  # whatever the caller's global generator does in between
     train(config, tmp_path / "interrupted", resume=True, progress=False)
     a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "interrupted" / "checkpoint.pt")
     assert b["step"] == 8
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in ("model", "ema", "optimizer", "scheduler", "noise_generator", "rng_state", "energy_model", "events"):
+        _assert_same(a[key], b[key], key)
     with pytest.raises(ValueError, match="different config"):
         train(tiny_config(data_file, tmp_path / "cache", lr=1e-3), tmp_path / "interrupted", resume=True,
               progress=False)
@@ -105,26 +128,25 @@ def test_a_killed_training_process_resumes_to_the_same_weights(data_file, tmp_pa
 def test_tiny_model_overfits_a_handful_of_events(data_file, tmp_path):
     config = tiny_config(data_file, tmp_path / "cache")
     train_set, _, _ = load_splits(config)
-    norm = fit_normalisation(train_set, config.diffusion.margin)
-    transform = target_transform(**norm)
+    energy_model = fit_energy_model(train_set, "shares")
     batch = collate_events(train_set._data, train_set.slices, torch.as_tensor(train_set.indices()[:4]))
     torch.manual_seed(0)
     denoiser, loss_fn = build_denoiser(config), build_loss(config)
     optimizer = torch.optim.Adam(denoiser.parameters(), lr=3e-3)
 
-    def fixed_loss():  # the same noise every time, at moderate noise levels
+    def fixed_loss():  # the same noise every time, at sigma = 1 (the scale of the standardised targets)
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
-            return float(_loss(loss_fn, denoiser, batch, transform, g))
+            return float(_loss(loss_fn, denoiser, batch, energy_model, g, 2, 1.0, sigma=torch.ones(4)))
 
     before = fixed_loss()
     g = torch.Generator().manual_seed(1)
-    for _ in range(300):
-        loss = _loss(loss_fn, denoiser, batch, transform, g)
+    for _ in range(150):
+        loss = _loss(loss_fn, denoiser, batch, energy_model, g, 2, 1.0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert fixed_loss() < 0.65 * before  # the loss at high noise levels cannot go to zero
+    assert fixed_loss() < 0.75 * before  # (0.69 measured) the noise realisations of the totals stay unpredictable
 
 
 def test_sampling_is_seeded_and_conserving_mode_holds_parents(trained):
@@ -208,7 +230,9 @@ def test_evaluation_metrics_on_a_tiny_run(trained, data_file, tmp_path):
     assert split["occupancy"]["recall"] > 0.5 and 0 <= split["hallucinated_fraction"] <= 1
     # downstream: single 50 GeV electrons are found in the fine truth, one per event, with a small energy residual
     particles = metrics["particles"]
-    assert set(particles) == {"fine_truth", "super_resolved_mean", "coarse", "even_split", "regression"}
+    assert set(particles) == {"fine_truth", "super_resolved_mean", "coarse", "even_split", "regression",
+                              "energy_coverage"}
+    assert particles["energy_coverage"]["particles"] >= 11  # the electrons found on the fine truth
     truth = particles["fine_truth"]
     assert truth["cardinality"]["1"]["events"] == 12 and truth["cardinality"]["1"]["value"] >= 0.9
     assert truth["efficiency"] >= 0.9 and truth["energy"]["value"] < 0.05
@@ -220,49 +244,97 @@ def test_evaluate_command_writes_metrics_report_and_plots(trained, data_file, tm
     _, result = trained
     out = tmp_path / "report"
     args = ["evaluate", "--checkpoint", str(result.checkpoint), "--input", str(data_file), "--out", str(out),
-            "--ensemble", "2", "--mode", "fused", "--calibration-events", "4", "--displays", "1", "--device", "cpu"]
+            "--ensemble", "3", "--displays", "1", "--device", "cpu", "--shifted-inputs", "4"]
     with pytest.warns(UserWarning):  # a tiny held-out set
         assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "spread scale" in printed and "headline" in printed  # fused mode calibrated on validation events
+    assert "headline" in printed and "coverage of the 68% intervals" in printed
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["events"] == 6 and metrics["mode"] == "fused"  # the run's 10% held-out test events of 60
-    calibration = metrics["calibration"]
-    assert calibration["events"] == 4 and calibration["spread_scale"] > 0 and calibration["energy_scale"] > 0
-    assert min(calibration["rms"].values()) == calibration["rms"][f"{calibration['spread_scale']},"
-                                                                  f"{calibration['energy_scale']}"]
-    assert {"event", "cell", "shower_shapes", "physics_distances", "consistency", "particles"} <= set(metrics)
+    assert metrics["events"] == 6 and metrics["mode"] == "posterior"  # 60 events less 48 trained, 6 validated on
+    assert metrics["calibration"]["ensemble"] == 3
+    assert {"event", "cell", "coverage", "shower_shapes", "physics_distances", "consistency", "particles",
+            "shifted_inputs"} <= set(metrics)
+    assert set(metrics["coverage"]["event_energy"]) == {"0.5", "0.68", "0.95"}
+    assert set(metrics["shifted_inputs"]) == {"pT 30 GeV, eta ~ 0", "pT 80 GeV, eta ~ 0", "pT 50 GeV, |eta| 0.4-0.6"}
+    # trained at 50 GeV: 30 and 80 GeV electrons lie outside the training range, eta 0.5 ones (barely) not
+    assert metrics["shifted_inputs"]["pT 80 GeV, eta ~ 0"]["outside_training_range"] == 1.0
+    assert metrics["shifted_inputs"]["pT 30 GeV, eta ~ 0"]["outside_training_range"] == 1.0
     report = (out / "report.md").read_text()
-    for section in ("How close", "Where wrong", "Downstream", "How sure", "Event displays"):
+    for section in ("How close", "Where wrong", "Downstream", "How sure", "Inputs outside the training range",
+                    "Event displays"):
         assert f"## {section}" in report
     for png in ("ensemble_size", "event_energy_residual", "cells_ECAL2", "calibration", "event_0",
                 "event_0_denoising"):
         assert (out / f"{png}.png").stat().st_size > 0
 
 
-def test_fused_mode_sums_between_measurement_and_model(trained):
-    from graphsr.models.sr3 import fuse, parent_sums
+def test_evaluate_never_scores_seen_events(trained, data_file, tmp_path, capsys):
+    import shutil
 
+    _, result = trained
+    base = ["evaluate", "--checkpoint", str(result.checkpoint), "--ensemble", "2", "--displays", "0", "--device",
+            "cpu"]
+    # the training file under another name is still recognised (content hash): --split all would score training
+    # events and is refused; --split test scores the 6 events never seen
+    copy = tmp_path / "renamed.root"
+    shutil.copy(data_file, copy)
+    assert main(base + ["--input", str(copy), "--out", str(tmp_path / "a"), "--split", "all"]) == 1
+    assert "48 training and 6 validation events" in capsys.readouterr().err
+    with pytest.warns(UserWarning):
+        assert main(base + ["--input", str(copy), "--out", str(tmp_path / "b"), "--events", "3"]) == 0
+    assert "the 6 events of" in capsys.readouterr().out
+    # a file the model never saw has no held-out split: it must be asked for explicitly
+    other = tmp_path / "other.root"
+    write_cocoa(other, simulate_events(SingleElectronGun(), 8, factor=2, seed=99, neighbour_branches=False))
+    assert main(base + ["--input", str(other), "--out", str(tmp_path / "c")]) == 1
+    assert "--split all" in capsys.readouterr().err
+    with pytest.warns(UserWarning):
+        assert main(base + ["--input", str(other), "--out", str(tmp_path / "d"), "--split", "all"]) == 0
+    assert "all 8 events" in capsys.readouterr().out
+
+
+def test_energy_model_represents_every_truth():
+    from types import SimpleNamespace
+
+    from graphsr.models.sr3 import SHARE_FLOOR, EnergyModel
+
+    # two parents: one whose child exceeds a noise-low measurement (the old 1.2-margin target clipped it), one with
+    # a negative measurement over empty children
+    data = SimpleNamespace(fine_energy=torch.tensor([3.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0]),
+                           fine_parent=torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]),
+                           coarse_energy=torch.tensor([2.9, -0.05]), coarse_noise=torch.tensor([0.068, 0.068]))
+    model = EnergyModel("shares", mean=-2.0, std=3.0)
+    fine, coarse = model.encode(data)
+    # z is the noise in units of sigma: (2.9 - 3.5) / 0.068 and -0.05 / 0.068
+    assert coarse.tolist() == pytest.approx([-0.6 / 0.068, -0.05 / 0.068], rel=1e-5)
+    energy = model.decode(data, fine, coarse)
+    assert torch.allclose(energy, data.fine_energy, atol=4 * SHARE_FLOOR)
+    assert float(energy[:4].sum()) == pytest.approx(3.5, rel=1e-6)  # children sum to the true total
+    # conserving mode: the same shares of the measured energy
+    kept = model.decode(data, fine, coarse, "conserving")
+    assert float(kept[:4].sum()) == pytest.approx(2.9, rel=1e-6) and float(kept[0]) == pytest.approx(3.0 / 3.5 * 2.9,
+                                                                                                     rel=1e-4)
+    # the regression baseline's target is the energy itself
+    regression = EnergyModel("energy", std=2.0)
+    assert torch.allclose(regression.decode(data, *regression.encode(data)), data.fine_energy)
+
+
+def test_calibration_widens_or_narrows_around_the_mean(trained):
+    from graphsr.inference import inflate
+
+    members = torch.tensor([[1.0, 10.0], [3.0, 14.0], [5.0, 12.0]])
+    wide = inflate(members, 2.0)
+    assert torch.allclose(wide.mean(0), members.mean(0))
+    assert torch.allclose(wide - wide.mean(0), 2 * (members - members.mean(0)))
+    # the checkpoint's factors are applied to sampled ensembles unless asked not to
     config, result = trained
     resolver = SuperResolver(result.checkpoint, device="cpu")
     train_set, _, _ = load_splits(config)
     storage = (train_set._data, train_set.slices)
-    out = resolver(storage, torch.arange(4), ensemble=4, seed=3, mode="free")
-    batch, samples = out["batch"], out["samples"]
-    noise = torch.full_like(batch.coarse_energy, 0.05)
-    sums = parent_sums(samples, batch)
-    # a tiny spread scale trusts the model, a huge one the measurement
-    trust_model = parent_sums(fuse(samples, batch, noise, spread_scale=1e-6), batch)
-    trust_measurement = parent_sums(fuse(samples, batch, noise, spread_scale=1e6), batch)
-    assert torch.allclose(trust_model, sums.mean(0).expand_as(trust_model), atol=1e-4)
-    # the energy scale corrects the model's sums before they are combined
-    rescaled = parent_sums(fuse(samples, batch, noise, spread_scale=1e-6, energy_scale=1.5), batch)
-    assert torch.allclose(rescaled, 1.5 * sums.mean(0).expand_as(rescaled), atol=1e-4)
-    assert torch.allclose(trust_measurement, batch.coarse_energy.expand_as(trust_measurement), atol=1e-4)
-    # every member is rescaled to the same per-parent total, keeping its own shares
-    fused = fuse(samples, batch, noise, spread_scale=3.0)
-    totals = parent_sums(fused, batch)
-    assert torch.allclose(totals[0], totals[1], atol=1e-5)
-    with pytest.raises(ValueError, match="at least 2"):
-        fuse(samples[:1], batch, noise)
-    assert resolver(storage, torch.arange(2), ensemble=2, mode="fused")["mode"] == "fused"
+    raw = resolver.generate(storage, torch.arange(3), seed=4)
+    resolver.calibration = {"coarse": 3.0, "fine": 1.0}
+    calibrated = resolver(storage, torch.arange(3), seed=4)["samples"]
+    expected = resolver.decode({**raw, "coarse": inflate(raw["coarse"], 3.0)}, calibrated=False)
+    assert torch.allclose(calibrated, expected)
+    assert torch.allclose(resolver(storage, torch.arange(3), seed=4, calibrated=False)["samples"],
+                          resolver.decode(raw, calibrated=False))

@@ -23,7 +23,7 @@ from graphsr.graphs.loader import collate_events
 from graphsr.io import GRAPH_BRANCHES_HIGH, GRAPH_BRANCHES_LOW, iter_cocoa, open_cocoa
 
 # Bump when the graph layout changes, so old caches are rebuilt.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: events carry the index of their file
 
 
 def _missing_files_error(paths: list[Path]) -> FileNotFoundError:
@@ -88,12 +88,17 @@ class CocoaDataset(InMemoryDataset):
         raise _missing_files_error([f for f in self.files if not f.exists()])
 
     def process(self):
-        parts = [
-            build_storage(chunk.low, chunk.high, self.options, factor=self.factor or chunk.factor,
-                          geometry=self.geometry, first_event=chunk.entry_start, drop_empty=self.drop_empty)
-            for chunk in iter_cocoa(self.files, low_branches=GRAPH_BRANCHES_LOW, high_branches=GRAPH_BRANCHES_HIGH,
-                                    step_size=self.step_size, max_events=self.max_events)
-        ]
+        parts = []
+        for chunk in iter_cocoa(self.files, low_branches=GRAPH_BRANCHES_LOW, high_branches=GRAPH_BRANCHES_HIGH,
+                                step_size=self.step_size, max_events=self.max_events):
+            data, slices = build_storage(chunk.low, chunk.high, self.options, factor=self.factor or chunk.factor,
+                                         geometry=self.geometry, first_event=chunk.entry_start,
+                                         drop_empty=self.drop_empty)
+            # which of self.files each event comes from (with ``event``, its entry there): the record of what a
+            # model trained on
+            data.file = torch.full_like(data.event, self.files.index(Path(chunk.path).resolve()))
+            slices["file"] = slices["event"]
+            parts.append((data, slices))
         if not parts:
             raise ValueError(f"no events in {', '.join(map(str, self.files))}")
         data, slices = concat_storages(parts)

@@ -99,8 +99,8 @@ class DiffusionLoss:
     Training noise levels: ``edm`` draws ln(sigma) ~ N(p_mean, p_std^2) and weights the x0-error by
     (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (unit weight on F's error). ``eps`` and ``v`` draw t ~ U(0, 1)
     on the VP ``schedule`` and weight by SNR = 1 / sigma^2 (the eps-MSE) or SNR + 1 (the v-MSE); with
-    ``min_snr_gamma`` the weight is min(SNR, gamma) for eps and min(SNR, gamma) (SNR + 1) / SNR for v
-    (Hang et al. 2023, "min-SNR-gamma").
+    ``min_snr_gamma`` the weight on the x0-error is min(SNR, gamma) for both (Hang et al. 2023, "min-SNR-gamma":
+    min(SNR, gamma) / SNR on the eps-MSE, min(SNR, gamma) / (SNR + 1) on the v-MSE).
 
     Args:
         parameterisation, schedule, sigma_data: as the :class:`Denoiser`.
@@ -132,20 +132,23 @@ class DiffusionLoss:
         if self.parameterisation == "edm":
             return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
         snr = sigma.pow(-2)
-        if self.parameterisation == "eps":
-            return snr if self.min_snr_gamma is None else snr.clamp_max(self.min_snr_gamma)
-        if self.min_snr_gamma is None:
-            return snr + 1
-        return snr.clamp_max(self.min_snr_gamma) * (snr + 1) / snr
+        if self.min_snr_gamma is not None:
+            return snr.clamp_max(self.min_snr_gamma)
+        return snr if self.parameterisation == "eps" else snr + 1
 
     def __call__(self, denoiser: Denoiser, x0: torch.Tensor, *, batch: torch.Tensor, num_graphs: int,
                  generator: torch.Generator | None = None, sigma: torch.Tensor | None = None,
-                 **kwargs) -> torch.Tensor:
-        """Scalar loss. x0: ``[N, C]`` clean targets; ``sigma`` ([num_graphs]) overrides the random levels."""
+                 node_weight: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Scalar loss. x0: ``[N, C]`` clean targets; ``sigma`` ([num_graphs]) overrides the random levels;
+        ``node_weight`` ([N]) weights the nodes within each event (default: all equal)."""
         if sigma is None:
             sigma = self.sample_sigma(num_graphs, x0.device, generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         x = x0 + sigma[batch].unsqueeze(-1) * noise
         error = (denoiser(x, sigma, batch, **kwargs) - x0).pow(2).mean(dim=-1)
-        per_event = ops.scatter(error, batch, num_graphs, "mean")
+        if node_weight is None:
+            per_event = ops.scatter(error, batch, num_graphs, "mean")
+        else:
+            total = ops.scatter(node_weight, batch, num_graphs, "sum").clamp_min(1e-30)
+            per_event = ops.scatter(error * node_weight, batch, num_graphs, "sum") / total
         return (self.weight(sigma) * per_event).mean()

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from graphsr.eval import metrics as m
 from graphsr.graphs import collate_events
+from graphsr.inference import HIT_THRESHOLD
 
 # The published figures (arXiv 2409.16052), shown beside ours: single electrons 2x (event ECAL energy), and the
 # multi-particle 4x set through a trained particle-flow model (coarse -> super-resolved input)
@@ -33,7 +34,7 @@ PUBLISHED = {"coarse_spread": 0.0057, "sr_spread": 0.0034, "ratio": 0.0034 / 0.0
                                                 "4": (0.8132, 0.8142)},
                                 "energy": (0.37, 0.27), "eta": (0.03, 0.02), "phi": (0.11, 0.09)}}
 LAYER_NAMES = ("ECAL1", "ECAL2", "ECAL3", "HCAL1", "HCAL2", "HCAL3")
-HIT_THRESHOLD = 0.01  # GeV: a fine cell counts as hit above this
+COVERAGE_LEVELS = (0.50, 0.68, 0.95)
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Generated:
 
     truth: np.ndarray          # [Nf]
     samples: np.ndarray        # [K, Nf] model ensemble
+    estimate: np.ndarray       # [Nf] the point estimate graphsr sample writes (graphsr.inference.point_estimate)
     even_split: np.ndarray     # [Nf]
     layer: np.ndarray          # [Nf]
     eta: np.ndarray
@@ -54,11 +56,7 @@ class Generated:
     num_events: int
     seconds: float
     regression: np.ndarray | None = None  # [Nf] the regression baseline's prediction
-    mode: str = "free"                    # how ``samples`` were made (graphsr.models.sr3.MODES)
-    free_samples: np.ndarray | None = None  # [K, Nf] the samples before the mode's projection
-    coarse_noise: np.ndarray | None = None  # [Nc] noise sigma of each coarse cell (GeV), for the fused mode
-    spread_scale: float | None = None     # the fused mode's spread scale
-    energy_scale: float = 1.0             # the fused mode's energy scale
+    mode: str = "posterior"               # how ``samples`` were made (graphsr.models.sr3.MODES)
     factor: int = 2                       # fine cells per coarse cell per side
     fine_cell: np.ndarray | None = None   # [Nf] cell ids (fine geometry)
     coarse_cell: np.ndarray | None = None  # [Nc] cell ids (coarse geometry)
@@ -68,19 +66,8 @@ class Generated:
     particle_phi: np.ndarray | None = None
 
     def ensemble_sums(self, size: int) -> np.ndarray:
-        """[E] event sums of the mean of the first ``size`` members, made in this run's mode from those members
-        alone (the fused totals depend on the ensemble that makes them)."""
-        if self.mode != "fused":
-            return m.per_event_sum(self.samples[:size].mean(0), self.event, self.num_events)
-        from types import SimpleNamespace
-
-        from graphsr.models.sr3 import fuse
-
-        data = SimpleNamespace(coarse_energy=torch.as_tensor(self.coarse_energy),
-                               fine_parent=torch.as_tensor(self.parent))
-        fused = fuse(torch.as_tensor(self.free_samples[:size]), data, torch.as_tensor(self.coarse_noise),
-                     self.spread_scale, self.energy_scale)
-        return m.per_event_sum(fused.mean(0).numpy(), self.event, self.num_events)
+        """[E] event sums of the mean of the first ``size`` members."""
+        return m.per_event_sum(self.samples[:size].mean(0), self.event, self.num_events)
 
     @property
     def baselines(self) -> dict[str, np.ndarray]:
@@ -96,13 +83,12 @@ class Generated:
 
 
 def generate(resolver, storage, events, *, ensemble: int = 10, sampler: str | None = None, steps: int | None = None,
-             seed: int = 0, mode: str | None = None, spread_scale: float | None = None,
-             energy_scale: float | None = None,
-             regression=None,
+             seed: int = 0, mode: str | None = None, regression=None, calibrated: bool = True,
              progress: bool = True) -> Generated:
     """Super-resolve ``events`` of a collated storage with ``ensemble`` samples each; truth and baselines alongside.
 
     ``regression``: an optional :class:`~graphsr.inference.SuperResolver` of a regression checkpoint (baseline).
+    ``calibrated``: apply the checkpoint's post-hoc spread calibration.
     """
     import time
 
@@ -114,11 +100,10 @@ def generate(resolver, storage, events, *, ensemble: int = 10, sampler: str | No
     for i, chunk in tqdm(resolver.chunks(storage, events, ensemble), disable=not progress, desc="evaluating",
                          unit="batch"):
         out = resolver(storage, chunk, sampler=sampler, steps=steps, ensemble=ensemble, seed=seed + i,
-                       mode=mode, spread_scale=spread_scale, energy_scale=energy_scale)
+                       mode=mode, calibrated=calibrated)
         b = out["batch"].cpu()
-        parts.append(dict(truth=b.fine_energy, samples=out["samples"].cpu(), free_samples=out["free_samples"].cpu(),
-                          layer=b.fine_layer,
-                          eta=b.fine_pos[:, 0], phi=b.fine_pos[:, 1], event=b.batch + i,
+        parts.append(dict(truth=b.fine_energy, samples=out["samples"].cpu(), estimate=out["estimate"].cpu(),
+                          layer=b.fine_layer, eta=b.fine_pos[:, 0], phi=b.fine_pos[:, 1], event=b.batch + i,
                           parent=b.fine_parent + coarse_offset, coarse_energy=b.coarse_energy,
                           coarse_layer=b.coarse_layer, coarse_event=b.coarse_batch + i, fine_cell=b.fine_cell,
                           coarse_cell=b.coarse_cell))
@@ -131,51 +116,10 @@ def generate(resolver, storage, events, *, ensemble: int = 10, sampler: str | No
         coarse_offset += b.coarse_energy.numel()
     seconds = time.perf_counter() - start
     cat = {k: torch.cat([p[k] for p in parts], dim=-1).numpy().astype(np.float64 if k in ("truth", "samples",
-           "coarse_energy", "eta", "phi", "regression", "free_samples", "particle_e", "particle_eta",
-           "particle_phi") else np.int64) for k in parts[0]}
-    noise = resolver.coarse_geometry.noise[cat["coarse_layer"]] / 1000.0
-    sc = resolver.config.sample
-    scale = sc.spread_scale if spread_scale is None else spread_scale
-    energy_scale = sc.energy_scale if energy_scale is None else energy_scale
+           "estimate", "coarse_energy", "eta", "phi", "regression", "particle_e", "particle_eta", "particle_phi")
+           else np.int64) for k in parts[0]}
     return Generated(even_split=m.even_split(cat["coarse_energy"], cat["parent"]), num_events=len(events),
-                     seconds=seconds, mode=out["mode"], coarse_noise=noise, spread_scale=scale,
-                     energy_scale=energy_scale, factor=resolver.factor, **cat)
-
-
-def calibrate_fusion(resolver, storage, events, *, ensemble: int = 10, sampler: str | None = None,
-                     steps: int | None = None, seed: int = 10_000,
-                     spread_grid=(1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0),
-                     energy_grid=(0.98, 1.0, 1.01, 1.02, 1.03, 1.04, 1.06, 1.08, 1.1, 1.15)) -> dict:
-    """Choose the fused mode's ``spread_scale`` and ``energy_scale`` (:func:`~graphsr.models.sr3.fuse`) on
-    validation events: the pair of the grids that minimises the root-mean-square relative residual of the event
-    ECAL energy, bias and spread together (the spread alone would accept an energy-scale shift). Never use test
-    events here.
-
-    Returns ``{"spread_scale", "energy_scale", "rms": {"spread_scale,energy_scale": rms}, "events": n,
-    "at_edge": whether a chosen value is the first or last of its grid (the grid may be too narrow)}``.
-    """
-    from graphsr.models.sr3 import fuse
-
-    events = torch.as_tensor(events)
-    noise_table = torch.as_tensor(resolver.coarse_geometry.noise, dtype=torch.float32) / 1000.0
-    grid = [(s, e) for s in spread_grid for e in energy_grid]
-    results = {pair: [] for pair in grid}
-    truths = []
-    for i, chunk in resolver.chunks(storage, events, ensemble):
-        out = resolver(storage, chunk, sampler=sampler, steps=steps, ensemble=ensemble, seed=seed + i, mode="free")
-        b = out["batch"]
-        num = len(chunk)
-        truths.append(torch.zeros(num).index_add_(0, b.batch.cpu(), b.fine_energy.cpu()))
-        noise = noise_table.to(b.coarse_energy.device)[b.coarse_layer]
-        for pair in grid:
-            fused = fuse(out["samples"], b, noise, *pair).mean(0)
-            results[pair].append(torch.zeros(num).index_add_(0, b.batch.cpu(), fused.cpu()))
-    truth = torch.cat(truths).numpy()
-    rms = {pair: float(np.sqrt(np.mean(((torch.cat(v).numpy() - truth) / truth) ** 2))) for pair, v in results.items()}
-    spread_scale, energy_scale = min(rms, key=rms.get)
-    at_edge = spread_scale in (spread_grid[0], spread_grid[-1]) or energy_scale in (energy_grid[0], energy_grid[-1])
-    return {"spread_scale": spread_scale, "energy_scale": energy_scale, "at_edge": at_edge,
-            "rms": {f"{s},{e}": value for (s, e), value in rms.items()}, "events": len(events)}
+                     seconds=seconds, mode=out["mode"], factor=resolver.factor, **cat)
 
 
 def _pair(value_error):
@@ -202,31 +146,26 @@ def compute_metrics(g: Generated, ensemble_sizes=(1, 2, 5, 10, 25)) -> dict:
     e_true = m.per_event_sum(g.truth, g.event, g.num_events)
     e_coarse = m.per_event_sum(g.coarse_energy, g.coarse_event, g.num_events)
     e_sr = m.per_event_sum(g.mean, g.event, g.num_events)
-    # the generative ensemble's event energies (before any projection: fused members share their totals)
-    members = g.free_samples if g.free_samples is not None else g.samples
-    sample_sums = np.stack([m.per_event_sum(s, g.event, g.num_events) for s in members])  # [K, E]
+    sample_sums = np.stack([m.per_event_sum(s, g.event, g.num_events) for s in g.samples])  # [K, E]
     out = {"events": g.num_events, "ensemble": k, "mode": g.mode, "fine_cells": int(len(g.truth)),
            "seconds": g.seconds, "ms_per_event": 1000 * g.seconds / max(g.num_events, 1)}
+
+    def spread_and_bias(estimate):
+        return {"spread": _pair(m.relative_residual_spread(estimate, e_true)),
+                "bias": _pair(m.relative_residual_mean(estimate, e_true))}
 
     # event level: the headline figure
     coarse_spread = m.relative_residual_spread(e_coarse, e_true)
     sr_spread = m.relative_residual_spread(e_sr, e_true)
     out["event"] = {
-        "coarse": {"spread": _pair(coarse_spread), "bias": _pair(m.relative_residual_mean(e_coarse, e_true))},
-        "super_resolved": {"spread": _pair(sr_spread), "bias": _pair(m.relative_residual_mean(e_sr, e_true))},
+        "coarse": spread_and_bias(e_coarse),
+        "super_resolved": spread_and_bias(e_sr),
+        "single_sample": spread_and_bias(sample_sums[0]),
         "ratio": sr_spread[0] / coarse_spread[0],
-        "ensemble_size": {str(s): _pair(m.relative_residual_spread(g.ensemble_sums(s), e_true))
-                          for s in sizes if s > 1 or g.mode != "fused"},
-        "coverage_68": _pair(m.coverage(sample_sums, e_true)) if k > 1 else None,
+        "ensemble_size": {str(s): _pair(m.relative_residual_spread(g.ensemble_sums(s), e_true)) for s in sizes},
     }
-    if g.mode != "free":  # the same samples before the projection
-        e_free = m.per_event_sum(g.free_samples.mean(0), g.event, g.num_events)
-        out["event"]["super_resolved_free"] = {"spread": _pair(m.relative_residual_spread(e_free, e_true)),
-                                               "bias": _pair(m.relative_residual_mean(e_free, e_true))}
     if g.regression is not None:
-        e_reg = m.per_event_sum(g.regression, g.event, g.num_events)
-        out["event"]["regression"] = {"spread": _pair(m.relative_residual_spread(e_reg, e_true)),
-                                      "bias": _pair(m.relative_residual_mean(e_reg, e_true))}
+        out["event"]["regression"] = spread_and_bias(m.per_event_sum(g.regression, g.event, g.num_events))
     per_layer = {}
     for layer in np.unique(g.layer):
         name = LAYER_NAMES[layer]
@@ -243,22 +182,39 @@ def compute_metrics(g: Generated, ensemble_sizes=(1, 2, 5, 10, 25)) -> dict:
     out["event"]["per_layer"] = per_layer
 
     # cell level, per layer
-    estimates = {"super_resolved_mean": g.mean, "super_resolved_sample": g.samples[0], **g.baselines}
+    estimates = {"super_resolved_mean": g.mean, "super_resolved_estimate": g.estimate,
+                 "super_resolved_sample": g.samples[0], **g.baselines}
     cells = {}
     for layer in np.unique(g.layer):
         sel = g.layer == layer
-        entry = {}
+        truth = g.truth[sel]
+        entry = {"truth": {"hits_per_event": float(np.sum(truth > HIT_THRESHOLD) / g.num_events)}}
         for name, est in estimates.items():
             entry[name] = {
-                "rmse": _pair(m.cell_error(est[sel], g.truth[sel])),
-                "wasserstein": _pair(m.wasserstein(est[sel], g.truth[sel])),
-                "occupancy": m.occupancy(est[sel], g.truth[sel], HIT_THRESHOLD),
-                "hallucinated_fraction": m.hallucinated_fraction(est[sel], g.truth[sel]),
+                "rmse": _pair(m.cell_error(est[sel], truth)),
+                "wasserstein": _pair(m.wasserstein(est[sel], truth)),
+                "occupancy": m.occupancy(est[sel], truth, HIT_THRESHOLD),
+                "hits_per_event": float(np.sum(est[sel] > HIT_THRESHOLD) / g.num_events),
+                "hallucinated_fraction": m.hallucinated_fraction(est[sel], truth),
+                "hallucinated_gev_per_event": float(np.clip(est[sel], 0, None)[truth == 0].sum() / g.num_events),
             }
-        if k > 1:
-            entry["coverage_68"] = _pair(m.coverage(g.samples[:, sel], g.truth[sel]))
         cells[LAYER_NAMES[layer]] = entry
     out["cell"] = cells
+
+    # how sure: coverage of the truth by the ensemble's central intervals; cells whose truth is zero are not counted
+    # (an interval reaching zero covers them for free): their energy is the hallucinated energy above
+    if k > 1:
+        hit = g.truth > HIT_THRESHOLD
+        totals = np.stack([np.bincount(g.parent, weights=s, minlength=len(g.coarse_energy)) for s in g.samples])
+        coarse_truth = np.bincount(g.parent, weights=g.truth, minlength=len(g.coarse_energy))
+        out["coverage"] = {
+            "event_energy": {str(lv): _pair(m.coverage(sample_sums, e_true, lv)) for lv in COVERAGE_LEVELS},
+            "coarse_cells": {str(lv): _pair(m.coverage(totals, coarse_truth, lv)) for lv in COVERAGE_LEVELS},
+            "hit_cells": {str(lv): _pair(m.coverage(g.samples[:, hit], g.truth[hit], lv)) for lv in COVERAGE_LEVELS},
+            "hit_cells_per_layer": {LAYER_NAMES[la]: _pair(m.coverage(g.samples[:, hit & (g.layer == la)],
+                                                                      g.truth[hit & (g.layer == la)]))
+                                    for la in np.unique(g.layer)},
+        }
 
     # shower shapes: distance of each shape's distribution to the truth's
     shapes = {}
@@ -267,7 +223,8 @@ def compute_metrics(g: Generated, ensemble_sizes=(1, 2, 5, 10, 25)) -> dict:
         args = (g.eta[sel], g.phi[sel], g.event[sel], g.num_events, HIT_THRESHOLD)
         truth_shapes = m.shower_shapes(g.truth[sel], *args)
         layer_out = {}
-        for name, est in (("super_resolved_sample", g.samples[0]), *g.baselines.items()):
+        for name, est in (("super_resolved_sample", g.samples[0]), ("super_resolved_estimate", g.estimate),
+                          *g.baselines.items()):
             est_shapes = m.shower_shapes(est[sel], *args)
             layer_out[name] = {}
             for shape in m.SHOWER_SHAPES:
@@ -283,7 +240,8 @@ def compute_metrics(g: Generated, ensemble_sizes=(1, 2, 5, 10, 25)) -> dict:
     truth_features = _event_features(g, g.truth)
     mu, sd = truth_features.mean(0), truth_features.std(0) + 1e-12
     physics = {}
-    for name, est in (("super_resolved_sample", g.samples[0]), *g.baselines.items()):
+    for name, est in (("super_resolved_sample", g.samples[0]), ("super_resolved_estimate", g.estimate),
+                      *g.baselines.items()):
         features = (_event_features(g, est) - mu) / sd
         reference = (truth_features - mu) / sd
         physics[name] = {"fpd": _pair(m.frechet_distance(features, reference)),
@@ -291,18 +249,33 @@ def compute_metrics(g: Generated, ensemble_sizes=(1, 2, 5, 10, 25)) -> dict:
                          "classifier_auc": _pair(m.classifier_auc(reference, features))}
     out["physics_distances"] = physics
 
-    # consistency with the measured parents
-    scale = np.abs(g.coarse_energy).max()
+    # consistency with the measured parents: the posterior moves each total off the measurement by about the
+    # noise (in units of the noise, the differences should look like the noise itself)
+    from graphsr.detector import Geometry
+
     sums = np.bincount(g.parent, weights=g.mean, minlength=len(g.coarse_energy))
+    sigma = Geometry.cocoa().coarsen(g.factor).noise[g.coarse_layer] / 1000.0
     out["consistency"] = {
         "parent_sum_max_relative": m.parent_sum_residual(g.mean, g.parent, g.coarse_energy),
         "parent_sum_mean_abs_gev": float(np.abs(sums - g.coarse_energy).mean()),
-        "largest_parent_gev": float(scale),
+        "parent_minus_measured_in_noise_sd": float(np.std((sums - g.coarse_energy) / sigma)),
     }
     if g.particle_count is not None:
         out["particles"] = particle_reconstruction(g)
     out["published"] = PUBLISHED
     return out
+
+
+def shifted_summary(g: Generated) -> dict:
+    """The event-energy figures of :func:`compute_metrics` alone: spread ratio, biases and the 68% coverage."""
+    e_true = m.per_event_sum(g.truth, g.event, g.num_events)
+    e_coarse = m.per_event_sum(g.coarse_energy, g.coarse_event, g.num_events)
+    sums = np.stack([m.per_event_sum(s, g.event, g.num_events) for s in g.samples])
+    coarse, sr = m.relative_residual_spread(e_coarse, e_true), m.relative_residual_spread(sums.mean(0), e_true)
+    return {"events": g.num_events, "coarse_spread": _pair(coarse), "super_resolved_spread": _pair(sr),
+            "ratio": sr[0] / coarse[0], "coarse_bias": _pair(m.relative_residual_mean(e_coarse, e_true)),
+            "super_resolved_bias": _pair(m.relative_residual_mean(sums.mean(0), e_true)),
+            "coverage_68": _pair(m.coverage(sums, e_true)) if len(sums) > 1 else None}
 
 
 def particle_reconstruction(g: Generated) -> dict:
@@ -317,8 +290,35 @@ def particle_reconstruction(g: Generated) -> dict:
               "coarse": (g.coarse_energy, g.coarse_cell, g.coarse_event, fine.coarsen(g.factor)),
               **{name: (v, g.fine_cell, g.event, fine) for name, v in g.baselines.items()}}
     truth = (g.particle_count, g.particle_e, g.particle_eta, g.particle_phi)
-    return {name: particle_metrics(find_particles(energy, cell, event, g.num_events, geometry), *truth)
-            for name, (energy, cell, event, geometry) in inputs.items()}
+    out = {name: particle_metrics(find_particles(energy, cell, event, g.num_events, geometry), *truth)
+           for name, (energy, cell, event, geometry) in inputs.items()}
+    if g.samples.shape[0] > 1:
+        out["energy_coverage"] = particle_energy_coverage(g)
+    return out
+
+
+def particle_energy_coverage(g: Generated) -> dict:
+    """How sure, downstream: for each true particle that the reconstruction finds on the fine truth, the central
+    intervals of the energies the ensemble members' reconstructions give it (members that miss it count as zero
+    energy), against the fine-truth reconstruction's energy. ``{level: (coverage, error)}`` and the particles used."""
+    from graphsr.detector import Geometry
+    from graphsr.eval.reconstruction import find_particles, match_particles
+
+    fine = Geometry.cocoa()
+    true_event = np.repeat(np.arange(g.num_events), g.particle_count)
+
+    def matched_energy(energy):
+        reco = find_particles(energy, g.fine_cell, g.event, g.num_events, fine)
+        r, t = match_particles(reco["event"], reco["eta"], reco["phi"], true_event, g.particle_eta, g.particle_phi)
+        out = np.full(len(true_event), np.nan)
+        out[t] = reco["energy"][r]
+        return out
+
+    reference = matched_energy(g.truth)
+    members = np.nan_to_num(np.stack([matched_energy(s) for s in g.samples]), nan=0.0)
+    found = np.isfinite(reference)
+    return {"particles": int(found.sum()),
+            **{str(lv): _pair(m.coverage(members[:, found], reference[found], lv)) for lv in COVERAGE_LEVELS}}
 
 
 def write_report(g: Generated, results: dict, out_dir: str | Path, *, title: str = "graphsr evaluation",
@@ -354,11 +354,10 @@ def write_report(g: Generated, results: dict, out_dir: str | Path, *, title: str
                                    out_dir / f"cells_{LAYER_NAMES[layer]}.png", "log10(fine cell energy / GeV)")
     # calibration: coverage of the ensemble's central intervals against their nominal level, per cell
     if g.samples.shape[0] > 1:
-        levels = np.array([0.2, 0.4, 0.6, 0.68, 0.8, 0.9])
+        levels = np.array([0.2, 0.4, 0.5, 0.6, 0.68, 0.8, 0.9, 0.95])
         hit = g.truth > HIT_THRESHOLD
         observed = [m.coverage(g.samples[:, hit], g.truth[hit], lv)[0] for lv in levels]
-        members = g.free_samples if g.free_samples is not None else g.samples
-        sums = np.stack([m.per_event_sum(s, g.event, g.num_events) for s in members])
+        sums = np.stack([m.per_event_sum(s, g.event, g.num_events) for s in g.samples])
         observed_events = [m.coverage(sums, e_true, lv)[0] for lv in levels]
         plotting.line_plot({"hit cells": (levels, observed, None), "event ECAL energy": (levels, observed_events, None)},
                            out_dir / "calibration.png", "nominal central interval", "observed coverage",
@@ -386,6 +385,7 @@ def _particles_markdown(particles: dict) -> list[str]:
     from graphsr.eval import reconstruction as reco
 
     published = PUBLISHED["multi_particle"]
+    particles = {name: v for name, v in particles.items() if name != "energy_coverage"}
     counts = sorted({n for v in particles.values() for n in v["cardinality"]}, key=int)
     lines = ["## Downstream: how many particles, their energies and directions", "",
              f"A simple deterministic reconstruction (`graphsr.eval.reconstruction`: ECAL2 local maxima above "
@@ -421,8 +421,8 @@ def _markdown(r: dict, title: str, displays: list) -> str:
              f"{PUBLISHED['coarse_spread']} |",
              f"| super-resolved (ensemble mean, {r['mode']} mode) | {_fmt(ev['super_resolved']['spread'])} | "
              f"{_fmt(ev['super_resolved']['bias'])} | {PUBLISHED['sr_spread']} |",
-             *([f"| super-resolved (ensemble mean, free mode) | {_fmt(ev['super_resolved_free']['spread'])} | "
-                f"{_fmt(ev['super_resolved_free']['bias'])} | |"] if "super_resolved_free" in ev else []),
+             f"| super-resolved (one sample) | {_fmt(ev['single_sample']['spread'])} | "
+             f"{_fmt(ev['single_sample']['bias'])} | |",
              *([f"| regression baseline | {_fmt(ev['regression']['spread'])} | {_fmt(ev['regression']['bias'])} | |"]
                if "regression" in ev else []),
              f"| ratio SR / coarse | {ev['ratio']:.3f} | | {PUBLISHED['ratio']:.3f} |", "",
@@ -433,16 +433,20 @@ def _markdown(r: dict, title: str, displays: list) -> str:
                  f"{name}: {_fmt(v['coarse_spread'])} -> {_fmt(v['super_resolved_spread'])}"
                  for name, v in ev["per_layer"].items()), "",
              "## Where wrong: cells, shapes and invented energy", "",
-             "| layer | estimate | RMSE / GeV | W1 / GeV | hit precision | hit recall | hallucinated |",
-             "|---|---|---|---|---|---|---|"]
+             "| layer | estimate | RMSE / GeV | W1 / GeV | hits / event | hit precision | hit recall | "
+             "hallucinated | hallucinated GeV / event |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for layer, entry in r["cell"].items():
-        for name in [n for n in entry if n != "coverage_68"]:
+        lines.append(f"| {layer} | fine truth | | | {entry['truth']['hits_per_event']:.1f} | | | | |")
+        for name in [n for n in entry if n != "truth"]:
             e = entry[name]
             lines.append(f"| {layer} | {name} | {_fmt(e['rmse'])} | {_fmt(e['wasserstein'])} | "
-                         f"{e['occupancy']['precision']:.3f} | {e['occupancy']['recall']:.3f} | "
-                         f"{e['hallucinated_fraction']:.3f} |")
-    lines += ["", f"Hit threshold {HIT_THRESHOLD} GeV. Hallucinated: fraction of the positive energy placed in cells "
-              "whose true energy is zero.", "",
+                         f"{e['hits_per_event']:.1f} | {e['occupancy']['precision']:.3f} | "
+                         f"{e['occupancy']['recall']:.3f} | {e['hallucinated_fraction']:.3f} | "
+                         f"{e['hallucinated_gev_per_event']:.4f} |")
+    lines += ["", f"Hit: above {1000 * HIT_THRESHOLD:g} MeV. Hallucinated: the positive energy placed in cells whose "
+              "true energy is zero (fraction of the estimate's, and GeV per event). `super_resolved_estimate` is what "
+              "`graphsr sample` writes as `cell_e` (`graphsr.inference.point_estimate`).", "",
               "Shower shapes (Wasserstein-1 to the truth; one model sample against the baselines):", ""]
     names = list(next(iter(r["shower_shapes"].values())))
     lines += ["| layer | shape | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
@@ -456,17 +460,41 @@ def _markdown(r: dict, title: str, displays: list) -> str:
     lines += ["", "![cells](cells_ECAL2.png) ![width](shape_ECAL2_width_eta.png)", ""]
     if "particles" in r:
         lines += _particles_markdown(r["particles"])
-    lines += ["## How sure: ensemble calibration", "",
-              f"Coverage of the truth by the ensemble's central 68% interval: event energy (free-mode members) "
-              f"{_fmt(ev['coverage_68'], 3)}; per cell: " + ", ".join(
-                  f"{layer} {_fmt(e.get('coverage_68'), 3)}" for layer, e in r["cell"].items()) +
-              f" (with {r['ensemble']} members the empirical interval itself is noisy).", "",
-              "![calibration](calibration.png)", "",
+    lines += ["## How sure: ensemble calibration", ""]
+    if "coverage" in r:
+        cov = r["coverage"]
+        rows = [("event ECAL energy", cov["event_energy"]), ("coarse cells (sum of children)", cov["coarse_cells"]),
+                ("hit fine cells (truth above 1 MeV)", cov["hit_cells"])]
+        if "energy_coverage" in r.get("particles", {}):
+            rows.append((f"particle energy ({r['particles']['energy_coverage']['particles']} particles found on "
+                         "the truth)", r["particles"]["energy_coverage"]))
+        lines += ["Coverage of the truth by the ensemble's central intervals (a calibrated ensemble covers the "
+                  "nominal level):", "", "| quantity | " + " | ".join(f"{float(lv):.0%}" for lv in COVERAGE_LEVELS) +
+                  " |", "|---|" + "---|" * len(COVERAGE_LEVELS)]
+        lines += [f"| {name} | " + " | ".join(_fmt(v[str(lv)], 3) for lv in COVERAGE_LEVELS) + " |"
+                  for name, v in rows]
+        lines += ["", "68% coverage of hit cells per layer: " + ", ".join(
+            f"{layer} {_fmt(v, 3)}" for layer, v in cov["hit_cells_per_layer"].items()) +
+            f". Calibration: {r.get('calibration') or 'none (raw ensemble)'}. Cells whose truth is zero are not "
+            "counted (see the hallucinated energy above).", ""]
+    lines += [              "![calibration](calibration.png)", "",
               "## Consistency with the measured coarse cells", "",
               f"Children of a parent sum to within {r['consistency']['parent_sum_mean_abs_gev']:.4f} GeV of the "
-              f"parent on average (largest deviation {r['consistency']['parent_sum_max_relative']:.3g} of the largest "
-              "parent); the free mode may differ, since it also removes noise; `--mode conserving` holds it to float "
-              "precision.", ""]
+              f"measured parent on average, {r['consistency']['parent_minus_measured_in_noise_sd']:.2f} noise sigmas "
+              "(sd): the posterior mode removes noise, so it moves totals off the measurement by about the noise; "
+              "`--mode conserving` holds them to the measurement.", ""]
+    if "shifted_inputs" in r:
+        lines += ["## Inputs outside the training range", "",
+                  "Single electrons simulated for this report, unlike the training events (which are pT 50 GeV at "
+                  "eta ~ 0 for the default model): what the model does off its training distribution. The CLI "
+                  "warns when an input's coarse energies lie outside the training range.", "",
+                  "| events | outside training range | coarse spread | SR spread | ratio | SR bias | 68% coverage |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, v in r["shifted_inputs"].items():
+            lines.append(f"| {name} ({v['events']}) | {100 * v['outside_training_range']:.0f}% | "
+                         f"{_fmt(v['coarse_spread'])} | {_fmt(v['super_resolved_spread'])} | {v['ratio']:.2f} | "
+                         f"{_fmt(v['super_resolved_bias'])} | {_fmt(v['coverage_68'], 3)} |")
+        lines.append("")
     if displays:
         lines += ["## Event displays", ""] + [f"![{label}]({Path(p).name})" for label, p in displays] + [""]
     return "\n".join(lines)

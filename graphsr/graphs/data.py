@@ -33,6 +33,7 @@ class PairData(Data):
         num_particles: [1] number of particles of the event.
         particle_kin: [P, 3] particle (energy GeV, eta, phi); particle_pdgid: [P].
         event: [1] entry of the event in its file.
+        file: [1] index of that file in its dataset's file list (:class:`~graphsr.datasets.CocoaDataset`).
     """
 
     @property

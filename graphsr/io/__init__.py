@@ -4,6 +4,7 @@ See :mod:`graphsr.io.writer` for the file layout and branch names, :mod:`graphsr
 files.
 """
 
+from graphsr.io.digest import file_digest
 from graphsr.io.errors import CocoaFormatError
 from graphsr.io.reader import (
     ALL_BRANCHES,
@@ -30,6 +31,7 @@ __all__ = [
     "check_roundtrip",
     "compare_trees",
     "counter_name",
+    "file_digest",
     "iter_cocoa",
     "open_cocoa",
     "read_cocoa",

@@ -1,11 +1,30 @@
 """SR3-style conditional super-resolution of fine-cell energies (Saharia et al., arXiv 2104.07636).
 
-The diffusion runs on one number per fine cell: its energy as a fraction of ``margin`` times its parent's
-measured energy, in logit space, standardised (:func:`target_transform`). The network sees, per fine cell, the
-noisy target and its parent's measured energy (SR3 concatenates the upsampled low-resolution input the same way),
-plus cell positions and layers (added by the backbone), and a noise-level embedding through adaptive LayerNorm.
+The energy model factorises each coarse cell's children into their true total and their shares (as CaloScore v2
+does for calorimeter images), and the diffusion generates both at once, given the measured coarse cells:
 
-:class:`SR3Network` is the raw network F; :class:`graphsr.diffusion.Denoiser` wraps it into D(x; sigma).
+* totals: per coarse cell, the noise realisation ``z = (E_measured - T) / sigma`` in units of the cell's known
+  noise sigma, where ``T`` is the true (noise-free) total of its children. A priori z is exactly a standard normal
+  whatever T, so the model only learns how the event's other cells move it; a sample gives
+  ``T = max(E_measured - sigma z, 0)``, a draw from the total's posterior given the measurement. The measurement
+  enters once, through this posterior.
+* shares: per fine cell, ``log((E + floor) / sum over siblings of (E + floor))``, standardised; a sample's shares
+  are the per-parent softmax of the generated values, so they lie on the simplex and the children sum exactly to
+  the sampled total. ``floor`` (0.01 MeV) keeps empty children finite; a child generated at the floor gets a
+  negligible energy.
+
+Every truth can be represented (no clipping of children above their parent, no cap on noise-low parents), and
+the model's own samples are unbiased when the model is right: there is no post-hoc energy scale.
+
+Modes: ``posterior`` (the above) or ``conserving`` (the generated shares of the measured energy: children sum to
+the measurement exactly, noise included).
+
+The regression baseline (``parameterisation: regression``) is trained in energy space instead: it predicts each
+child's energy (in units of the training set's fine-energy spread) with a mean-squared error, so its prediction is
+the conditional mean of the energy itself, not a transform of it.
+
+:class:`SR3Network` is the raw network F; :class:`graphsr.diffusion.Denoiser` wraps it into D(x; sigma), with the
+state ``x`` holding the fine targets first, then the coarse ones.
 """
 
 from __future__ import annotations
@@ -13,51 +32,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from graphsr.config import DiffusionConfig, ModelConfig
-from graphsr.graphs.transforms import FractionOfParent, InvertibleCompose, SignedLog, Standardize
+from graphsr import ops
+from graphsr.config import ModelConfig
+from graphsr.detector import Geometry
+from graphsr.graphs.build import MEV_PER_GEV
+from graphsr.graphs.transforms import SignedLog
 from graphsr.nn import GraphTransformer, NoiseEmbedding
 
 COARSE_INPUT = SignedLog("coarse_energy", "coarse_input", scale=0.01)
+SHARE_FLOOR = 1e-5  # GeV added to every child before taking log-shares
+SNR_SCALE = 10.0    # measured energy / noise sigma is fed to the network divided by this
+MODES = ("posterior", "conserving")
 
 
-def target_transform(margin: float = 1.2, mean: float = 0.0, std: float = 1.0) -> InvertibleCompose:
-    """fine_energy -> fine_target: logit of E_fine / (margin E_parent), standardised with (mean, std)."""
-    return InvertibleCompose([FractionOfParent("fine_energy", "fine_target", margin=margin),
-                              Standardize("fine_target", mean=mean, std=std)])
+def noise_sigma(data, factor: int) -> torch.Tensor:
+    """``[Nc]`` noise sigma (GeV) of each coarse cell of ``data`` at the coarse granularity ``factor``."""
+    table = torch.as_tensor(Geometry.cocoa().coarsen(factor).noise / MEV_PER_GEV, dtype=data.coarse_energy.dtype,
+                            device=data.coarse_energy.device)
+    return table[data.coarse_layer]
 
 
-def add_inputs(batch, transform: InvertibleCompose | None = None):
-    """Add the network's inputs (``coarse_input``) and, when fine energies are known, the target."""
+def add_inputs(batch, factor: int):
+    """Add the network's inputs: ``coarse_input`` (signed log of the measured energy), ``coarse_noise`` (sigma, GeV)
+    and ``coarse_snr`` (measured energy / sigma)."""
     batch = COARSE_INPUT(batch)
-    if transform is not None and "fine_energy" in batch:
-        batch = transform(batch)
+    batch.coarse_noise = noise_sigma(batch, factor)
+    batch.coarse_snr = batch.coarse_energy / batch.coarse_noise
     return batch
-
-
-class SR3Network(nn.Module):
-    """The network of the denoiser: (noisy target, noise level, coarse event) -> one value per fine cell.
-
-    Args:
-        config: widths and depths (:class:`~graphsr.config.ModelConfig`).
-    """
-
-    def __init__(self, config: ModelConfig = ModelConfig()):
-        super().__init__()
-        self.noise_embedding = NoiseEmbedding(config.width)
-        self.backbone = GraphTransformer(
-            fine_in=2, coarse_in=1, out=1, width=config.width, depth=config.depth, coarse_depth=config.coarse_depth,
-            heads=config.heads, context_tokens=config.context_tokens, cond_dim=config.width, dropout=config.dropout)
-
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, batch: torch.Tensor, data,
-                prepared: dict | None = None) -> torch.Tensor:
-        """x: [Nf, 1] noisy (scaled) target; c_noise: [B] noise conditioning; data: the batch of events;
-        prepared: ``self.backbone.prepare(data)``, to reuse across sampling steps."""
-        parent_input = data.coarse_input[data.fine_parent].unsqueeze(1)
-        x_fine = torch.cat([x, parent_input], dim=1)
-        return self.backbone(x_fine, data.coarse_input.unsqueeze(1), data, self.noise_embedding(c_noise), prepared)
-
-
-MODES = ("free", "conserving", "fused")
 
 
 def parent_sums(energy: torch.Tensor, data) -> torch.Tensor:
@@ -68,50 +69,98 @@ def parent_sums(energy: torch.Tensor, data) -> torch.Tensor:
     return out.reshape(*energy.shape[:-1], -1)
 
 
-def fuse(samples: torch.Tensor, data, noise: torch.Tensor, spread_scale: float = 1.0, energy_scale: float = 1.0,
-         floor: float = 1e-3) -> torch.Tensor:
-    """Children that sum to the measurement and the model combined by their uncertainties, per coarse cell.
-
-    Each coarse cell has two estimates of its true energy: the measurement E (Gaussian noise of known sigma,
-    ``noise``) and the ensemble's sum of children S (mean S_bar, variance v over the members, times
-    ``spread_scale**2``: small ensembles of an imperfect model are over-confident; and S times ``energy_scale``:
-    an imperfect model's sums can be biased, a bias the measurement does not have). Both factors are calibrated on
-    validation events, see :func:`graphsr.eval.evaluate.calibrate_fusion`. The two are combined by inverse
-    variance, ``T = (E / sigma^2 + S_bar / v) / (1 / sigma^2 + 1 / v)``, and every member's children are
-    rescaled to sum to T, keeping the member's shares. Where the model is sure (cells it reads as noise) T follows
-    the model; where it is not (hot cells, whose measurement is precise) T follows the measurement.
+class EnergyModel:
+    """Fine energies <-> diffusion targets (the module docstring): shares and totals, or plain energies.
 
     Args:
-        samples: ``[K, Nf]`` ensemble (K >= 2), GeV.
-        data: the events (``coarse_energy``, ``fine_parent``).
-        noise: ``[Nc]`` noise sigma of each coarse cell, GeV.
-        spread_scale: factor on the ensemble's standard deviation.
-        energy_scale: factor on the ensemble's sums (and their spread): the model's energy-scale correction.
-        floor: smallest ensemble standard deviation, as a fraction of sigma.
+        kind: ``"shares"`` (the generative model) or ``"energy"`` (the regression baseline).
+        mean, std: standardisation of the fine target (log-shares, or energies in GeV with mean 0).
     """
-    if samples.size(0) < 2:
-        raise ValueError("fused mode needs an ensemble of at least 2 samples (it uses their spread)")
-    sums = parent_sums(samples, data)                        # [K, Nc]
-    sums = energy_scale * sums
-    mean, var = sums.mean(0), (spread_scale**2 * sums.var(0)).clamp_min((floor * noise) ** 2)
-    w_measured, w_model = noise.pow(-2), var.reciprocal()
-    total = (data.coarse_energy * w_measured + mean * w_model) / (w_measured + w_model)
-    return torch.stack([conserve(s, data, total) for s in samples])
+
+    def __init__(self, kind: str = "shares", mean: float = 0.0, std: float = 1.0):
+        if kind not in ("shares", "energy"):
+            raise ValueError(f"unknown energy model {kind!r}; choose 'shares' or 'energy'")
+        self.kind, self.mean, self.std = kind, float(mean), float(std)
+
+    @classmethod
+    def fit(cls, kind: str, data) -> EnergyModel:
+        """Standardisation constants from the fine cells of ``data`` (training events)."""
+        raw = cls(kind)._fine_raw(data)
+        return cls(kind, float(raw.mean()) if kind == "shares" else 0.0, float(raw.std().clamp_min(1e-12)))
+
+    def state(self) -> dict:
+        return {"kind": self.kind, "mean": self.mean, "std": self.std}
+
+    def _fine_raw(self, data) -> torch.Tensor:
+        if self.kind == "energy":
+            return data.fine_energy
+        padded = data.fine_energy.clamp_min(0) + SHARE_FLOOR
+        return padded.log() - ops.scatter(padded, data.fine_parent, data.coarse_energy.size(0), "sum")[
+            data.fine_parent].log()
+
+    def encode(self, data) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fine [Nf], coarse [Nc])`` targets of events whose fine truth is known (``add_inputs`` first)."""
+        fine = (self._fine_raw(data) - self.mean) / self.std
+        total = ops.scatter(data.fine_energy, data.fine_parent, data.coarse_energy.size(0), "sum")
+        return fine, (data.coarse_energy - total) / data.coarse_noise
+
+    def totals(self, data, coarse: torch.Tensor, mode: str = "posterior") -> torch.Tensor:
+        """``[..., Nc]`` totals of each coarse cell's children from generated coarse targets."""
+        if mode == "conserving":
+            return data.coarse_energy.expand_as(coarse)
+        return (data.coarse_energy - data.coarse_noise * coarse).clamp_min(0)
+
+    def decode(self, data, fine: torch.Tensor, coarse: torch.Tensor, mode: str = "posterior") -> torch.Tensor:
+        """``[Nf]`` fine energies (GeV) from generated targets (fine ``[Nf]``, coarse ``[Nc]``)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+        if self.kind == "energy":
+            return (fine * self.std + self.mean).clamp_min(0)
+        shares = ops.segment_softmax(fine * self.std, data.fine_parent, data.coarse_energy.size(0))
+        return shares * self.totals(data, coarse, mode)[data.fine_parent]
 
 
-def conserve(energy: torch.Tensor, data, total: torch.Tensor | None = None) -> torch.Tensor:
-    """Project fine energies so each parent's children sum exactly to ``total`` (default: the measured energy).
+class SR3Network(nn.Module):
+    """The network of the denoiser: (noisy targets, noise level, coarse event) -> one value per fine and per coarse
+    cell, in the state layout ``[fine nodes, coarse nodes]``.
 
-    Children keep their relative shares (negative values count as zero); a parent whose children are all zero
-    shares its energy evenly. Parents with negative measured energy give negative children, summing exactly.
+    Fine nodes see their noisy share and their parent's measured energy; coarse nodes their noisy noise realisation,
+    measured energy and signal-to-noise ratio; both see positions and layers (added by the backbone) and the noise
+    level through adaptive LayerNorm.
+
+    Args:
+        config: widths and depths (:class:`~graphsr.config.ModelConfig`).
     """
-    total_energy = data.coarse_energy if total is None else total
-    from graphsr import ops
 
-    num_coarse = data.coarse_energy.size(0)
-    share = energy.clamp_min(0)
-    total = ops.scatter(share, data.fine_parent, num_coarse, "sum")
-    children = ops.scatter(torch.ones_like(share), data.fine_parent, num_coarse, "sum")
-    empty = (total <= 0)[data.fine_parent]
-    share = torch.where(empty, 1.0 / children[data.fine_parent], share / total.clamp_min(1e-30)[data.fine_parent])
-    return share * total_energy[data.fine_parent]
+    def __init__(self, config: ModelConfig = ModelConfig()):
+        super().__init__()
+        self.noise_embedding = NoiseEmbedding(config.width)
+        self.backbone = GraphTransformer(
+            fine_in=2, coarse_in=3, out=1, coarse_out=1, width=config.width, depth=config.depth,
+            coarse_depth=config.coarse_depth, heads=config.heads, context_tokens=config.context_tokens,
+            cond_dim=config.width, dropout=config.dropout)
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, batch: torch.Tensor, data,
+                prepared: dict | None = None) -> torch.Tensor:
+        """x: [Nf + Nc, 1] noisy (scaled) targets; c_noise: [B] noise conditioning; data: the batch of events;
+        prepared: ``self.backbone.prepare(data)``, to reuse across sampling steps."""
+        num_fine = data.fine_parent.size(0)
+        x_fine = torch.cat([x[:num_fine], data.coarse_input[data.fine_parent].unsqueeze(1)], dim=1)
+        x_coarse = torch.cat([x[num_fine:], data.coarse_input.unsqueeze(1),
+                              (data.coarse_snr / SNR_SCALE).unsqueeze(1)], dim=1)
+        fine, coarse = self.backbone(x_fine, x_coarse, data, self.noise_embedding(c_noise), prepared)
+        return torch.cat([fine, coarse])
+
+
+def state_batch(data) -> torch.Tensor:
+    """``[Nf + Nc]`` event of each state node (fine nodes, then coarse nodes)."""
+    return torch.cat([data.batch, data.coarse_batch])
+
+
+def node_weights(data, coarse_weight: float = 1.0) -> torch.Tensor:
+    """``[Nf + Nc]`` loss weight of each state node: each event's fine nodes share weight 1 and its coarse nodes
+    ``coarse_weight``, so neither the event's size nor the 4 or 16 children per parent tilt the loss."""
+    num_graphs = int(data.num_graphs)
+    fine_count = torch.bincount(data.batch, minlength=num_graphs).clamp_min(1)
+    coarse_count = torch.bincount(data.coarse_batch, minlength=num_graphs).clamp_min(1)
+    return torch.cat([1.0 / fine_count[data.batch].float(), coarse_weight / coarse_count[data.coarse_batch].float()])

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from graphsr.detector.geometry import ETA_MAX, Geometry
+from graphsr.ops import scatter
 from graphsr.nn.attention import EventContext, GraphAttention
 
 EDGE_DIM = 3  # delta eta, delta phi (in fine cells of the target's layer), delta layer
@@ -90,11 +91,14 @@ class Block(nn.Module):
 
 
 class GraphTransformer(nn.Module):
-    """Coarse-conditioned fine-graph transformer: ``[Nf, fine_in]`` fine features -> ``[Nf, out]``.
+    """Coarse-conditioned fine-graph transformer: ``[Nf, fine_in]`` fine features -> ``[Nf, out]`` (and, with
+    ``coarse_out``, ``[Nc, coarse_out]`` per coarse node, read from the coarse encoder's state and the mean final
+    state of the node's children).
 
     Args:
         fine_in, coarse_in: input features per fine / coarse node.
         out: outputs per fine node.
+        coarse_out: outputs per coarse node (0: none).
         width, depth, coarse_depth, heads: sizes of the fine blocks and the coarse encoder.
         context_tokens: pooled event tokens per block (0: none).
         cond_dim: size of the per-event conditioning vector (e.g. the noise embedding).
@@ -103,7 +107,7 @@ class GraphTransformer(nn.Module):
 
     def __init__(self, fine_in: int, coarse_in: int, out: int, width: int = 128, depth: int = 4,
                  coarse_depth: int = 2, heads: int = 4, context_tokens: int = 4, cond_dim: int | None = None,
-                 dropout: float = 0.0, geometry: Geometry | None = None):
+                 dropout: float = 0.0, geometry: Geometry | None = None, coarse_out: int = 0):
         super().__init__()
         geometry = geometry or Geometry.cocoa()
         cond_dim = cond_dim or width
@@ -118,7 +122,12 @@ class GraphTransformer(nn.Module):
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False)
         self.final_modulation = nn.Linear(cond_dim, 2 * width)
         self.head = nn.Linear(width, out)
-        for layer in (self.final_modulation, self.head):
+        zero_init = [self.final_modulation, self.head]
+        if coarse_out:
+            self.coarse_modulation = nn.Linear(cond_dim, 2 * width)
+            self.coarse_head = nn.Linear(2 * width, coarse_out)
+            zero_init += [self.coarse_modulation, self.coarse_head]
+        for layer in zero_init:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -178,4 +187,10 @@ class GraphTransformer(nn.Module):
         for block, (edges, cross_edges) in zip(self.blocks, prepared["fine_edges"]):
             h = block(h, data.fine_edge_index, edges, batch, cond, num_graphs, coarse=(hc, cross, cross_edges))
         shift, scale = self.final_modulation(cond).index_select(0, batch).chunk(2, dim=-1)
-        return self.head(self.final_norm(h) * (1 + scale) + shift)
+        out = self.head(self.final_norm(h) * (1 + scale) + shift)
+        if not hasattr(self, "coarse_head"):
+            return out
+        shift, scale = self.coarse_modulation(cond).index_select(0, coarse_batch).chunk(2, dim=-1)
+        children = scatter(h, data.fine_parent, hc.size(0), "mean")
+        state = torch.cat([self.final_norm(hc), self.final_norm(children)], dim=1)
+        return out, self.coarse_head(state * (1 + scale.repeat(1, 2)) + shift.repeat(1, 2))

@@ -80,24 +80,26 @@ class SingleElectronGun:
 
     Args:
         pt_min, pt_max: pT range, MeV.
-        eta_max: |eta| < eta_max, flat in eta.
+        eta_min, eta_max: eta_min <= |eta| < eta_max, flat in eta (both signs).
     """
 
     pt_min: float = 50_000.0
     pt_max: float = 51_000.0
     eta_max: float = 0.01
+    eta_min: float = 0.0
 
     def __post_init__(self):
         if not 0 < self.pt_min <= self.pt_max:
             raise ValueError(f"need 0 < pt_min <= pt_max, got {self.pt_min}, {self.pt_max}")
-        if not 0 <= self.eta_max < ETA_MAX:
-            raise ValueError(f"eta_max must lie in [0, {ETA_MAX}), got {self.eta_max}")
+        if not 0 <= self.eta_min <= self.eta_max < ETA_MAX:
+            raise ValueError(f"need 0 <= eta_min <= eta_max < {ETA_MAX}, got {self.eta_min}, {self.eta_max}")
 
     def sample(self, num_events: int, rng: int | np.random.Generator | None = None) -> Particles:
         """``num_events`` events of one electron each."""
         rng = _rng(rng)
         pt = rng.uniform(self.pt_min, self.pt_max, num_events)
-        eta = rng.uniform(-self.eta_max, self.eta_max, num_events)
+        eta = rng.uniform(self.eta_min, self.eta_max, num_events) * rng.choice([-1.0, 1.0], num_events) \
+            if self.eta_min > 0 else rng.uniform(-self.eta_max, self.eta_max, num_events)
         phi = rng.uniform(-np.pi, np.pi, num_events)
         return Particles.make(np.full(num_events, ELECTRON), pt, eta, phi, np.arange(num_events), num_events)
 

@@ -20,7 +20,8 @@ from graphsr.config import Config
 from graphsr.datasets import CocoaDataset
 from graphsr.diffusion import Denoiser, DiffusionLoss
 from graphsr.graphs import GraphLoader, GraphOptions, collate_events
-from graphsr.models.sr3 import SR3Network, add_inputs, target_transform
+from graphsr.io import file_digest
+from graphsr.models.sr3 import EnergyModel, SR3Network, add_inputs, node_weights, state_batch
 from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
 
 CHECKPOINT = "checkpoint.pt"
@@ -44,11 +45,43 @@ def load_splits(config: Config, log: bool = False):
     return dataset.split((1 - val - test, val, test), seed=config.data.split_seed)
 
 
-def fit_normalisation(train, margin: float) -> dict:
-    """Mean and std of the logit-fraction target over all training fine cells."""
-    batch = collate_events(train._data, train.slices, torch.as_tensor(train.indices()))
-    raw = target_transform(margin)(batch).fine_target
-    return {"margin": margin, "mean": float(raw.mean()), "std": float(raw.std())}
+def energy_kind(config: Config) -> str:
+    """The energy model of a parameterisation: the regression baseline works in energy space."""
+    return "energy" if config.diffusion.parameterisation == "regression" else "shares"
+
+
+def fit_energy_model(train, kind: str) -> EnergyModel:
+    """The fine target's standardisation, from every training fine cell."""
+    return EnergyModel.fit(kind, collate_events(train._data, train.slices, torch.as_tensor(train.indices())))
+
+
+def seen_events(subset) -> list[dict]:
+    """What a model saw of each file of a :class:`~graphsr.datasets.CocoaDataset` subset: ``[{"path", "sha256",
+    "entries"}]``, entries sorted (int64 tensors), for every file of the dataset (empty where none)."""
+    data, slices = subset._data, subset.slices
+    index = torch.as_tensor(subset.indices())
+    files, entries = data.file[slices["file"][index]], data.event[slices["event"][index]]
+    return [{"path": str(path), "sha256": file_digest(path), "entries": torch.sort(entries[files == i])[0]}
+            for i, path in enumerate(subset.files)]
+
+
+def training_range(train, factor: int) -> dict:
+    """Range of the training events' coarse ECAL energy (GeV) and of their hottest coarse cell: the 0.1% to 99.9%
+    quantiles widened by a tenth of their distance on each side, so that events like the training ones are almost
+    never outside. :class:`~graphsr.inference.SuperResolver` warns about inputs outside it."""
+    data, slices = train._data, train.slices
+    index = torch.as_tensor(train.indices())
+    starts, counts = slices["coarse_energy"][index], torch.diff(slices["coarse_energy"])[index]
+    owner = torch.repeat_interleave(torch.arange(len(index)), counts)
+    cells = data.coarse_energy[torch.repeat_interleave(starts, counts) + torch.arange(int(counts.sum())) -
+                               torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)]
+    total = torch.zeros(len(index)).index_add_(0, owner, cells)
+    hottest = torch.full((len(index),), -float("inf")).scatter_reduce_(0, owner, cells, "amax")
+    def widened(values):
+        lo, hi = torch.quantile(values, torch.tensor([0.001, 0.999])).tolist()
+        return [lo - 0.1 * (hi - lo), hi + 0.1 * (hi - lo)]
+
+    return {"event_energy": widened(total), "hottest_cell": widened(hottest), "factor": factor}
 
 
 def data_factor(train) -> int:
@@ -63,6 +96,7 @@ def build_denoiser(config: Config) -> Denoiser:
 
 
 def build_loss(config: Config) -> DiffusionLoss:
+    """The training loss of the config's parameterisation (``coarse_weight`` enters through :func:`_loss`)."""
     d = config.diffusion
     return DiffusionLoss(parameterisation=d.parameterisation, schedule=d.schedule, sigma_data=d.sigma_data,
                          p_mean=d.p_mean, p_std=d.p_std, min_snr_gamma=d.min_snr_gamma)
@@ -97,19 +131,27 @@ class TrainResult:
     events_per_second: float
 
 
-def _loss(loss_fn, denoiser, batch, transform, generator):
-    batch = add_inputs(batch, transform)
-    return loss_fn(denoiser, batch.fine_target.unsqueeze(1), batch=batch.batch, num_graphs=batch.num_graphs,
-                   generator=generator, data=batch)
+def _loss(loss_fn, denoiser, batch, energy_model: EnergyModel, generator, factor: int, coarse_weight: float,
+          sigma: torch.Tensor | None = None):
+    """The loss of a batch: fine and coarse targets in one state, each event's two parts weighted per
+    :func:`~graphsr.models.sr3.node_weights` (the regression baseline has no coarse target); ``sigma`` fixes the
+    noise level of each event."""
+    batch = add_inputs(batch, factor)
+    fine, coarse = energy_model.encode(batch)
+    weight = node_weights(batch, coarse_weight if energy_model.kind == "shares" else 0.0)
+    return loss_fn(denoiser, torch.cat([fine, coarse]).unsqueeze(1), batch=state_batch(batch),
+                   num_graphs=batch.num_graphs, generator=generator, data=batch, node_weight=weight, sigma=sigma)
 
 
 @torch.no_grad()
-def validation_loss(loss_fn, denoiser, loader, transform, device, seed: int = 1234) -> float:
+def validation_loss(loss_fn, denoiser, loader, energy_model, device, factor: int, coarse_weight: float,
+                    seed: int = 1234) -> float:
     """Mean loss over the validation set with a fixed noise stream, so values are comparable across steps."""
     generator = torch.Generator(device).manual_seed(seed)
     total, count = 0.0, 0
     for batch in loader:
-        total += float(_loss(loss_fn, denoiser, batch.to(device), transform, generator)) * batch.num_graphs
+        loss = _loss(loss_fn, denoiser, batch.to(device), energy_model, generator, factor, coarse_weight)
+        total += float(loss) * batch.num_graphs
         count += batch.num_graphs
     return total / max(count, 1)
 
@@ -131,10 +173,12 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     state = load_checkpoint(out_dir / CHECKPOINT) if resume else None
     if resume and state["config"] != config.to_dict():
         raise ValueError(f"{out_dir / CHECKPOINT} was written with a different config; resume needs the same one")
-    norm = state["normalisation"] if state else fit_normalisation(train_set, config.diffusion.margin)
-    transform = target_transform(**norm)
+    energy_model = EnergyModel(**state["energy_model"]) if state else fit_energy_model(train_set,
+                                                                                          energy_kind(config))
+    factor = data_factor(train_set)
+    coarse_weight = config.diffusion.coarse_weight
 
-    torch.manual_seed(tc.seed)  # model initialisation
+    torch.manual_seed(tc.seed)  # model initialisation; afterwards the global generator drives dropout
     denoiser = build_denoiser(config).to(device)
     ema = AveragedModel(denoiser, avg_fn=ema_update(tc.ema_decay))
     loss_fn = build_loss(config)
@@ -148,6 +192,9 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         noise.set_state(state["noise_generator"])
+        torch.set_rng_state(state["rng_state"])
+        if device.type == "cuda" and "cuda_rng_state" in state:
+            torch.cuda.set_rng_state(state["cuda_rng_state"], device)
         step, epoch, position = state["step"], state["epoch"], state["position"]
 
     val_loader = GraphLoader(val_set, tc.batch_size)
@@ -155,14 +202,21 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     started, events_seen, first_step = time.perf_counter(), 0, step
     train_loss = val_loss = float("nan")
 
-    def checkpoint():
+    # what the model saw (file content hashes and entries), so that evaluation can refuse to score it
+    seen = state["events"] if state else {"train": seen_events(train_set), "val": seen_events(val_set)}
+    data_range = state["training_range"] if state else training_range(train_set, factor)
+
+    def checkpoint(calibration=None):
+        cuda_rng = {"cuda_rng_state": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
         return save_checkpoint({
             "model": denoiser.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "noise_generator": noise.get_state(), "step": step,
-            "epoch": epoch, "position": position, "config": config.to_dict(), "normalisation": norm,
+            "scheduler": scheduler.state_dict(), "noise_generator": noise.get_state(),
+            "rng_state": torch.get_rng_state(), **cuda_rng, "step": step,
+            "epoch": epoch, "position": position, "config": config.to_dict(), "energy_model": energy_model.state(),
             "graph_options": {"layers": list(config.data.layers), "k": config.data.k,
                               "k_between": config.data.k_between},
-            "factor": data_factor(train_set), "val_loss": val_loss,
+            "factor": factor, "val_loss": val_loss, "events": seen, "training_range": data_range,
+            "calibration": calibration,
         }, out_dir / CHECKPOINT)
 
     bar = tqdm(total=tc.steps, initial=step, disable=not progress, desc="training", unit="step")
@@ -175,7 +229,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
             denoiser.train()
             batch = batch.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = _loss(loss_fn, denoiser, batch, transform, noise)
+                loss = _loss(loss_fn, denoiser, batch, energy_model, noise, factor, coarse_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(denoiser.parameters(), tc.grad_clip)
@@ -191,7 +245,8 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
                 (stop_after is not None and step - first_step >= stop_after)
             if step % tc.val_every == 0 or step == tc.steps or out_of_time:
                 ema.module.eval()
-                val_loss = validation_loss(loss_fn, ema.module, val_loader, transform, device)
+                val_loss = validation_loss(loss_fn, ema.module, val_loader, energy_model, device, factor,
+                                           coarse_weight)
                 bar.write(f"step {step}: train loss {train_loss:.4f}, validation loss (EMA) {val_loss:.4f}")
                 checkpoint()
             if step >= tc.steps or out_of_time:
@@ -204,5 +259,15 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     if step < tc.steps:
         print(f"stopped at step {step} of {tc.steps} (time limit {tc.time_limit} s, stop_after {stop_after}); "
               "`--resume` continues")
+    slot_only = stop_after is not None and step - first_step >= stop_after and step < tc.steps
+    if energy_model.kind == "shares" and config.sample.calibration_events > 0 and len(val_set) and not slot_only:
+        from graphsr.inference import SuperResolver, fit_calibration
+
+        resolver = SuperResolver(out_dir / CHECKPOINT, device=device)
+        events = torch.as_tensor(val_set.indices()[:config.sample.calibration_events])
+        calibration = fit_calibration(resolver, val_set.storage(), events)
+        checkpoint(calibration)
+        print(f"calibrated on {len(events)} validation events: spread factors coarse {calibration['coarse']:.2f}, "
+              f"fine {calibration['fine']:.2f}")
     return TrainResult(out_dir / CHECKPOINT, step, train_loss, val_loss,
                        events_seen / max(time.perf_counter() - started, 1e-9))
