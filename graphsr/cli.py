@@ -183,6 +183,14 @@ def _evaluate(args):
     print(f"report: {report} (metrics: {out / 'metrics.json'})")
 
 
+def _distill(args):
+    from graphsr.training.distill import distill
+
+    path = distill(args.checkpoint, args.out, rounds=args.rounds, steps=args.steps, time_limit=args.time_limit,
+                   device=args.device, batch_size=args.batch_size)
+    print(f"student: {path} (sample it like any checkpoint: `graphsr sample --checkpoint {path} ...`)")
+
+
 def _calibrate(args):
     import torch
 
@@ -306,6 +314,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also simulate this many single electrons of pT 30 and 80 GeV and of |eta| 0.4-0.6 and "
                     "report how the model does on them (for models trained on the default single electrons)")
     ev.set_defaults(run=_evaluate)
+
+    di = commands.add_parser("distill", help="distil a trained checkpoint into a few-step (down to one-step) student",
+                             description="Progressive distillation (Salimans and Ho 2022): each round trains a "
+                             "student to take one deterministic DDIM step where its teacher takes two, starting from "
+                             "the teacher's weights; rounds halve the steps down to one by default. The student's "
+                             "checkpoint stores its sampling grid and is used like any other; its spread calibration "
+                             "is refitted on validation events at the end.")
+    di.add_argument("--checkpoint", required=True, help="teacher checkpoint (graphsr train, or an earlier student)")
+    di.add_argument("--out", required=True, help="run directory of the student")
+    di.add_argument("--rounds", type=int, help="halvings (default: down to one step)")
+    di.add_argument("--steps", type=int, default=500, help="optimiser steps per round")
+    di.add_argument("--batch-size", type=int, help="events per batch (default: the teacher's config)")
+    di.add_argument("--time-limit", type=float, help="seconds per round at most")
+    di.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: CUDA if present)')
+    di.set_defaults(run=_distill)
 
     ca = commands.add_parser("calibrate", help="refit a checkpoint's post-hoc spread calibration",
                              description="Fit the factors that widen (or narrow) the ensemble around its mean so "

@@ -56,6 +56,8 @@ class SuperResolver:
         self.graph_options = GraphOptions(**{k: tuple(v) if isinstance(v, list) else v
                                              for k, v in state["graph_options"].items()})
         self.step, self.factor = state["step"], state["factor"]
+        # a distilled student samples on the grid it was trained for (graphsr.training.distill)
+        self.sampling_sigmas = state.get("sampling_sigmas")
         self.coarse_geometry = Geometry.cocoa().coarsen(self.factor)
         self.max_nodes = max_nodes or (5_000 if self.device.type == "cpu" else 200_000)
 
@@ -108,14 +110,23 @@ class SuperResolver:
         :class:`~graphsr.models.sr3.EnergyModel`), ``batch`` (one copy of the events, with the network's inputs)
         and optionally ``trajectory`` ([steps, Nf + Nc]: the denoised state of the first copy after every step)."""
         sc, dc = self.config.sample, self.config.diffusion
-        sampler, steps, ensemble = sampler or sc.sampler, steps or sc.steps, ensemble or sc.ensemble
+        if self.sampling_sigmas is not None:
+            distilled = len(self.sampling_sigmas) - 1
+            if steps not in (None, distilled) or sampler not in (None, "ddim"):
+                raise ValueError(f"this checkpoint is a distilled student: it samples with deterministic DDIM in "
+                                 f"{distilled} step(s) only")
+            sampler, steps, eta = "ddim", distilled, 0.0
+            sigmas = torch.as_tensor(self.sampling_sigmas, dtype=torch.float32, device=self.device)
+        else:
+            sampler, steps = sampler or sc.sampler, steps or sc.steps
+            sigmas = karras_sigmas(steps, dc.sigma_min, dc.sigma_max, device=self.device)
+        ensemble = ensemble or sc.ensemble
         events = torch.as_tensor(events)
         # copy-major order: [all events, copy 0], [all events, copy 1], ...: node tensors reshape to [K, N]
         batch = add_inputs(collate_events(*storage, events.repeat(ensemble)).to(self.device), self.factor)
         num_fine = batch.num_nodes
         nodes = state_batch(batch)
         generator = torch.Generator(self.device).manual_seed(seed)
-        sigmas = karras_sigmas(steps, dc.sigma_min, dc.sigma_max, device=self.device)
         x = torch.randn(nodes.numel(), 1, generator=generator, device=self.device) * sigmas[0]
         trajectory = []
         callback = (lambda info: trajectory.append(info["denoised"][:, 0].clone())) if record_steps else None
@@ -145,7 +156,7 @@ class SuperResolver:
         fine, coarse = generated["fine"], generated["coarse"]
         if calibrated and self.calibration and fine.size(0) > 1:
             fine, coarse = inflate(fine, self.calibration["fine"]), inflate(coarse, self.calibration["coarse"])
-        return torch.stack([self.energy_model.decode(generated["batch"], f, c, mode) for f, c in zip(fine, coarse)])
+        return self.energy_model.decode(generated["batch"], fine, coarse, mode)
 
     def __call__(self, storage, events: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
                  ensemble: int | None = None, seed: int = 0, mode: str | None = None, eta: float | None = None,
@@ -238,17 +249,30 @@ def central_coverage(samples: torch.Tensor, truth: torch.Tensor, level: float = 
     return float(((truth >= lo) & (truth <= hi)).float().mean())
 
 
+def _solve_increasing(function, target: float, low: float = 0.25, high: float = 16.0, rounds: int = 12) -> float:
+    """x in [low, high] where the increasing ``function`` crosses ``target``, by bisection in log x (an end of
+    the range if it does not cross)."""
+    if function(low) >= target:
+        return low
+    if function(high) <= target:
+        return high
+    for _ in range(rounds):
+        middle = float(np.sqrt(low * high))
+        low, high = (middle, high) if function(middle) < target else (low, middle)
+    return float(np.sqrt(low * high))
+
+
 def fit_calibration(resolver: SuperResolver, storage, events: torch.Tensor, *, ensemble: int | None = None,
-                    seed: int = 20_000, level: float = 0.68,
-                    grid=tuple(float(f) for f in np.geomspace(0.5, 8.0, 33))) -> dict:
+                    seed: int = 20_000, level: float = 0.68) -> dict:
     """The post-hoc spread calibration, fitted on validation events (never on test events).
 
     The ensemble members are moved away from (or towards) their mean by one factor for the coarse totals (in units
     of the noise) and one for the fine shares (in log space): the coarse factor is chosen so that the central
     ``level`` interval of the event ECAL energy covers ``level`` of the validation events, then the fine factor so
-    that the same holds for the hit fine cells (truth above 1 MeV). Both apply to ensembles of the size they were
-    fitted with (the interval of a few members is itself narrower than the distribution's). The means barely move;
-    the intervals get the width they should have.
+    that the same holds for the hit fine cells (truth above 1 MeV); coverage grows with the factor, so each is found
+    by bisection (between 0.25 and 16). Both apply to ensembles of the size they were fitted with (the interval of a
+    few members is itself narrower than the distribution's). The means barely move; the intervals get the width
+    they should have.
 
     Returns ``{"coarse", "fine", "events", "ensemble", "level", "coverage": {before / after}}``, what
     :class:`SuperResolver` applies (the trainer stores it in the checkpoint).
@@ -276,15 +300,14 @@ def fit_calibration(resolver: SuperResolver, storage, events: torch.Tensor, *, e
     def cell_coverage(coarse_factor, fine_factor):
         inside, count = 0.0, 0
         for p in parts:
-            energy = torch.stack([model.decode(p["batch"], f, c) for f, c in
-                                  zip(inflate(p["fine"], fine_factor), inflate(p["coarse"], coarse_factor))])
+            energy = model.decode(p["batch"], inflate(p["fine"], fine_factor), inflate(p["coarse"], coarse_factor))
             hit = p["batch"].fine_energy > HIT_THRESHOLD
             inside += central_coverage(energy[:, hit], p["batch"].fine_energy[hit], level) * int(hit.sum())
             count += int(hit.sum())
         return inside / max(count, 1)
 
-    coarse = min(grid, key=lambda f: abs(event_coverage(f) - level))
-    fine = min(grid, key=lambda f: abs(cell_coverage(coarse, f) - level))
+    coarse = _solve_increasing(event_coverage, level)
+    fine = _solve_increasing(lambda f: cell_coverage(coarse, f), level)
     return {"coarse": coarse, "fine": fine, "events": len(events), "ensemble": ensemble, "level": level,
             "coverage": {"event_before": event_coverage(1.0), "event_after": event_coverage(coarse),
                          "cells_before": cell_coverage(1.0, 1.0), "cells_after": cell_coverage(coarse, fine)}}

@@ -111,13 +111,15 @@ class EnergyModel:
         return (data.coarse_energy - data.coarse_noise * coarse).clamp_min(0)
 
     def decode(self, data, fine: torch.Tensor, coarse: torch.Tensor, mode: str = "posterior") -> torch.Tensor:
-        """``[Nf]`` fine energies (GeV) from generated targets (fine ``[Nf]``, coarse ``[Nc]``)."""
+        """``[..., Nf]`` fine energies (GeV) from generated targets (fine ``[..., Nf]``, coarse ``[..., Nc]``; the
+        leading dimensions are e.g. ensemble members)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
         if self.kind == "energy":
             return (fine * self.std + self.mean).clamp_min(0)
-        shares = ops.segment_softmax(fine * self.std, data.fine_parent, data.coarse_energy.size(0))
-        return shares * self.totals(data, coarse, mode)[data.fine_parent]
+        shares = ops.segment_softmax((fine * self.std).movedim(-1, 0), data.fine_parent,
+                                     data.coarse_energy.size(0)).movedim(0, -1)
+        return shares * self.totals(data, coarse, mode)[..., data.fine_parent]
 
 
 class SR3Network(nn.Module):

@@ -1,0 +1,161 @@
+"""Progressive distillation (Salimans and Ho, arXiv 2202.00512): a student that takes one sampler step where its
+teacher takes two, halved round after round down to a one-step generator.
+
+A round starts the student from the teacher's weights. For a training event, the clean targets are noised to a
+level ``sigma_i`` of the student's grid (every other level of the teacher's); the teacher takes its two
+deterministic DDIM steps ``sigma_i -> sigma_mid -> sigma_next``; the student is trained so that its single DDIM step
+``sigma_i -> sigma_next`` lands on the same point, i.e. its denoised estimate must be
+``x - sigma_i (x_teacher - x) / (sigma_next - sigma_i)`` (at ``sigma_next = 0``: the teacher's sample itself).
+The student samples on exactly that grid, which its checkpoint stores (``sampling_sigmas``). Distillation keeps the
+teacher's energy model and graphs; the student's spread calibration is refitted at the end, on validation events.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from graphsr.config import config_from_dict
+from graphsr.diffusion import karras_sigmas
+from graphsr.graphs import GraphLoader
+from graphsr.models.sr3 import EnergyModel, add_inputs, node_weights, state_batch
+from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
+from graphsr.training.trainer import CHECKPOINT, build_denoiser, ema_update, load_splits, lr_lambda, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def teacher_grid(state: dict) -> torch.Tensor:
+    """The sampling grid of a checkpoint: its distilled grid, or the Karras grid of its config's steps."""
+    if state.get("sampling_sigmas") is not None:
+        return torch.as_tensor(state["sampling_sigmas"], dtype=torch.float32)
+    config = config_from_dict(state["config"])
+    d = config.diffusion
+    return karras_sigmas(config.sample.steps, d.sigma_min, d.sigma_max)
+
+
+def _ddim_step(x, denoised, sigma, sigma_next):
+    """Deterministic DDIM (Euler on the probability-flow ODE) from per-node ``sigma`` to ``sigma_next``."""
+    return x + (sigma_next - sigma) * (x - denoised) / sigma
+
+
+def distill_round(state: dict, out: str | Path, *, steps: int = 500, batch_size: int | None = None,
+                  lr: float | None = None, time_limit: float | None = None, device: str = "auto",
+                  seed: int = 0) -> dict:
+    """One round: a student with half the teacher's steps. Returns (and writes to ``out/checkpoint.pt``) the
+    student's checkpoint state (without calibration).
+
+    Args:
+        state: the teacher's checkpoint (from ``graphsr train`` or an earlier round).
+        out: run directory of the student.
+        steps, batch_size, lr: the student's optimisation (default batch size and learning rate: the teacher's
+            config, the learning rate a third of it, constant after a short warm-up).
+        time_limit: stop (with a checkpoint) after this many seconds.
+        device: where to train.
+        seed: seed of the student's noise.
+    """
+    config = config_from_dict(state["config"])
+    if config.diffusion.parameterisation == "regression":
+        raise ValueError("the regression baseline takes one step already: there is nothing to distil")
+    grid = teacher_grid(state)
+    if len(grid) < 3 or (len(grid) - 1) % 2:
+        raise ValueError(f"the teacher samples with {len(grid) - 1} step(s): distillation halves an even number")
+    device = resolve_device(device)
+    tc = config.train
+    batch_size, lr = batch_size or tc.batch_size, lr or tc.lr / 3
+    grid = grid.to(device)
+    student_grid = grid[::2]
+    energy_model = EnergyModel(**state["energy_model"])
+    factor = state["factor"]
+    teacher = build_denoiser(config).to(device).eval()
+    weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    teacher.load_state_dict(weights)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = copy.deepcopy(teacher).train()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    ema = AveragedModel(student, avg_fn=ema_update(tc.ema_decay))
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=tc.weight_decay)
+    warmup = min(50, steps // 10 + 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / warmup))
+    train_set, _, _ = load_splits(config)
+    generator = torch.Generator(device).manual_seed(seed)
+    coarse_weight = config.diffusion.coarse_weight
+    started, step, epoch = time.perf_counter(), 0, 0
+    losses = []
+    while step < steps and (time_limit is None or time.perf_counter() - started < time_limit):
+        loader = GraphLoader(train_set, batch_size, shuffle=True, drop_last=len(train_set) >= batch_size,
+                             generator=torch.Generator().manual_seed(seed + 1000 + epoch))
+        for batch in loader:
+            batch = add_inputs(batch.to(device), factor)
+            fine, coarse = energy_model.encode(batch)
+            x0 = torch.cat([fine, coarse]).unsqueeze(1)
+            nodes = state_batch(batch)
+            kwargs = {"data": batch, "prepared": teacher.net.backbone.prepare(batch)}
+            # a student grid level per event (not the last, 0), and the teacher's two levels below it
+            index = torch.randint(0, len(student_grid) - 1, (batch.num_graphs,), device=device, generator=generator)
+            sigma, mid, nxt = grid[2 * index], grid[2 * index + 1], grid[2 * index + 2]
+            node = lambda s: s[nodes].unsqueeze(1)  # noqa: E731
+            x = x0 + node(sigma) * torch.randn(x0.shape, device=device, generator=generator)
+            with torch.no_grad():
+                x_mid = _ddim_step(x, teacher(x, sigma, nodes, **kwargs), node(sigma), node(mid))
+                x_teacher = _ddim_step(x_mid, teacher(x_mid, mid, nodes, **kwargs), node(mid), node(nxt))
+                target = torch.where(node(nxt) > 0, x - node(sigma) * (x_teacher - x) / (node(nxt) - node(sigma)),
+                                     x_teacher)
+            prepared = student.net.backbone.prepare(batch)
+            error = (student(x, sigma, nodes, data=batch, prepared=prepared) - target).pow(2)[:, 0]
+            weight = node_weights(batch, coarse_weight)
+            per_event = torch.zeros(batch.num_graphs, device=device).index_add_(0, nodes, weight * error)
+            loss = (per_event / torch.zeros_like(per_event).index_add_(0, nodes, weight)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), tc.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            ema.update_parameters(student)
+            losses.append(loss.item())
+            step += 1
+            if step >= steps or (time_limit is not None and time.perf_counter() - started > time_limit):
+                break
+        epoch += 1
+    log.info("distilled %d -> %d sampling steps in %d optimiser steps (%.0f s), last loss %.4g",
+             len(grid) - 1, len(student_grid) - 1, step, time.perf_counter() - started,
+             sum(losses[-20:]) / max(len(losses[-20:]), 1))
+    student_state = {**state, "model": student.state_dict(), "ema": ema.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "sampling_sigmas": student_grid.cpu().tolist(), "calibration": None,
+                     "distillation": [*state.get("distillation", []),
+                                      {"from_steps": len(grid) - 1, "to_steps": len(student_grid) - 1,
+                                       "optimiser_steps": step, "seconds": time.perf_counter() - started}]}
+    save_checkpoint(student_state, Path(out) / CHECKPOINT)
+    return student_state
+
+
+def distill(checkpoint: str | Path, out: str | Path, *, rounds: int | None = None, calibrate: bool = True,
+            **round_args) -> Path:
+    """Progressive distillation of a trained checkpoint: ``rounds`` halvings (default: down to one step), each
+    written over ``out/checkpoint.pt``; then the student's spread calibration on validation events."""
+    state = load_checkpoint(checkpoint)
+    steps = len(teacher_grid(state)) - 1
+    rounds = rounds if rounds is not None else max(steps.bit_length() - 1, 0)
+    if rounds < 1 or steps % (2 ** rounds):
+        raise ValueError(f"{checkpoint} samples with {steps} steps: {rounds} halving round(s) do not fit")
+    for _ in range(rounds):
+        state = distill_round(state, out, **round_args)
+    path = Path(out) / CHECKPOINT
+    config = config_from_dict(state["config"])
+    if calibrate and config.sample.calibration_events > 0:
+        from graphsr.inference import SuperResolver, fit_calibration
+
+        _, val_set, _ = load_splits(config)
+        resolver = SuperResolver(path, device=round_args.get("device", "auto"))
+        events = torch.as_tensor(val_set.indices()[:config.sample.calibration_events])
+        state["calibration"] = fit_calibration(resolver, val_set.storage(), events)
+        save_checkpoint(state, path)
+    return path
