@@ -36,7 +36,7 @@ def main():
     resolver = SuperResolver(args.checkpoint, device=args.device)
     config = resolver.config
     dataset = CocoaDataset([args.input], root=config.data.cache, options=resolver.graph_options)
-    events = unseen_events(resolver, dataset, args.input)[0][:args.events]
+    events = unseen_events(resolver, dataset)[0][:args.events]
     storage = dataset.storage()
     print(f"{len(events)} held-out events, ensemble {args.ensemble}, device {resolver.device}, "
           f"checkpoint step {resolver.step}")

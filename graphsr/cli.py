@@ -134,7 +134,7 @@ def _evaluate(args):
     resolver = _resolver(args)
     config = resolver.config
     dataset = CocoaDataset([args.input], root=config.data.cache, options=resolver.graph_options)
-    events, where = unseen_events(resolver, dataset, args.input, args.split)
+    events, where = unseen_events(resolver, dataset, args.split)
     events = events[:args.events] if args.events else events
     print(f"evaluating {resolver.step}-step checkpoint on {len(events)} events ({where})")
     storage = dataset.storage()

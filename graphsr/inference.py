@@ -195,30 +195,39 @@ class SuperResolver:
         return out
 
 
-def unseen_events(resolver: SuperResolver, dataset, path: str | Path, split: str = "test") -> tuple[torch.Tensor, str]:
-    """The events of ``dataset`` (a :class:`~graphsr.datasets.CocoaDataset` of the one file ``path``) that
-    ``split`` may score, and a sentence saying which.
+def unseen_events(resolver: SuperResolver, dataset, split: str = "test") -> tuple[torch.Tensor, str]:
+    """The events of a :class:`~graphsr.datasets.CocoaDataset` (whole, any number of files) that ``split`` may
+    score, and a sentence saying which.
 
-    ``test``: the file must be one the model trained on (same content hash, whatever its name): its events the model
-    neither trained nor validated (calibrated) on. ``all``: every event, for a file the model never saw. Anything
-    else is refused (ValueError), so that training events are never scored as held-out ones.
+    ``test``: every file must be one the model trained on (same content hash, whatever its name): its events the
+    model neither trained nor validated (calibrated) on. ``all``: every event, of files the model never saw.
+    Anything else is refused (ValueError), so that training events are never scored as held-out ones.
     """
-    digest = file_digest(path)
-    used = {part: next((f["entries"] for f in resolver.events.get(part, []) if f["sha256"] == digest), None)
-            for part in ("train", "val")}
-    entries = dataset.storage()[0].event
-    if used["train"] is None:
-        if split == "test":
-            raise ValueError(f"{path} is not a file this model trained on (no file with its content hash in the "
-                             "checkpoint), so it has no held-out test events: pass --split all to score all its "
-                             "events")
-        return torch.arange(len(dataset)), f"all {len(dataset)} events of {path} (a file the model never saw)"
-    seen = torch.cat([used["train"], used["val"] if used["val"] is not None else used["train"][:0]])
-    if split == "all":
-        raise ValueError(f"{path} holds {len(used['train'])} training and {len(seen) - len(used['train'])} "
-                         "validation events of this model: --split all would score them; use --split test")
-    events = torch.nonzero(~torch.isin(entries, seen)).squeeze(1)
-    return events, f"the {len(events)} events of {path} the model neither trained nor validated on"
+    data = dataset.storage()[0]
+    files, entries = data.file, data.event
+    keep = torch.zeros(len(entries), dtype=torch.bool)
+    said = []
+    for i, path in enumerate(dataset.files):
+        digest = file_digest(path)
+        used = {part: next((f["entries"] for f in resolver.events.get(part, []) if f["sha256"] == digest), None)
+                for part in ("train", "val")}
+        mine = files == i
+        if used["train"] is None:
+            if split == "test":
+                raise ValueError(f"{path} is not a file this model trained on (no file with its content hash in "
+                                 "the checkpoint), so it has no held-out test events: pass --split all to score all "
+                                 "its events")
+            keep |= mine
+            said.append(f"all {int(mine.sum())} events of {path} (a file the model never saw)")
+            continue
+        seen = torch.cat([used["train"], used["val"] if used["val"] is not None else used["train"][:0]])
+        if split == "all":
+            raise ValueError(f"{path} holds {len(used['train'])} training and {len(seen) - len(used['train'])} "
+                             "validation events of this model: --split all would score them; use --split test")
+        unseen = mine & ~torch.isin(entries, seen)
+        keep |= unseen
+        said.append(f"the {int(unseen.sum())} events of {path} the model neither trained nor validated on")
+    return torch.nonzero(keep).squeeze(1), "; ".join(said)
 
 
 def inflate(values: torch.Tensor, factor: float) -> torch.Tensor:
