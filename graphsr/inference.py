@@ -153,10 +153,13 @@ class SuperResolver:
         """``[K, Nf]`` fine energies (GeV) of :meth:`generate`'s targets, with the checkpoint's spread calibration
         (:func:`fit_calibration`) applied when ``calibrated`` and the ensemble has at least 2 members."""
         mode = mode or self.config.sample.mode
-        fine, coarse = generated["fine"], generated["coarse"]
-        if calibrated and self.calibration and fine.size(0) > 1:
-            fine, coarse = inflate(fine, self.calibration["fine"]), inflate(coarse, self.calibration["coarse"])
-        return self.energy_model.decode(generated["batch"], fine, coarse, mode)
+        batch, fine, coarse = generated["batch"], generated["fine"], generated["coarse"]
+        if not (calibrated and self.calibration and fine.size(0) > 1) or not self.generative:
+            return self.energy_model.decode(batch, fine, coarse, mode)
+        totals = self.energy_model.totals(batch, coarse, mode)
+        if mode == "posterior":
+            totals = spread_totals(totals, self.calibration["coarse"])
+        return self.energy_model.decode(batch, inflate(fine, self.calibration["fine"]), coarse, mode, totals)
 
     def __call__(self, storage, events: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
                  ensemble: int | None = None, seed: int = 0, mode: str | None = None, eta: float | None = None,
@@ -236,6 +239,17 @@ def inflate(values: torch.Tensor, factor: float) -> torch.Tensor:
     return mean + factor * (values - mean)
 
 
+def spread_totals(totals: torch.Tensor, factor: float) -> torch.Tensor:
+    """Ensemble members' totals ``[K, Nc]`` (non-negative) spread by a power around their mean:
+    ``T_k' = mean(T) (T_k / mean(T))**factor / mean_k((T_k / mean(T))**factor)``. Each cell's ensemble mean and
+    the sign of every member are kept; where the members lie close together relative to their mean (hot cells) it is
+    :func:`inflate` by ``factor``; near zero (cells that are probably noise) it widens without pushing members
+    below zero, which a linear inflation followed by a clamp would do, biasing the mean upwards."""
+    mean = totals.mean(0, keepdim=True)
+    powered = (totals / mean.clamp_min(1e-12)).clamp_min(0).pow(factor)
+    return powered / powered.mean(0, keepdim=True).clamp_min(1e-30) * mean
+
+
 def point_estimate(samples: torch.Tensor, data, threshold: float = HIT_THRESHOLD) -> torch.Tensor:
     """One energy per fine cell from an ensemble ``[K, Nf]``: the ensemble mean on the cells that at least half the
     members hit (above ``threshold``), each parent's other children set to zero and its kept children scaled to
@@ -275,8 +289,9 @@ def fit_calibration(resolver: SuperResolver, storage, events: torch.Tensor, *, e
                     seed: int = 20_000, level: float = 0.68) -> dict:
     """The post-hoc spread calibration, fitted on validation events (never on test events).
 
-    The ensemble members are moved away from (or towards) their mean by one factor for the coarse totals (in units
-    of the noise) and one for the fine shares (in log space): the coarse factor is chosen so that the central
+    The ensemble members are moved away from (or towards) their mean by one factor for the coarse totals
+    (:func:`spread_totals`) and one for the fine shares (:func:`inflate` in log space): the coarse factor is chosen
+    so that the central
     ``level`` interval of the event ECAL energy covers ``level`` of the validation events, then the fine factor so
     that the same holds for the hit fine cells (truth above 1 MeV); coverage grows with the factor, so each is found
     by bisection (between 0.25 and 16). Both apply to ensembles of the size they were fitted with (the interval of a
@@ -297,7 +312,7 @@ def fit_calibration(resolver: SuperResolver, storage, events: torch.Tensor, *, e
     model = resolver.energy_model
 
     def event_sums(part, coarse_factor):
-        totals = model.totals(part["batch"], inflate(part["coarse"], coarse_factor))
+        totals = spread_totals(model.totals(part["batch"], part["coarse"]), coarse_factor)
         return torch.zeros(len(totals), part["batch"].num_graphs).index_add_(1, part["batch"].coarse_batch, totals)
 
     truth = torch.cat([torch.zeros(p["batch"].num_graphs).index_add_(0, p["batch"].batch, p["batch"].fine_energy)
@@ -309,7 +324,8 @@ def fit_calibration(resolver: SuperResolver, storage, events: torch.Tensor, *, e
     def cell_coverage(coarse_factor, fine_factor):
         inside, count = 0.0, 0
         for p in parts:
-            energy = model.decode(p["batch"], inflate(p["fine"], fine_factor), inflate(p["coarse"], coarse_factor))
+            energy = model.decode(p["batch"], inflate(p["fine"], fine_factor), p["coarse"],
+                                  totals=spread_totals(model.totals(p["batch"], p["coarse"]), coarse_factor))
             hit = p["batch"].fine_energy > HIT_THRESHOLD
             inside += central_coverage(energy[:, hit], p["batch"].fine_energy[hit], level) * int(hit.sum())
             count += int(hit.sum())

@@ -320,21 +320,29 @@ def test_energy_model_represents_every_truth():
 
 
 def test_calibration_widens_or_narrows_around_the_mean(trained):
-    from graphsr.inference import inflate
+    from graphsr.inference import inflate, spread_totals
 
     members = torch.tensor([[1.0, 10.0], [3.0, 14.0], [5.0, 12.0]])
     wide = inflate(members, 2.0)
     assert torch.allclose(wide.mean(0), members.mean(0))
     assert torch.allclose(wide - wide.mean(0), 2 * (members - members.mean(0)))
+    # totals: the mean and the signs stay; tight hot cells widen linearly; near zero nothing goes negative
+    totals = torch.tensor([[100.0, 0.0, 0.02], [101.0, 0.01, 0.0], [99.0, 0.05, 0.01]])
+    spread = spread_totals(totals, 3.0)
+    assert torch.allclose(spread.mean(0), totals.mean(0), rtol=1e-5) and bool((spread >= 0).all())
+    assert float(spread[:, 0].std()) == pytest.approx(3.0 * float(totals[:, 0].std()), rel=1e-3)
+    assert float(spread[0, 1]) == 0.0 and float(spread[:, 1].std()) > 1.2 * float(totals[:, 1].std())
     # the checkpoint's factors are applied to sampled ensembles unless asked not to
     config, result = trained
     resolver = SuperResolver(result.checkpoint, device="cpu")
     train_set, _, _ = load_splits(config)
     storage = (train_set._data, train_set.slices)
     raw = resolver.generate(storage, torch.arange(3), seed=4)
-    resolver.calibration = {"coarse": 3.0, "fine": 1.0}
+    resolver.calibration = {"coarse": 3.0, "fine": 1.5}
     calibrated = resolver(storage, torch.arange(3), seed=4)["samples"]
-    expected = resolver.decode({**raw, "coarse": inflate(raw["coarse"], 3.0)}, calibrated=False)
+    model, batch = resolver.energy_model, raw["batch"]
+    expected = model.decode(batch, inflate(raw["fine"], 1.5), raw["coarse"],
+                            totals=spread_totals(model.totals(batch, raw["coarse"]), 3.0))
     assert torch.allclose(calibrated, expected)
     assert torch.allclose(resolver(storage, torch.arange(3), seed=4, calibrated=False)["samples"],
                           resolver.decode(raw, calibrated=False))

@@ -110,16 +110,18 @@ class EnergyModel:
             return data.coarse_energy.expand_as(coarse)
         return (data.coarse_energy - data.coarse_noise * coarse).clamp_min(0)
 
-    def decode(self, data, fine: torch.Tensor, coarse: torch.Tensor, mode: str = "posterior") -> torch.Tensor:
+    def decode(self, data, fine: torch.Tensor, coarse: torch.Tensor, mode: str = "posterior",
+               totals: torch.Tensor | None = None) -> torch.Tensor:
         """``[..., Nf]`` fine energies (GeV) from generated targets (fine ``[..., Nf]``, coarse ``[..., Nc]``; the
-        leading dimensions are e.g. ensemble members)."""
+        leading dimensions are e.g. ensemble members); ``totals`` replaces :meth:`totals` of ``coarse``."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
         if self.kind == "energy":
             return (fine * self.std + self.mean).clamp_min(0)
         shares = ops.segment_softmax((fine * self.std).movedim(-1, 0), data.fine_parent,
                                      data.coarse_energy.size(0)).movedim(0, -1)
-        return shares * self.totals(data, coarse, mode)[..., data.fine_parent]
+        totals = self.totals(data, coarse, mode) if totals is None else totals
+        return shares * totals[..., data.fine_parent]
 
 
 class SR3Network(nn.Module):
