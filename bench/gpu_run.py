@@ -58,10 +58,12 @@ def simulate(job: tuple[str, int, int]) -> str:
 
 
 def slim(checkpoint: Path, out: Path) -> Path:
-    """The checkpoint without the raw weights, optimiser and scheduler: what sampling needs."""
+    """What sampling needs: the checkpoint without the raw weights, optimiser and scheduler, its EMA weights in
+    float16 (half the size; the model loads them into float32)."""
     state = load_checkpoint(checkpoint)
     for key in ("model", "optimizer", "scheduler"):
         state.pop(key, None)
+    state["ema"] = {k: v.half() if v.is_floating_point() else v for k, v in state["ema"].items()}
     return save_checkpoint(state, out)
 
 

@@ -22,13 +22,22 @@ from graphsr.training.trainer import build_denoiser, resolve_device
 
 
 HIT_THRESHOLD = 0.001  # GeV: a fine cell counts as hit above 1 MeV
+PRETRAINED = Path(__file__).parent / "pretrained" / "single_electron_2x.pt"
+
+
+def pretrained_path() -> Path:
+    """The shipped GPU-trained single-electron 2x model (``--checkpoint pretrained``; README, "Pretrained model")."""
+    if not PRETRAINED.exists():
+        raise FileNotFoundError(f"no pretrained model shipped at {PRETRAINED}: train one with `graphsr train` "
+                                "(or run bench/gpu.sh on a GPU)")
+    return PRETRAINED
 
 
 class SuperResolver:
     """A trained denoiser with its energy model and calibration, ready to generate fine cells.
 
     Args:
-        checkpoint: path of a ``graphsr train`` checkpoint.
+        checkpoint: path of a ``graphsr train`` checkpoint, or ``"pretrained"`` (the shipped GPU-trained model).
         device: where to run ("auto": CUDA if present).
         use_ema: sample with the EMA weights (recommended) rather than the raw ones.
         max_nodes: fine cells (ensemble copies included) per sampler call in :meth:`chunks`; default 5,000 on CPU,
@@ -38,6 +47,7 @@ class SuperResolver:
 
     def __init__(self, checkpoint: str | Path, device: str | torch.device = "auto", use_ema: bool = True,
                  max_nodes: int | None = None):
+        checkpoint = pretrained_path() if str(checkpoint) == "pretrained" else checkpoint
         state = load_checkpoint(checkpoint)
         if "energy_model" not in state:
             raise ValueError(f"{checkpoint} was written by an older graphsr (logit-fraction energy target, before "
