@@ -1,6 +1,7 @@
-"""Neural-network building blocks: graph attention and the coarse-conditioned graph transformer."""
+"""Neural-network building blocks: graph attention and graph transformers, on a coarse-conditioned fine graph or on
+a single cell graph."""
 
 from graphsr.nn.attention import EventContext, GraphAttention
-from graphsr.nn.transformer import Block, GraphTransformer, NoiseEmbedding
+from graphsr.nn.transformer import Block, CellTransformer, GraphTransformer, NoiseEmbedding
 
-__all__ = ["Block", "EventContext", "GraphAttention", "GraphTransformer", "NoiseEmbedding"]
+__all__ = ["Block", "CellTransformer", "EventContext", "GraphAttention", "GraphTransformer", "NoiseEmbedding"]

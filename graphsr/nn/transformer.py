@@ -1,4 +1,8 @@
-"""The graph-transformer backbone: a coarse-graph encoder and fine-graph blocks that read the coarse cells.
+"""The graph-transformer backbone, on a coarse-conditioned fine graph or on a single cell graph.
+
+:class:`GraphTransformer` (the super-resolution network's) runs a coarse-graph encoder and fine-graph blocks that
+read the coarse cells; :class:`CellTransformer` runs the same blocks on one set of cells per event (coarse cells,
+fine cells or super-resolved cells), e.g. for particle reconstruction.
 
 Per fine block (pre-norm, each sub-layer gated, DiT-style adaptive LayerNorm "adaLN-zero" from a conditioning
 vector per event, e.g. the noise level):
@@ -32,6 +36,22 @@ def wrap_phi(dphi: torch.Tensor) -> torch.Tensor:
     return torch.remainder(dphi + math.pi, 2 * math.pi) - math.pi
 
 
+def relative_positions(cell_size: torch.Tensor, pos_source: torch.Tensor, layer_source: torch.Tensor,
+                       pos_target: torch.Tensor, layer_target: torch.Tensor) -> torch.Tensor:
+    """Edge features ``[E, 3]``: (delta eta, delta phi) in cells of the target's layer (``cell_size`` per layer, in
+    eta units; phi cells scaled to the same units), and delta layer."""
+    size = cell_size[layer_target].unsqueeze(1)
+    delta = pos_source - pos_target
+    delta = torch.stack([delta[:, 0], wrap_phi(delta[:, 1]) * (ETA_MAX / math.pi)], dim=1) / size
+    return torch.cat([delta, (layer_source - layer_target).unsqueeze(1).float()], dim=1)
+
+
+def fine_cell_size(geometry: Geometry | None = None) -> torch.Tensor:
+    """``[layers]`` fine cell size in eta of each layer of ``geometry`` (default COCOA's): the unit of edge features."""
+    geometry = geometry or Geometry.cocoa()
+    return 2 * ETA_MAX / torch.as_tensor(geometry.n, dtype=torch.float32)
+
+
 class NoiseEmbedding(nn.Module):
     """Scalar conditioning (c_noise per event) -> vector: fixed Fourier features, then an MLP."""
 
@@ -46,22 +66,30 @@ class NoiseEmbedding(nn.Module):
 
 
 class Block(nn.Module):
-    """Transformer block on graphs with gated, adaptively normalised sub-layers (see the module docstring)."""
+    """Transformer block on graphs with gated, adaptively normalised sub-layers (see the module docstring).
+
+    ``edge_dim``: edge features of both attentions (0: none, e.g. between nodes without positions). ``gate``: initial
+    gate of every sub-layer (0, adaLN-zero: the block starts as the identity, as diffusion models like; 1: a plain
+    pre-norm block, which short trainings learn faster from).
+    """
 
     def __init__(self, width: int, heads: int, cond_dim: int, *, cross: bool, context_tokens: int,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, edge_dim: int = EDGE_DIM, gate: float = 0.0):
         super().__init__()
-        self.self_attention = GraphAttention(width, heads, EDGE_DIM, dropout=dropout)
-        self.cross_attention = GraphAttention(width, heads, EDGE_DIM, dropout=dropout) if cross else None
+        self.self_attention = GraphAttention(width, heads, edge_dim, dropout=dropout)
+        self.cross_attention = GraphAttention(width, heads, edge_dim, dropout=dropout) if cross else None
         self.context = EventContext(width, heads, context_tokens) if context_tokens else None
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout),
                                  nn.Linear(4 * width, width))
         self.num_sublayers = 2 + (cross is True) + (context_tokens > 0)
         self.norm = nn.LayerNorm(width, elementwise_affine=False)
-        # shift, scale, gate per sub-layer; zero-initialised so every block starts as the identity
+        # shift, scale, gate per sub-layer; zero-initialised (with gate=0) so every block starts as the identity
         self.modulation = nn.Linear(cond_dim, 3 * self.num_sublayers * width)
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
+        if gate:
+            with torch.no_grad():
+                self.modulation.bias.view(self.num_sublayers, 3, width)[:, 2] = gate
 
     def embed_edges(self, edge_attr, cross_attr=None):
         """Edge embeddings of the self- and cross-attention (they depend on the graph alone)."""
@@ -109,9 +137,8 @@ class GraphTransformer(nn.Module):
                  coarse_depth: int = 2, heads: int = 4, context_tokens: int = 4, cond_dim: int | None = None,
                  dropout: float = 0.0, geometry: Geometry | None = None, coarse_out: int = 0):
         super().__init__()
-        geometry = geometry or Geometry.cocoa()
         cond_dim = cond_dim or width
-        self.register_buffer("fine_cell_size", 2 * ETA_MAX / torch.as_tensor(geometry.n, dtype=torch.float32))
+        self.register_buffer("fine_cell_size", fine_cell_size(geometry))
         self.fine_input = nn.Linear(fine_in + 3, width)  # + position inside the parent (2), eta (1)
         self.coarse_input = nn.Linear(coarse_in + 1, width)  # + eta
         self.layer_embedding = nn.Embedding(NUM_LAYERS, width)
@@ -133,10 +160,7 @@ class GraphTransformer(nn.Module):
 
     def relative(self, pos_source, layer_source, pos_target, layer_target):
         """Edge features: (delta eta, delta phi) in fine cells of the target's layer, and delta layer."""
-        size = self.fine_cell_size[layer_target].unsqueeze(1)
-        delta = pos_source - pos_target
-        delta = torch.stack([delta[:, 0], wrap_phi(delta[:, 1]) * (ETA_MAX / math.pi)], dim=1) / size
-        return torch.cat([delta, (layer_source - layer_target).unsqueeze(1).float()], dim=1)
+        return relative_positions(self.fine_cell_size, pos_source, layer_source, pos_target, layer_target)
 
     def cross_edges(self, data):
         """Coarse -> fine edges: each fine cell's parent and the parent's coarse neighbours."""
@@ -194,3 +218,54 @@ class GraphTransformer(nn.Module):
         children = scatter(h, data.fine_parent, hc.size(0), "mean")
         state = torch.cat([self.final_norm(hc), self.final_norm(children)], dim=1)
         return out, self.coarse_head(state * (1 + scale.repeat(1, 2)) + shift.repeat(1, 2))
+
+
+class CellTransformer(nn.Module):
+    """Graph transformer over one set of cells per event: ``[N, cell_in]`` cell features -> ``[N, out]``, or the
+    final ``[N, width]`` features when ``out`` is None.
+
+    The blocks of :class:`GraphTransformer`'s fine graph without the cross-attention: self-attention along the
+    cells' edges (relative positions as edge features), event context, an MLP, each adaptively normalised from a
+    conditioning vector per event. Cell eta and layer are inputs; the output does not change under a rotation in
+    phi, and a permutation of the cells permutes it.
+
+    Args:
+        cell_in: input features per cell (eta is added here).
+        out: outputs per cell (None: return the normalised features).
+        width, depth, heads: sizes of the blocks.
+        context_tokens: pooled event tokens per block (0: none).
+        cond_dim: size of the per-event conditioning vector (default ``width``).
+        gate: initial gate of the blocks' sub-layers (:class:`Block`).
+        geometry: the fine geometry (cell sizes, the unit of relative positions; default COCOA's).
+    """
+
+    def __init__(self, cell_in: int, out: int | None = None, width: int = 64, depth: int = 3, heads: int = 4,
+                 context_tokens: int = 4, cond_dim: int | None = None, dropout: float = 0.0, gate: float = 0.0,
+                 geometry: Geometry | None = None):
+        super().__init__()
+        cond_dim = cond_dim or width
+        self.register_buffer("fine_cell_size", fine_cell_size(geometry))
+        self.cell_input = nn.Linear(cell_in + 1, width)  # + eta
+        self.layer_embedding = nn.Embedding(NUM_LAYERS, width)
+        self.blocks = nn.ModuleList(Block(width, heads, cond_dim, cross=False, context_tokens=context_tokens,
+                                          dropout=dropout, gate=gate) for _ in range(depth))
+        self.final_norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.final_modulation = nn.Linear(cond_dim, 2 * width)
+        self.head = nn.Linear(width, out) if out else None
+        for layer in (self.final_modulation, self.head):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, cells, cond: torch.Tensor) -> torch.Tensor:
+        """x [N, cell_in]; cells: a :class:`~graphsr.graphs.CellGraph` (pos, layer, edge_index, batch);
+        cond [num_graphs, cond_dim]."""
+        source, target = cells.edge_index
+        pos, layer, batch = cells.pos, cells.layer, cells.batch
+        attr = relative_positions(self.fine_cell_size, pos[source], layer[source], pos[target], layer[target])
+        h = self.cell_input(torch.cat([x, pos[:, :1] / ETA_MAX], dim=1)) + self.layer_embedding(layer)
+        for block in self.blocks:
+            h = block(h, cells.edge_index, block.embed_edges(attr)[0], batch, cond, cond.size(0))
+        shift, scale = self.final_modulation(cond).index_select(0, batch).chunk(2, dim=-1)
+        h = self.final_norm(h) * (1 + scale) + shift
+        return h if self.head is None else self.head(h)
