@@ -100,16 +100,18 @@ def _build(cls, values: dict, where: str):
     return cls(**kwargs)
 
 
-def config_from_dict(values: dict) -> Config:
-    return _build(Config, values or {}, "config")
+def config_from_dict(values: dict, cls=Config):
+    """A config of dataclass ``cls`` (default :class:`Config`) from nested dicts."""
+    return _build(cls, values or {}, "config")
 
 
-def load_config(path: str | Path) -> Config:
-    """Read a YAML config; errors name the file and the offending key."""
+def load_config(path: str | Path, cls=Config):
+    """Read a YAML config into dataclass ``cls`` (default :class:`Config`, the super-resolution run's; e.g.
+    :class:`graphsr.reco.RecoConfig`); errors name the file and the offending key."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        return config_from_dict(yaml.safe_load(path.read_text()))
+        return config_from_dict(yaml.safe_load(path.read_text()), cls)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None

@@ -1,0 +1,264 @@
+"""Training and running the particle-flow model, per input type: ``coarse`` cells, fine ``truth`` or ``sr``
+(super-resolved cells written by ``graphsr sample``).
+
+Leakage between the super-resolution (SR) model and the reconstruction: a reco model on SR input must learn from SR
+output as it is on events the SR model never saw, because that is what it will be evaluated on. So the reco model
+trains on other events than the SR model: ``data.train`` of the reco config holds events simulated apart from the
+SR model's (another file, another seed), ``sr_input.files`` is ``graphsr sample`` of those files with the SR
+checkpoint ``sr_input.checkpoint``. :func:`check_sr_input` refuses reco files that trained the SR model and SR files
+that are not the sampled reco files. Evaluation (:mod:`graphsr.eval.reco_report`) runs on the SR model's held-out
+test events, which neither model trained on. The coarse and truth models train on the same reco events, so all
+three see the same events.
+
+CPU training is deterministic for a given config and input type.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel
+from tqdm import tqdm
+
+from graphsr.config import config_from_dict
+from graphsr.graphs import GraphLoader, GraphOptions, cell_graph, cells_of, collate_events
+from graphsr.io import iter_cocoa, open_cocoa
+from graphsr.reco.config import RecoConfig
+from graphsr.reco.model import ParticleFlow, particle_classes, set_loss
+from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
+from graphsr.training.trainer import data_factor, ema_update, load_splits, lr_lambda, resolve_device
+
+CHECKPOINT = "checkpoint.pt"
+INPUT_TYPES = {"coarse": "coarse", "truth": "fine", "sr": "fine"}  # input type -> the cells it reads
+
+
+def cell_options(config: RecoConfig) -> GraphOptions:
+    """How the model's cell graphs are built (the configured layers; the model's k, k_between)."""
+    return GraphOptions(layers=tuple(config.data.layers), k=config.model.k, k_between=config.model.k_between)
+
+
+def _check_input_type(input_type: str):
+    if input_type not in INPUT_TYPES:
+        raise ValueError(f"unknown input type {input_type!r}; choose one of {sorted(INPUT_TYPES)}")
+
+
+def _same_events(a: str | Path, b: str | Path, events: int = 50) -> bool:
+    """Whether two COCOA files start with the same events (the same particles in their first ``events``)."""
+    first = [next(iter_cocoa(path, low_branches=("particle_e",), max_events=events)).low.particle_e for path in (a, b)]
+    return ak.num(first[0]).tolist() == ak.num(first[1]).tolist() and \
+        bool(np.allclose(ak.flatten(first[0]), ak.flatten(first[1]), rtol=1e-5))
+
+
+def check_sr_input(config: RecoConfig) -> None:
+    """Refuse super-resolved inputs that would leak (see the module docstring).
+
+    Raises ValueError when ``sr_input`` is incomplete, when a ``data.train`` file trained the SR checkpoint (the same
+    path, or a file that starts with the same events), or when an SR file is not ``graphsr sample`` of its
+    ``data.train`` file (another event count or other particles).
+    """
+    sr = config.sr_input
+    if not sr.files or not sr.checkpoint:
+        raise ValueError("input type 'sr' needs sr_input.files (`graphsr sample` of each data.train file, same order) "
+                         "and sr_input.checkpoint (the super-resolution checkpoint that made them)")
+    if len(sr.files) != len(config.data.train):
+        raise ValueError(f"sr_input.files has {len(sr.files)} files, data.train {len(config.data.train)}: one "
+                         "super-resolved file per data.train file")
+    sr_train = [Path(f) for f in load_checkpoint(sr.checkpoint)["config"]["data"]["train"]]
+    for source in config.data.train:
+        if any(Path(source).resolve() == f.resolve() or (f.exists() and _same_events(source, f)) for f in sr_train):
+            raise ValueError(f"{source} holds events that trained the super-resolution model {sr.checkpoint}; its "
+                             "output there is better than on new events, so a reconstruction trained on it would not "
+                             "learn what it is evaluated on. Train the reconstruction on events the SR model never saw "
+                             "(simulate another file with another seed and `graphsr sample` it)")
+    for source, sampled in zip(config.data.train, sr.files):
+        if open_cocoa(source).num_events != open_cocoa(sampled).num_events or not _same_events(source, sampled):
+            raise ValueError(f"{sampled} is not `graphsr sample` of {source}: their events differ")
+
+
+def reco_files(config: RecoConfig, input_type: str) -> list[str]:
+    """The files whose events a model of ``input_type`` reads (``sr``: checked by :func:`check_sr_input`)."""
+    _check_input_type(input_type)
+    if input_type == "sr":
+        check_sr_input(config)
+        return list(config.sr_input.files)
+    return list(config.data.train)
+
+
+def targets(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """True particles of a batch: counts ``[B]``, kinematics ``[P, 3]`` (GeV, eta, phi), classes ``[P]``."""
+    if "particle_kin" not in batch:
+        raise ValueError("the events have no true particles (particle_* branches): the reconstruction cannot learn")
+    return batch.num_particles, batch.particle_kin, particle_classes(batch.particle_pdgid)
+
+
+@dataclass
+class RecoTrainResult:
+    checkpoint: Path
+    step: int
+    val_loss: float
+    val_accuracy: float
+    test: dict
+
+
+@torch.no_grad()
+def validate(model, loader, which: str, options: GraphOptions, threshold: float, device) -> tuple[float, float]:
+    """Mean loss and cardinality accuracy over a loader's events."""
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for batch in loader:
+        batch = batch.to(device)
+        cells = cells_of(batch, which, options, threshold)
+        out = model(cells)
+        n, kin, classes = targets(batch)
+        loss, _ = set_loss(out, cells, n, kin, classes)
+        loss_sum += float(loss) * batch.num_graphs
+        correct += int((out["cardinality"].argmax(1) == n.clamp(max=model.max_particles)).sum())
+        count += batch.num_graphs
+    return loss_sum / max(count, 1), correct / max(count, 1)
+
+
+def train_reco(config: RecoConfig, input_type: str, out_dir: str | Path, progress: bool = True) -> RecoTrainResult:
+    """Train a particle-flow model on ``input_type`` cells of the config's events, write ``out_dir/checkpoint.pt``
+    (at every validation, atomically) and ``out_dir/test_metrics.json`` (its held-out test events, beside the
+    hand-written clustering on the same cells)."""
+    out_dir = Path(out_dir)
+    tc, which = config.train, INPUT_TYPES.get(input_type)
+    files = reco_files(config, input_type)
+    device = resolve_device(tc.device)
+    train_set, val_set, test_set = load_splits(replace(config, data=replace(config.data, train=files)))
+    if len(train_set) == 0:
+        raise ValueError(f"no training events in {files}")
+    options, threshold = cell_options(config), config.model.cell_threshold
+
+    torch.manual_seed(tc.seed)
+    model = ParticleFlow(config.model).to(device)
+    ema = AveragedModel(model, avg_fn=ema_update(tc.ema_decay))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.warmup, tc.steps))
+    val_loader = GraphLoader(val_set, tc.batch_size)
+    use_amp = tc.amp and device.type == "cuda"
+    step, epoch, started = 0, 0, time.perf_counter()
+    val_loss = val_accuracy = float("nan")
+
+    def checkpoint():
+        return save_checkpoint({
+            "model": model.state_dict(), "ema": ema.state_dict(), "step": step, "config": config.to_dict(),
+            "input_type": input_type, "source_files": list(config.data.train), "factor": data_factor(train_set),
+            "val_loss": val_loss, "val_accuracy": val_accuracy}, out_dir / CHECKPOINT)
+
+    bar = tqdm(total=tc.steps, disable=not progress, desc=f"training reco ({input_type})", unit="step")
+    while step < tc.steps:
+        loader = GraphLoader(train_set, tc.batch_size, shuffle=True, drop_last=len(train_set) >= tc.batch_size,
+                             generator=torch.Generator().manual_seed(tc.seed + epoch))
+        for batch in loader:
+            model.train()
+            batch = batch.to(device)
+            cells = cells_of(batch, which, options, threshold)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = model(cells)
+            loss, parts = set_loss({k: v.float() for k, v in out.items()}, cells, *targets(batch))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            ema.update_parameters(model)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", card=f"{parts['cardinality']:.3f}")
+            out_of_time = tc.time_limit is not None and time.perf_counter() - started > tc.time_limit
+            if step % tc.val_every == 0 or step == tc.steps or out_of_time:
+                val_loss, val_accuracy = validate(ema.module, val_loader, which, options, threshold, device)
+                bar.write(f"step {step}: validation loss (EMA) {val_loss:.4f}, cardinality accuracy "
+                          f"{val_accuracy:.3f}")
+                checkpoint()
+            if step >= tc.steps or out_of_time:
+                break
+        else:
+            epoch += 1
+            continue
+        break
+    bar.close()
+    if step < tc.steps:
+        print(f"stopped at step {step} of {tc.steps} (time limit {tc.time_limit} s)")
+    from graphsr.eval.reco_report import test_split_metrics
+
+    reco = ParticleFlowReco(out_dir / CHECKPOINT, device=device)
+    test = test_split_metrics(reco, test_set)
+    (out_dir / "test_metrics.json").write_text(json.dumps(test, indent=2, default=float))
+    return RecoTrainResult(out_dir / CHECKPOINT, step, val_loss, val_accuracy, test)
+
+
+class ParticleFlowReco:
+    """A trained particle-flow model, ready to reconstruct the particles of cells.
+
+    Args:
+        checkpoint: written by :func:`train_reco` (``graphsr train-reco``).
+        device: where to run ("auto": CUDA if present).
+        use_ema: the EMA weights (recommended) rather than the raw ones.
+        batch_events: events per model call.
+
+    Attributes:
+        input_type: the cells it was trained on (``coarse``, ``truth`` or ``sr``); cell_set: ``coarse`` or
+        ``fine``; source_files: the files of the events it trained on (``data.train``); factor: of its data.
+    """
+
+    def __init__(self, checkpoint: str | Path, device: str | torch.device = "auto", use_ema: bool = True,
+                 batch_events: int = 64):
+        state = load_checkpoint(checkpoint)
+        if "input_type" not in state:
+            raise ValueError(f"{checkpoint} is not a particle-flow checkpoint (`graphsr train-reco` writes them)")
+        self.path = Path(checkpoint)
+        self.config: RecoConfig = config_from_dict(state["config"], RecoConfig)
+        self.device = resolve_device(str(device))
+        self.model = ParticleFlow(self.config.model).to(self.device).eval()
+        weights = state["ema"] if use_ema else state["model"]
+        if use_ema:  # AveragedModel prefixes the wrapped module's keys and counts updates
+            weights = {k.removeprefix("module."): v for k, v in weights.items() if k.startswith("module.")}
+        self.model.load_state_dict(weights)
+        self.input_type, self.step, self.factor = state["input_type"], state["step"], state["factor"]
+        self.cell_set, self.source_files = INPUT_TYPES[self.input_type], state["source_files"]
+        self.options, self.threshold = cell_options(self.config), self.config.model.cell_threshold
+        self.batch_events = batch_events
+
+    @torch.no_grad()
+    def __call__(self, energy, pos, layer, event, num_events: int) -> dict[str, np.ndarray]:
+        """Particles of flat cells (any input the model may read: its own type, or e.g. SR cells for a truth model).
+
+        Args:
+            energy: ``[N]`` GeV; pos: ``[N, 2]`` (eta, phi); layer: ``[N]``; event: ``[N]`` event of each cell,
+                sorted, 0..num_events-1 (tensors or arrays).
+
+        Returns:
+            ``count`` [num_events]; ``event``, ``energy``, ``eta``, ``phi``, ``pdgid`` [R] (numpy), as
+            :meth:`ParticleFlow.particles`.
+        """
+        tensors = [torch.as_tensor(np.asarray(a)) for a in (energy, pos, layer, event)]
+        energy, pos = (t.to(self.device, torch.float32) for t in tensors[:2])
+        layer, event = (t.to(self.device, torch.long) for t in tensors[2:])
+        bounds = torch.searchsorted(event, torch.arange(0, num_events + self.batch_events, self.batch_events,
+                                                        device=self.device).clamp(max=num_events))
+        parts = []
+        for i, (a, b) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist())):
+            start = i * self.batch_events
+            n = min(self.batch_events, num_events - start)
+            if n <= 0:
+                break
+            cells = cell_graph(energy[a:b], pos[a:b], layer[a:b], event[a:b] - start, n, self.options, self.threshold)
+            found = ParticleFlow.particles(self.model(cells))
+            found["event"] = found["event"] + start
+            parts.append(found)
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def reconstruct_events(self, storage, events, cell_set: str | None = None) -> dict[str, np.ndarray]:
+        """Particles of some events of a collated storage (:meth:`~graphsr.datasets.CocoaDataset.storage`), from
+        their ``cell_set`` cells (default: the model's own)."""
+        batch = collate_events(*storage, torch.as_tensor(events))
+        cells = cells_of(batch, cell_set or self.cell_set)
+        return self(cells.energy, cells.pos, cells.layer, cells.batch, batch.num_graphs)
