@@ -77,6 +77,26 @@ def _train(args):
           f"{result.events_per_second:.0f} events/s)")
 
 
+def _train_reco(args):
+    from graphsr.eval.reco_report import summary_lines
+    from graphsr.reco import load_reco_config, train_reco
+
+    config = load_reco_config(args.config)
+    if args.data:
+        config.data.train = args.data
+    if args.sr_files:
+        config.sr_input.files = args.sr_files
+    if args.sr_checkpoint:
+        config.sr_input.checkpoint = args.sr_checkpoint
+    for key in ("steps", "device", "time_limit"):
+        if getattr(args, key) is not None:
+            setattr(config.train, key, getattr(args, key))
+    result = train_reco(config, args.input_type, args.out)
+    print(f"checkpoint: {result.checkpoint} (step {result.step}, validation loss {result.val_loss:.4f}, "
+          f"cardinality accuracy {result.val_accuracy:.3f})")
+    print("\n".join(summary_lines(result.test)))
+
+
 def _resolver(args):
     """The checkpoint's model, with the command line's sampler settings that are not per call."""
     from graphsr.inference import SuperResolver
@@ -148,6 +168,10 @@ def _evaluate(args):
     results["calibration"] = resolver.calibration if calibrated else None
     if args.shifted_inputs:
         results["shifted_inputs"] = _shifted_inputs(resolver, args)
+    if args.reco:
+        from graphsr.eval.reco_report import evaluate_reco
+
+        results["reco"] = evaluate_reco(generated, args.reco, args.input, device=args.device)
     out = Path(args.out)
     displays = []
     for i, event in enumerate(events[:args.displays].tolist()):
@@ -180,6 +204,10 @@ def _evaluate(args):
     cell = results["cell"].get("ECAL2", next(iter(results["cell"].values())))
     print("per-cell RMSE (ECAL2, GeV): " + ", ".join(f"{name} {v['rmse']['value']:.4f}" for name, v in cell.items()
                                                      if name != "truth"))
+    if args.reco:
+        from graphsr.eval.reco_report import headline_lines
+
+        print("\n".join(headline_lines(results["reco"])))
     print(f"report: {report} (metrics: {out / 'metrics.json'})")
 
 
@@ -280,6 +308,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     tr.set_defaults(run=_train)
 
+    reco = commands.add_parser("train-reco", help="train a particle-flow model (particle count and kinematics)",
+                               description="Train the learned particle-flow model (graphsr.reco) on one input type: "
+                               "coarse cells, fine truth, or super-resolved cells (`graphsr sample` of the config's "
+                               "data.train, made by an SR model that never trained on them: see "
+                               "graphsr/reco/training.py). Writes OUT/checkpoint.pt and OUT/test_metrics.json (the "
+                               "held-out events, beside the hand-written clustering).")
+    reco.add_argument("--config", required=True, help="YAML config (see configs/reco/)")
+    reco.add_argument("--input-type", required=True, choices=["coarse", "truth", "sr"], help="the cells it learns from")
+    reco.add_argument("--out", default="runs/reco", help="run directory for the checkpoint")
+    reco.add_argument("--data", nargs="+", help="ROOT files of the events (override the config's data.train)")
+    reco.add_argument("--sr-files", nargs="+", help="`graphsr sample` of --data (override sr_input.files)")
+    reco.add_argument("--sr-checkpoint", help="the SR checkpoint that made --sr-files (override sr_input.checkpoint)")
+    reco.add_argument("--steps", type=int, help="override train.steps")
+    reco.add_argument("--time-limit", type=float, help="stop and checkpoint after this many seconds")
+    reco.add_argument("--device", help='"cpu", "cuda", "cuda:1" (default: the config, "auto")')
+    reco.set_defaults(run=_train_reco)
+
     sa = commands.add_parser("sample", help="super-resolve the events of a COCOA file",
                              description="Generate the fine cells of every event of a COCOA file (Low_Tree + "
                              "High_Tree, or a plain Out_Tree with coarse cells only) and write them to a new ROOT "
@@ -309,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--events", type=int, help="evaluate at most this many events")
     ev.add_argument("--regression", help="checkpoint of a regression baseline (diffusion.parameterisation: "
                     "regression) to compare with")
+    ev.add_argument("--reco", nargs="+", help="checkpoints of `graphsr train-reco` (any input types) to evaluate "
+                    "downstream; they must not have trained on --input's events")
     ev.add_argument("--displays", type=int, default=2, help="event displays to draw")
     ev.add_argument("--shifted-inputs", type=int, default=0,
                     help="also simulate this many single electrons of pT 30 and 80 GeV and of |eta| 0.4-0.6 and "

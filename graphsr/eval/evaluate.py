@@ -460,6 +460,10 @@ def _markdown(r: dict, title: str, displays: list) -> str:
     lines += ["", "![cells](cells_ECAL2.png) ![width](shape_ECAL2_width_eta.png)", ""]
     if "particles" in r:
         lines += _particles_markdown(r["particles"])
+    if "reco" in r:
+        from graphsr.eval.reco_report import reco_markdown
+
+        lines += reco_markdown(r["reco"], PUBLISHED["multi_particle"])
     lines += ["## How sure: ensemble calibration", ""]
     if "coverage" in r:
         cov = r["coverage"]
