@@ -49,6 +49,12 @@ $(DATA)/single_electron_2x.root: | $(STAMP)
 $(DATA)/multi_particle_4x.root: | $(STAMP)
 	$(GRAPHSR) simulate --gun multi-particle --factor 4 --events $(EVENTS) --seed $(SEED) --output $@
 
+# events for the particle-flow models: simulated apart from the SR model's (another seed), so that the SR output
+# the reconstruction learns from is what the SR model gives on events it never saw (graphsr/reco/training.py)
+RECO_EVENTS ?= 2000
+$(DATA)/multi_particle_4x_reco.root: | $(STAMP)
+	$(GRAPHSR) simulate --gun multi-particle --factor 4 --events $(RECO_EVENTS) --seed $$(( $(SEED) + 1000 )) --output $@
+
 data: $(DATA)/single_electron_2x.root $(DATA)/multi_particle_4x.root
 
 # ----------------------------------------------------------------------------------------------- main job
@@ -62,12 +68,22 @@ demo: $(STAMP) $(DATA)/single_electron_2x.root
 	@echo "demo done: report in $(REPORT)/report.md"
 
 # the multi-particle 4x setup on CPU (an electron plus 0-3 photons): simulate, train ~8 min (+ the regression
-# baseline, 3 min), evaluate with the downstream particle reconstruction; reports/multi_particle_4x/report.md
-demo-multi: $(STAMP) $(DATA)/multi_particle_4x.root
+# baseline, 3 min), the particle-flow models (3 x ~4 min), evaluate with the downstream particle reconstruction
+# (hand-written and learned); reports/multi_particle_4x/report.md
+demo-multi: $(STAMP) $(DATA)/multi_particle_4x.root $(DATA)/multi_particle_4x_reco.root
 	$(GRAPHSR) train --config configs/multi_particle_4x_cpu.yaml --out runs/multi_particle_4x
 	$(GRAPHSR) train --config configs/multi_particle_4x_cpu_regression.yaml --out runs/multi_particle_4x_regression
+	# particle-flow models (~4 min each) on the reco events: coarse cells, fine truth, and their SR output (an
+	# ensemble of 10 as evaluate's: ~1 CPU-second per event with the CPU config's SR model)
+	$(GRAPHSR) sample --checkpoint runs/multi_particle_4x/checkpoint.pt --input $(DATA)/multi_particle_4x_reco.root \
+	  --output runs/multi_particle_4x/reco_sr.root --overwrite
+	for type in coarse truth sr; do $(GRAPHSR) train-reco --config configs/reco/multi_particle_4x_cpu.yaml \
+	  --input-type $$type --out runs/multi_particle_4x_reco_$$type --data $(DATA)/multi_particle_4x_reco.root \
+	  --sr-files runs/multi_particle_4x/reco_sr.root --sr-checkpoint runs/multi_particle_4x/checkpoint.pt || exit 1; done
 	$(GRAPHSR) evaluate --checkpoint runs/multi_particle_4x/checkpoint.pt --input $(DATA)/multi_particle_4x.root \
-	  --out reports/multi_particle_4x --events 300 --regression runs/multi_particle_4x_regression/checkpoint.pt
+	  --out reports/multi_particle_4x --events 300 --regression runs/multi_particle_4x_regression/checkpoint.pt \
+	  --reco runs/multi_particle_4x_reco_coarse/checkpoint.pt runs/multi_particle_4x_reco_truth/checkpoint.pt \
+	  runs/multi_particle_4x_reco_sr/checkpoint.pt
 	@echo "multi-particle demo done: report in reports/multi_particle_4x/report.md"
 
 # train (or continue with RESUME=1) the model of CONFIG (its data.train files) into RUN; INPUT is made first

@@ -78,7 +78,7 @@ def _train(args):
 
 
 def _train_reco(args):
-    from graphsr.eval.reco_report import summary_lines
+    from graphsr.eval.reco_report import cardinality_lines
     from graphsr.reco import load_reco_config, train_reco
 
     config = load_reco_config(args.config)
@@ -94,7 +94,10 @@ def _train_reco(args):
     result = train_reco(config, args.input_type, args.out)
     print(f"checkpoint: {result.checkpoint} (step {result.step}, validation loss {result.val_loss:.4f}, "
           f"cardinality accuracy {result.val_accuracy:.3f})")
-    print("\n".join(summary_lines(result.test)))
+    test = result.test
+    print("\n".join(cardinality_lines(f"{test['events']} held-out test events ({args.input_type} cells), accuracy "
+                                       "per true count:", {"learned": test["learned"],
+                                                           "hand clustering": test["hand_clustering"]})))
 
 
 def _resolver(args):
@@ -205,9 +208,10 @@ def _evaluate(args):
     print("per-cell RMSE (ECAL2, GeV): " + ", ".join(f"{name} {v['rmse']['value']:.4f}" for name, v in cell.items()
                                                      if name != "truth"))
     if args.reco:
-        from graphsr.eval.reco_report import headline_lines
+        from graphsr.eval.reco_report import cardinality_lines, report_rows
 
-        print("\n".join(headline_lines(results["reco"])))
+        print("\n".join(cardinality_lines(f"particle counting on {results['reco']['events']} events, accuracy per "
+                                           "true count:", report_rows(results["reco"]))))
     print(f"report: {report} (metrics: {out / 'metrics.json'})")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from graphsr.detector import Geometry
 from graphsr.eval.reco_report import match_by_distance, particle_flow_metrics
 from graphsr.graphs import cell_graph
 from graphsr.io import write_cocoa
-from graphsr.reco import ParticleFlow, ParticleFlowConfig, hungarian_match, set_loss
+from graphsr.reco import ParticleFlow, ParticleFlowConfig, hungarian_match, load_reco_config, set_loss
 from graphsr.reco.model import padded_particles
 from graphsr.simulation import MultiParticleGun, simulate_events
 
@@ -213,13 +214,13 @@ def test_the_command_line_trains_and_evaluates_every_input_type(files, tmp_path,
     checkpoints = [str(runs[t] / "checkpoint.pt") for t in ("coarse", "truth", "sr")]
     assert main(["evaluate", "--checkpoint", sr_checkpoint, "--input", str(files / "reco_events.root"),
                  "--out", str(tmp_path / "bad_report"), "--ensemble", "2", "--displays", "0", "--events", "4",
-                 "--mode", "free", "--reco",
+                 "--split", "all", "--reco",
                  *checkpoints]) == 1
     assert "evaluate it on events it never saw" in capsys.readouterr().err
 
     report = tmp_path / "report"
     assert main(["evaluate", "--checkpoint", sr_checkpoint, "--input", str(files / "sr_events.root"),
-                 "--out", str(report), "--ensemble", "2", "--displays", "0", "--mode", "free", "--reco",
+                 "--out", str(report), "--ensemble", "2", "--displays", "0", "--reco",
                  *checkpoints]) == 0
     assert "learned, truth-trained on sr" in capsys.readouterr().out
     reco = json.loads((report / "metrics.json").read_text())["reco"]
@@ -231,3 +232,10 @@ def test_the_command_line_trains_and_evaluates_every_input_type(files, tmp_path,
             assert sum(c["events"] for n, c in v["cardinality"].items() if n != "all") == reco["events"]
     text = (report / "report.md").read_text()
     assert "the learned particle-flow model" in text and "published particle-flow model, coarse input" in text
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs" / "reco").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_reco_configs_load(path):
+    config = load_reco_config(path)
+    assert config.model.max_particles >= 1 and config.data.train and config.sr_input.checkpoint

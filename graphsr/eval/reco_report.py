@@ -18,6 +18,7 @@ from graphsr.detector import Geometry
 from graphsr.eval.metrics import as_numpy
 from graphsr.eval.reconstruction import MATCH_RADIUS, find_particles
 from graphsr.graphs import collate_events
+from graphsr.io import file_digest
 from graphsr.reco.model import hungarian_match
 from graphsr.simulation.guns import wrap_phi
 
@@ -117,7 +118,8 @@ def test_split_metrics(reco, test_set) -> dict:
                                            batch.coarse_batch, batch.coarse_cell)
         geometry = Geometry.cocoa().coarsen(reco.factor)
     else:
-        energy, pos, layer, event, cell = batch.fine_energy, batch.fine_pos, batch.fine_layer, batch.batch, batch.fine_cell
+        energy, pos, layer, event, cell = (batch.fine_energy, batch.fine_pos, batch.fine_layer, batch.batch,
+                                           batch.fine_cell)
         geometry = Geometry.cocoa()
     n = batch.num_graphs
     truth = (batch.num_particles, *batch.particle_kin.T)
@@ -128,16 +130,13 @@ def test_split_metrics(reco, test_set) -> dict:
                                                      **options)}
 
 
-def summary_lines(test: dict) -> list[str]:
-    """Cardinality accuracy per true count, learned model and hand-written clustering, as printable lines."""
-    counts = [n for n in test["learned"]["cardinality"] if n != "all"]
-    lines = [f"held-out test events: {test['events']} ({test['input_type']} cells); cardinality accuracy per true "
-             "count (events)"]
-    for name in ("learned", "hand_clustering"):
-        card = test[name]["cardinality"]
-        lines.append(f"  {name:16s} " + "  ".join(f"{n}: {100 * card[n]['value']:5.1f}% ({card[n]['events']})"
-                                                  for n in counts) + f"  all: {100 * card['all']['value']:.1f}%")
-    return lines
+def cardinality_lines(title: str, rows: dict[str, dict]) -> list[str]:
+    """Printable lines: ``title``, then the cardinality accuracy per true count of each row
+    (:func:`particle_flow_metrics`)."""
+    width = max(map(len, rows))
+    return [title] + [f"  {label:{width}s}  " + "  ".join(f"{n}: {100 * c['value']:5.1f}% ({c['events']})"
+                                                         for n, c in v["cardinality"].items())
+                       for label, v in rows.items()]
 
 
 def evaluate_reco(g, checkpoints: list[str | Path], input_path: str | Path, device: str = "auto") -> dict:
@@ -145,7 +144,8 @@ def evaluate_reco(g, checkpoints: list[str | Path], input_path: str | Path, devi
     own input type; the truth-trained one also on the super-resolved cells (ensemble mean and one sample), and the
     hand-written clustering on coarse, truth and super-resolved cells.
 
-    Refuses a model that trained on events of ``input_path`` (the evaluation must run on events it never saw).
+    Refuses a model that trained or validated on events of ``input_path`` (recognised by the file's content hash):
+    the evaluation must run on events it never saw.
     """
     from graphsr.reco import ParticleFlowReco
 
@@ -159,11 +159,12 @@ def evaluate_reco(g, checkpoints: list[str | Path], input_path: str | Path, devi
              "sr": (g.mean, fine_pos, g.layer, g.event, g.fine_cell, fine),
              "sr_sample": (g.samples[0], fine_pos, g.layer, g.event, g.fine_cell, fine)}
     truth = (g.particle_count, g.particle_e, g.particle_eta, g.particle_phi)
-    learned, models = {}, {}
+    learned, models, digest = {}, {}, file_digest(input_path)
     for path in checkpoints:
         reco = ParticleFlowReco(path, device=device)
-        if any(Path(f).resolve() == Path(input_path).resolve() for f in reco.source_files):
-            raise ValueError(f"{path} trained on events of {input_path}: evaluate it on events it never saw")
+        if any(f["sha256"] == digest and len(f["entries"]) for part in reco.events.values() for f in part):
+            raise ValueError(f"{path} trained or validated on events of {input_path} (same content hash): evaluate "
+                             "it on events it never saw")
         options = {"max_dr": reco.config.model.match_radius, "max_count": reco.config.model.max_particles}
         inputs = ["truth", "sr", "sr_sample"] if reco.input_type == "truth" else [reco.input_type]
         for name in inputs:
@@ -176,6 +177,13 @@ def evaluate_reco(g, checkpoints: list[str | Path], input_path: str | Path, devi
     return {"events": g.num_events, "models": models, "learned": learned, "hand_clustering": hand}
 
 
+def report_rows(results: dict) -> dict[str, dict]:
+    """Every row of :func:`evaluate_reco`: ``{"learned, <model> on <input>" or "hand clustering, on <input>":
+    metrics}``."""
+    return {f"learned, {k}": v for k, v in results["learned"].items()} | \
+        {f"hand clustering, {k}": v for k, v in results["hand_clustering"].items()}
+
+
 def _percent(entry: dict | None) -> str:
     return "" if entry is None else f"{100 * entry['value']:.1f} ± {100 * entry['error']:.1f}%"
 
@@ -183,8 +191,7 @@ def _percent(entry: dict | None) -> str:
 def reco_markdown(results: dict, published: dict) -> list[str]:
     """The report section: tables of :func:`evaluate_reco` beside ``published`` (``PUBLISHED["multi_particle"]``
     of :mod:`graphsr.eval.evaluate`)."""
-    rows = {f"learned, {k}": v for k, v in results["learned"].items()} | \
-        {f"hand clustering, {k}": v for k, v in results["hand_clustering"].items()}
+    rows = report_rows(results)
     counts = sorted({n for v in rows.values() for n in v["confusion"]}, key=int)
     lines = ["## Downstream: the learned particle-flow model", "",
              f"{results['events']} held-out events. Learned models (`graphsr train-reco`: "
@@ -231,12 +238,3 @@ def reco_markdown(results: dict, published: dict) -> list[str]:
               "(their energy residual's definition may differ); ours from our simulation.", ""]
     return lines
 
-
-def headline_lines(results: dict) -> list[str]:
-    """Cardinality accuracy per true count of every row of :func:`evaluate_reco`, as printable lines."""
-    rows = {f"learned, {k}": v for k, v in results["learned"].items()} | \
-        {f"hand clustering, {k}": v for k, v in results["hand_clustering"].items()}
-    lines = [f"particle counting on {results['events']} events, cardinality accuracy per true count:"]
-    for label, v in rows.items():
-        lines.append(f"  {label:38s} " + "  ".join(f"{n}: {100 * c['value']:5.1f}%" for n, c in v["cardinality"].items()))
-    return lines

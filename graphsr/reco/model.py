@@ -4,16 +4,24 @@ and class.
 Built like the published particle-flow model of arXiv 2409.16052 (its public code: pflow/), on graphsr's backbone:
 
 1. Encoder: a :class:`~graphsr.nn.CellTransformer` over the event's cells (coarse, fine truth or super-resolved),
-   conditioned (adaLN) on the event's cell energy sum and cell count.
-2. Cardinality: an MLP on the mean- and max-pooled encoded cells -> logits of 0..N_max particles.
-3. Kinematics: N_max learned particle queries, decoder blocks (:class:`~graphsr.nn.Block`: self-attention among
-   an event's queries, cross-attention to its cells, MLP). An incidence matrix, for each cell a softmax over the
-   queries and an "unassigned" slot, splits the cell's energy among the particles: a particle's energy is its share
-   of the cell energies (times a learned correction in [0.6, 1.6]), its eta / phi the energy-weighted mean of its
-   cells. Each query also gives an existence logit and an electron / photon class.
-4. Training: cross-entropy on the count; queries are matched to the true particles by the Hungarian algorithm
-   (:func:`hungarian_match`), and the matched queries learn energy, direction and class, all queries whether they
-   are matched (existence). Predictions keep the argmax count of queries with the highest existence.
+   conditioned (adaLN) on the event's cell energy sum and cell count. Besides its energy, each cell's position in
+   the event's frame (relative to the energy-weighted axis) is an input, so the model knows where a cell lies in
+   its event but not where the event lies in phi.
+2. Seeds: a score per cell, trained to mark each true particle's nearest cell of the seed layer (ECAL2). Each event's
+   N_max best-scored cells seed its particle queries; a cell beaten by a neighbour ranks lower (soft
+   non-maximum suppression: one seed per shower first).
+3. Kinematics: the seeded queries (a learned embedding per rank plus the seed's features) pass decoder blocks
+   (:class:`~graphsr.nn.Block`: self-attention among an event's queries, cross-attention to its cells, MLP). An
+   incidence matrix, for each cell a softmax over the queries and an "unassigned" slot (from features, the cell's
+   distance to each query's centre, and each query's existence probability), splits the cell's energy among the
+   particles: a particle's energy is its share of the cell energies (times a learned correction in [0.82, 1.22]),
+   its eta / phi the energy-weighted mean of its cells. Each query also gives an existence logit and an electron /
+   photon class.
+4. Cardinality: an MLP on the mean- and max-pooled cells, the decoded queries and the sum of seed probabilities ->
+   logits of 0..N_max particles. Predictions keep the argmax count of queries with the highest existence.
+5. Training (:func:`set_loss`): cross-entropy on the count and on the seeds; queries are matched to the true
+   particles by the Hungarian algorithm (:func:`hungarian_match`), the matched queries learn energy, direction and
+   class, all queries whether they are matched (existence), and the unmatched ones give their energy up.
 
 Nothing depends on where the event is in phi, or on the order of the cells.
 """
@@ -127,8 +135,8 @@ class ParticleFlow(nn.Module):
 
     def forward(self, cells: CellGraph) -> dict[str, torch.Tensor]:
         """Returns ``cardinality`` [B, N_max + 1] logits, ``seed_score`` [N] (logit: the cell is the one nearest to
-        a particle in the seed layer) and, per query [B, N_max]: ``existence`` (logit), ``energy`` (GeV), ``eta``,
-        ``phi``, ``class_logits`` [B, N_max, 2]."""
+        a particle in the seed layer) and, per query [B, N_max]: ``seeded`` (the event had a cell to seed it),
+        ``existence`` (logit), ``energy`` (GeV), ``eta``, ``phi``, ``class_logits`` [B, N_max, 2]."""
         b, q, w = cells.num_graphs, self.max_particles, self.width
         energy, batch = cells.energy, cells.batch
         total = ops.scatter(energy, batch, b, "sum")
@@ -190,7 +198,7 @@ class ParticleFlow(nn.Module):
         # energy-weighted means of the particle's cells, in the event's frame: no wrap-around inside an event
         offset = torch.stack([ops.scatter(weight * local[:, i:i + 1], batch, b) for i in range(2)], -1) / \
             norm.unsqueeze(-1)
-        return {"cardinality": cardinality, "seed_score": score,
+        return {"cardinality": cardinality, "seed_score": score, "seeded": valid,
                 "existence": out[..., 0].masked_fill(~valid, -1e4), "energy": particle_energy,
                 "eta": axis_eta.unsqueeze(1) + offset[..., 0], "phi": wrap_phi(axis_phi.unsqueeze(1) + offset[..., 1]),
                 "class_logits": out[..., 2:]}
@@ -203,14 +211,14 @@ class ParticleFlow(nn.Module):
         Returns numpy arrays: ``count`` [B]; ``event``, ``energy`` (GeV), ``eta``, ``phi``, ``pdgid`` [R], particles
         of an event consecutive, by decreasing existence.
         """
-        count = torch.minimum(out["cardinality"].argmax(1), (out["existence"] > -1e4).sum(1))
+        count = torch.minimum(out["cardinality"].argmax(1), out["seeded"].sum(1))
         rank = out["existence"].argsort(1, descending=True)
         keep = torch.arange(rank.size(1), device=rank.device) < count.unsqueeze(1)
         event = torch.arange(rank.size(0), device=rank.device).unsqueeze(1).expand_as(rank)[keep]
         query = rank[keep]
         pdgid = torch.as_tensor(PDG_CLASSES, device=rank.device)[out["class_logits"][event, query].argmax(-1)]
-        result = {"count": count, "event": event, "energy": out["energy"][event, query], "eta": out["eta"][event, query],
-                  "phi": out["phi"][event, query], "pdgid": pdgid}
+        result = {"count": count, "event": event, "pdgid": pdgid,
+                  **{key: out[key][event, query] for key in ("energy", "eta", "phi")}}
         return {k: v.detach().cpu().numpy() for k, v in result.items()}
 
 
@@ -276,8 +284,8 @@ def set_loss(out: dict[str, torch.Tensor], cells: CellGraph, count: torch.Tensor
     matched[event, query] = 1.0
     parts["existence"] = F.binary_cross_entropy_with_logits(out["existence"], matched)
     # energy the unmatched queries took, as a fraction of what all queries took: spurious particles
-    unmatched = (out["energy"].clamp_min(0) * (1 - matched)).sum(1) / out["energy"].clamp_min(0).sum(1).clamp_min(MIN_WEIGHT)
-    parts["unmatched_energy"] = unmatched.mean()
+    taken = out["energy"].clamp_min(0)
+    parts["unmatched_energy"] = ((taken * (1 - matched)).sum(1) / taken.sum(1).clamp_min(MIN_WEIGHT)).mean()
     if len(event):
         relative = (out["energy"][event, query] - t_energy[event, particle]) / t_energy[event, particle]
         parts["energy"] = F.smooth_l1_loss(relative / 0.05, torch.zeros_like(relative))

@@ -10,7 +10,8 @@ that are not the sampled reco files. Evaluation (:mod:`graphsr.eval.reco_report`
 test events, which neither model trained on. The coarse and truth models train on the same reco events, so all
 three see the same events.
 
-CPU training is deterministic for a given config and input type.
+CPU training is deterministic for a given config and input type, unless ``train.time_limit`` is set: the learning
+rate then anneals to zero by the time limit (or the last step, whichever comes first), at the machine's pace.
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from tqdm import tqdm
 
 from graphsr.config import config_from_dict
 from graphsr.graphs import GraphLoader, GraphOptions, cell_graph, cells_of, collate_events
-from graphsr.io import iter_cocoa, open_cocoa
+from graphsr.io import file_digest, iter_cocoa, open_cocoa
 from graphsr.reco.config import RecoConfig
 from graphsr.reco.model import ParticleFlow, particle_classes, set_loss
 from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
-from graphsr.training.trainer import data_factor, ema_update, load_splits, lr_lambda, resolve_device
+from graphsr.training.trainer import data_factor, ema_update, load_splits, lr_lambda, resolve_device, seen_events
 
 CHECKPOINT = "checkpoint.pt"
 INPUT_TYPES = {"coarse": "coarse", "truth": "fine", "sr": "fine"}  # input type -> the cells it reads
@@ -58,9 +59,9 @@ def _same_events(a: str | Path, b: str | Path, events: int = 50) -> bool:
 def check_sr_input(config: RecoConfig) -> None:
     """Refuse super-resolved inputs that would leak (see the module docstring).
 
-    Raises ValueError when ``sr_input`` is incomplete, when a ``data.train`` file trained the SR checkpoint (the same
-    path, or a file that starts with the same events), or when an SR file is not ``graphsr sample`` of its
-    ``data.train`` file (another event count or other particles).
+    Raises ValueError when ``sr_input`` is incomplete, when a ``data.train`` file trained or validated the SR
+    checkpoint (recognised by its content hash, whatever its name), or when an SR file is not ``graphsr sample`` of
+    its ``data.train`` file (another event count or other particles).
     """
     sr = config.sr_input
     if not sr.files or not sr.checkpoint:
@@ -69,9 +70,10 @@ def check_sr_input(config: RecoConfig) -> None:
     if len(sr.files) != len(config.data.train):
         raise ValueError(f"sr_input.files has {len(sr.files)} files, data.train {len(config.data.train)}: one "
                          "super-resolved file per data.train file")
-    sr_train = [Path(f) for f in load_checkpoint(sr.checkpoint)["config"]["data"]["train"]]
+    seen = load_checkpoint(sr.checkpoint).get("events", {})
+    used = {f["sha256"] for part in ("train", "val") for f in seen.get(part, []) if len(f["entries"])}
     for source in config.data.train:
-        if any(Path(source).resolve() == f.resolve() or (f.exists() and _same_events(source, f)) for f in sr_train):
+        if file_digest(source) in used:
             raise ValueError(f"{source} holds events that trained the super-resolution model {sr.checkpoint}; its "
                              "output there is better than on new events, so a reconstruction trained on it would not "
                              "learn what it is evaluated on. Train the reconstruction on events the SR model never saw "
@@ -140,17 +142,33 @@ def train_reco(config: RecoConfig, input_type: str, out_dir: str | Path, progres
     model = ParticleFlow(config.model).to(device)
     ema = AveragedModel(model, avg_fn=ema_update(tc.ema_decay))
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.warmup, tc.steps))
+    step, epoch, started = 0, 0, time.perf_counter()
+
+    def schedule(step: int) -> float:
+        """Warm-up + cosine over train.steps, or over the steps that fit in train.time_limit at the rate so far if
+        fewer: a time-limited run ends annealed (and, like any time-limited run, depends on the machine's speed)."""
+        total = tc.steps
+        if tc.time_limit is not None and step >= tc.warmup:
+            total = min(total, int(step * tc.time_limit / max(time.perf_counter() - started, 1e-9)))
+        return lr_lambda(tc.warmup, total)(step)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     val_loader = GraphLoader(val_set, tc.batch_size)
     use_amp = tc.amp and device.type == "cuda"
-    step, epoch, started = 0, 0, time.perf_counter()
     val_loss = val_accuracy = float("nan")
+
+    # what the model saw (content hashes and entries; for SR input also of the files that were super-resolved), so
+    # that evaluation can refuse to score it on those events
+    seen = {"train": seen_events(train_set), "val": seen_events(val_set)}
+    if input_type == "sr":
+        seen = {part: files + [{"path": str(source), "sha256": file_digest(source), "entries": f["entries"]}
+                               for source, f in zip(config.data.train, files)] for part, files in seen.items()}
 
     def checkpoint():
         return save_checkpoint({
             "model": model.state_dict(), "ema": ema.state_dict(), "step": step, "config": config.to_dict(),
-            "input_type": input_type, "source_files": list(config.data.train), "factor": data_factor(train_set),
-            "val_loss": val_loss, "val_accuracy": val_accuracy}, out_dir / CHECKPOINT)
+            "input_type": input_type, "source_files": list(config.data.train), "events": seen,
+            "factor": data_factor(train_set), "val_loss": val_loss, "val_accuracy": val_accuracy}, out_dir / CHECKPOINT)
 
     bar = tqdm(total=tc.steps, disable=not progress, desc=f"training reco ({input_type})", unit="step")
     while step < tc.steps:
@@ -162,7 +180,8 @@ def train_reco(config: RecoConfig, input_type: str, out_dir: str | Path, progres
             cells = cells_of(batch, which, options, threshold)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = model(cells)
-            loss, parts = set_loss({k: v.float() for k, v in out.items()}, cells, *targets(batch))
+            loss, parts = set_loss({k: v.float() if v.is_floating_point() else v for k, v in out.items()}, cells,
+                                   *targets(batch))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -206,7 +225,8 @@ class ParticleFlowReco:
 
     Attributes:
         input_type: the cells it was trained on (``coarse``, ``truth`` or ``sr``); cell_set: ``coarse`` or
-        ``fine``; source_files: the files of the events it trained on (``data.train``); factor: of its data.
+        ``fine``; source_files: the files of the events it trained on (``data.train``); events: what it trained and
+        validated on (``{"train", "val"}``: ``[{"path", "sha256", "entries"}]``); factor: of its data.
     """
 
     def __init__(self, checkpoint: str | Path, device: str | torch.device = "auto", use_ema: bool = True,
@@ -224,6 +244,7 @@ class ParticleFlowReco:
         self.model.load_state_dict(weights)
         self.input_type, self.step, self.factor = state["input_type"], state["step"], state["factor"]
         self.cell_set, self.source_files = INPUT_TYPES[self.input_type], state["source_files"]
+        self.events = state["events"]
         self.options, self.threshold = cell_options(self.config), self.config.model.cell_threshold
         self.batch_events = batch_events
 
