@@ -201,7 +201,7 @@ def reco_markdown(results: dict, published: dict) -> list[str]:
              "truth to it? The hand-written clustering runs on the same cells. Particles are matched by the "
              "Hungarian algorithm on Delta R (< the match radius).", "",
              "Cardinality accuracy per true count:", "",
-             "| input | " + " | ".join(f"{n} particles" for n in counts) + " | all |",
+             "| input | " + " | ".join(f"{n} particle{'s' * (n != '1')}" for n in counts) + " | all |",
              "|---|" + "---|" * (len(counts) + 1)]
     for label, v in rows.items():
         lines.append(f"| {label} | " + " | ".join(_percent(v["cardinality"].get(n)) for n in counts) +
@@ -211,13 +211,13 @@ def reco_markdown(results: dict, published: dict) -> list[str]:
             f"{100 * published['cardinality'][n][i]:.2f}%" if n in published["cardinality"] else "" for n in counts)
             + " | |")
     lines += ["", "Fake / missed particles per event, per true count:", "",
-              "| input | " + " | ".join(f"{n} particles" for n in counts) + " | all |",
+              "| input | " + " | ".join(f"{n} particle{'s' * (n != '1')}" for n in counts) + " | all |",
               "|---|" + "---|" * (len(counts) + 1)]
     for label, v in rows.items():
         lines.append(f"| {label} | " + " | ".join(f"{v['fakes'][n]:.3f} / {v['missed'][n]:.3f}" if n in v["fakes"]
                                                   else "" for n in counts + ["all"]) + " |")
     lines += ["", "Matched particles, spread of the residuals: (E - E_true) / E_true, eta - eta_true, phi - phi_true:",
-              "", "| input | " + " | ".join(f"{n} particles" for n in counts) + " | all |",
+              "", "| input | " + " | ".join(f"{n} particle{'s' * (n != '1')}" for n in counts) + " | all |",
               "|---|" + "---|" * (len(counts) + 1)]
     for label, v in rows.items():
         lines.append(f"| {label} | " + " | ".join(
