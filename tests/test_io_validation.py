@@ -6,20 +6,12 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
-from test_io_writer import cocoa_events
+from test_io_writer import cocoa_events, write_raw
 
 from graphsr.io import GRAPH_BRANCHES_HIGH, CocoaFormatError, iter_cocoa, open_cocoa, read_cocoa, write_cocoa
 
 LOW_TO_HIGH, HIGH_TO_LOW = "low_cell_to_high_cell_edge", "high_cell_to_low_cell_edge"
 SR_BRANCHES = dict(low_branches=["cell_e", LOW_TO_HIGH, HIGH_TO_LOW], high_branches=["cell_e"])
-
-
-def write_raw(path, trees: dict[str, dict[str, ak.Array]]):
-    """A file as a foreign tool could write it: one counter per list branch, no checks."""
-    with uproot.recreate(path) as file:
-        for name, branches in trees.items():
-            file.mktree(name, {b: a.type.content for b, a in branches.items()}).extend(branches)
-    return path
 
 
 def replace_event(events: ak.Array, name: str, event: int, values) -> ak.Array:

@@ -15,19 +15,26 @@ import uproot
 
 from graphsr.detector import Geometry
 from graphsr.io import CocoaFormatError, CocoaWriter, check_roundtrip, compare_trees, read_cocoa, write_cocoa
+from graphsr.io.writer import to_branches
+from graphsr.simulation import SingleElectronGun, simulate_events
+from graphsr.io.branches import (
+    COCOA_TYPES,
+    HIGH_TREE_BRANCHES,
+    INT,
+    LOW_TREE_BRANCHES,
+    MAPPING_TYPES,
+    NESTED,
+    OPTIONAL_BRANCHES,
+)
 
-INT_BRANCHES = {"cell_layer", "cell_topo_idx", "cell_parent_idx", "particle_pdgid", "particle_track_idx", "topo_idx",
-                "low_cell_to_high_cell_edge", "high_cell_to_low_cell_edge", "cell_to_cell_edge_start",
-                "cell_to_cell_edge_end"}
-NESTED_BRANCHES = ("cell_parent_list", "cell_parent_energy", "particle_to_node_idx", "particle_to_node_weight")
 
 
 def _to_awkward(columns: dict[str, list]) -> ak.Array:
     """Records from per-event numpy arrays (or lists of numpy arrays for lists of lists), dtypes kept."""
     fields = {}
     for name, events in columns.items():
-        dtype = np.int32 if name in INT_BRANCHES else np.float32
-        if name in NESTED_BRANCHES:
+        dtype = np.int32 if COCOA_TYPES[name] == INT else np.float32
+        if COCOA_TYPES[name] == NESTED:
             inner = [x for event in events for x in event]
             values = np.concatenate(inner + [np.zeros(0)]).astype(dtype)
             lists = ak.unflatten(values, np.array([len(x) for x in inner], np.int64))
@@ -101,6 +108,47 @@ def cocoa_events(num_events: int = 5, factor: int = 2, seed: int = 0, empty=(1,)
     return {"Low_Tree": _to_awkward(low), "High_Tree": _to_awkward(high)}
 
 
+# branches of one object type have the same length in an event; names not listed count something of their own
+_OBJECTS = ("track_to_cell_edge_", "node_edge_", "track_", "node_", "conv_el_", "pflow_jet_", "topo_jet_",
+            "true_jet_", "pflow_", "supercluster_")
+
+
+def with_every_cocoa_branch(trees: dict[str, ak.Array], seed: int = 0) -> dict[str, ak.Array]:
+    """``trees`` plus random content for every branch COCOA writes (:mod:`graphsr.io.branches`) they lack: tracks,
+    truth graph, jets (``topo_jet_*`` filled while the ``topo_*`` clusters are empty, as in super-resolution mode),
+    particle flow, superclusters."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for tree, events in trees.items():
+        wanted = {**LOW_TREE_BRANCHES, **OPTIONAL_BRANCHES} if tree == "Low_Tree" else HIGH_TREE_BRANCHES
+        lengths = {"cell_": ak.num(events.cell_e).to_numpy(),
+                   "particle_": ak.num(events.particle_to_node_idx).to_numpy()}
+        columns = {name: [] for name in wanted if name not in events.fields}
+        for name in columns:
+            group = "mapping" if name in MAPPING_TYPES else next(
+                (p for p in ("cell_", "particle_", *_OBJECTS)
+                 if name.startswith(p) and "constituents" not in name and "pflow_object" not in name), name)
+            if group not in lengths:
+                lengths[group] = rng.integers(0, 4, len(events))
+            for n in lengths[group]:
+                if COCOA_TYPES[name] == NESTED:
+                    columns[name].append([rng.normal(size=rng.integers(0, 3)) for _ in range(n)])
+                else:
+                    columns[name].append(rng.integers(-1, 5, n) if COCOA_TYPES[name] == INT else rng.normal(size=n))
+        extra = _to_awkward(columns)
+        out[tree] = ak.zip({**{f: events[f] for f in events.fields}, **{f: extra[f] for f in extra.fields}},
+                           depth_limit=1)
+    return out
+
+
+def write_raw(path, trees: dict[str, dict[str, ak.Array]]):
+    """A file as a foreign tool could write it: one counter per list branch, no checks."""
+    with uproot.recreate(path) as file:
+        for name, branches in trees.items():
+            file.mktree(name, {b: a.type.content for b, a in branches.items()}).extend(branches)
+    return path
+
+
 def test_roundtrip_is_exact_for_every_branch(tmp_path):
     trees = cocoa_events(6)
     back = check_roundtrip(tmp_path / "sr.root", trees, step=4)
@@ -110,6 +158,31 @@ def test_roundtrip_is_exact_for_every_branch(tmp_path):
     assert str(back["Low_Tree"].cell_layer.type.content) == "var * int32"
     assert str(back["High_Tree"].particle_to_node_weight.type.content) == "var * var * float32"
     assert ak.all(back["Low_Tree"].cell_e == trees["Low_Tree"].cell_e)
+
+
+def test_every_branch_cocoa_writes_reads_and_writes_back(tmp_path):
+    trees = with_every_cocoa_branch(cocoa_events(6), seed=2)
+    low = trees["Low_Tree"]
+    assert set(LOW_TREE_BRANCHES) | set(OPTIONAL_BRANCHES) <= set(low.fields)
+    assert ak.all(ak.num(low.topo_e) == 0) and ak.sum(ak.num(low.topo_jet_pt)) > 0
+    # laid out as COCOA does: every branch on its own, lists of lists stored flattened (uproot cannot write them)
+    cocoa = write_raw(tmp_path / "cocoa.root", {name: to_branches(events) for name, events in trees.items()})
+    back = check_roundtrip(tmp_path / "again.root", read_cocoa(cocoa))
+    assert compare_trees(trees, back) == []
+    with uproot.open(tmp_path / "again.root") as file:
+        low = file["Low_Tree"]
+        assert low["topo_jet_pt"].count_branch.name == "ntopo_jet_pt"
+        assert low["cell_pflow_object_idx"].count_branch.name == "ncell_pflow_object_idx"
+        assert low["topo_idx"].count_branch.name == "ntopo" and low["topo_idx"].typename == "float[]"
+
+
+def test_simulated_files_have_cocoa_types(tmp_path):
+    path = write_cocoa(tmp_path / "sim.root", simulate_events(SingleElectronGun(), 3, factor=2, seed=0))
+    for tree, events in read_cocoa(path).items():
+        shared = [name for name in events.fields if name in COCOA_TYPES]
+        assert len(shared) >= 14
+        for name in shared:
+            assert str(events[name].type.content) == f"var * {COCOA_TYPES[name]}", (tree, name)
 
 
 def test_branch_names_and_counters(tmp_path):

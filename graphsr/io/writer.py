@@ -12,11 +12,16 @@ counter                    branches it counts
 =========================  ==================================================================================
 ``ncell``                  ``cell_*`` per cell (``cell_layer`` ... ``cell_parent_idx``, ``cell_parent_*_counts``)
 ``nparticle``              ``particle_*`` per particle (including ``particle_to_node_*_counts``)
-``ntopo``                  ``topo_*``
+``ntopo``                  ``topo_*`` per topocluster (not ``topo_jet_*``)
 ``ncell_to_cell_edge``     ``cell_to_cell_edge_start``, ``cell_to_cell_edge_end``
 ``nlow_high_cell_edge``    ``low_cell_to_high_cell_edge``, ``high_cell_to_low_cell_edge``
-``n<name>``                any other list branch ``<name>`` (e.g. ``ncell_parent_list_flat``)
+``n<name>``                any other list branch ``<name>``: each its own (``ntopo_jet_pt``,
+                           ``ncell_pflow_object_idx``, ``ncell_parent_list_flat``, ...)
 =========================  ==================================================================================
+
+COCOA writes some branches under these prefixes that count other things (``topo_jet_*``: one entry per jet,
+``cell_pflow_object_idx``: one per matched particle-flow object): they get counters of their own, so every branch
+COCOA writes can be written back.
 
 uproot cannot write lists of lists (COCOA's ``vector<vector<float>>``: ``cell_parent_list``,
 ``cell_parent_energy``, ``particle_to_node_idx``, ``particle_to_node_weight``). Such a field ``<name>`` is
@@ -52,17 +57,21 @@ COUNTS_SUFFIX = "_counts"
 DEFAULT_STEP = 1000
 
 
+# Branches of one COCOA object type hold one entry per object and share a counter. COCOA names a few branches
+# with these prefixes that count something else: they come first, with a counter of their own (None).
+SHARED_COUNTERS = (("cell_to_cell_edge_", "ncell_to_cell_edge"), ("cell_pflow_object_idx", None), ("topo_jet_", None),
+                   ("cell_", "ncell"), ("particle_", "nparticle"), ("topo_", "ntopo"))
+
+
 def counter_name(branch: str) -> str:
     """Name of the counter branch of the list branch ``branch`` (see the module docstring)."""
     if branch.endswith(FLAT_SUFFIX):
         return "n" + branch
-    if branch.startswith("cell_to_cell_edge_"):
-        return "ncell_to_cell_edge"
     if branch in MAPPING_BRANCHES:
         return "nlow_high_cell_edge"
-    for prefix in ("cell", "particle", "topo"):
-        if branch.startswith(prefix + "_"):
-            return "n" + prefix
+    for prefix, counter in SHARED_COUNTERS:
+        if branch.startswith(prefix):
+            return counter or "n" + branch
     return "n" + branch
 
 

@@ -20,6 +20,7 @@ import awkward as ak
 import numpy as np
 
 from graphsr.detector.geometry import Geometry
+from graphsr.io.branches import TOPO_BRANCHES
 from graphsr.simulation.guns import PHOTON, Particles
 from graphsr.simulation.showers import ShowerModel, simulate_showers
 from graphsr.simulation.topoclustering import neighbour_edges, signal_halo, topoclusters
@@ -95,7 +96,8 @@ class _Cells:
         weight = contrib_energy[order] / truth[cell]
         per_particle = np.bincount(particle, minlength=num_particles)
         nest = lambda a: _jagged(_jagged(a, per_particle), p_counts)  # noqa: E731
-        return {"particle_to_node_idx": nest(self.local()[cell].astype(np.int32)),
+        # COCOA stores these cell indices as floats (graphsr.io.branches)
+        return {"particle_to_node_idx": nest(self.local()[cell].astype(np.float32)),
                 "particle_to_node_weight": nest(weight.astype(np.float32))}
 
 
@@ -200,10 +202,7 @@ def simulate_events(gun, num_events: int, *, factor: int = 2,
         "particle_track_idx": jag(np.full(len(particles), -1), np.int32),
     }
     empty = _jagged(np.zeros(0, dtype=np.float32), np.zeros(num_events, dtype=np.int64))
-    empty_int = _jagged(np.zeros(0, dtype=np.int32), np.zeros(num_events, dtype=np.int64))
-    topo_branches = {"topo_idx": empty_int, **{f"topo_{name}": empty for name in
-                                               ("bary_eta", "bary_phi", "bary_rho", "bary_sigma_eta",
-                                                "bary_sigma_phi", "e")}}
+    topo_branches = {name: empty for name in TOPO_BRANCHES}  # all float in COCOA, topo_idx included
 
     # mapping: pairs ordered by coarse cell, children of a parent in (ieta, iphi) order (as children() lists them)
     inverse_order = np.empty_like(order)
