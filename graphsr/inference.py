@@ -409,10 +409,7 @@ def super_resolve_file(resolver: SuperResolver, input_path: str | Path, output_p
             tqdm(total=min(info.num_events, max_events or info.num_events), unit="event", disable=not progress,
                  desc="super-resolving") as bar:
         for chunk in iter_cocoa(input_path, low_branches=GRAPH_BRANCHES_LOW, high_branches=high_branches,
-                                step_size=step_size, max_events=max_events):
-            if chunk.factor is not None and chunk.factor != resolver.factor:
-                raise ValueError(f"{input_path}: coarse cells merge {chunk.factor}x{chunk.factor} fine cells, the "
-                                 f"checkpoint was trained on {resolver.factor}x{resolver.factor}")
+                                step_size=step_size, max_events=max_events, factor=resolver.factor):
             data, slices = build_storage(chunk.low, chunk.high, resolver.graph_options, factor=resolver.factor,
                                          first_event=chunk.entry_start)
             resolver.warn_if_outside((data, slices), torch.arange(len(chunk)),

@@ -110,7 +110,7 @@ def test_plain_file_reads_coarse_only(tmp_path):
     path = write_cocoa(tmp_path / "plain.root", {"Out_Tree": plain})
     # the graph branch set includes the mapping, which plain files do not have: it is skipped, not an error
     (chunk,) = iter_cocoa(path, high_branches=GRAPH_BRANCHES_HIGH)
-    assert chunk.high is None and chunk.factor is None
+    assert chunk.high is None and chunk.factor == 2  # read off the coarse cells' positions
     assert "low_cell_to_high_cell_edge" not in chunk.low.fields
     assert np.array_equal(ak.to_numpy(ak.num(chunk.low.cell_e)), ak.to_numpy(ak.num(low.cell_e)))
     assert list(read_cocoa(path)) == ["Out_Tree"]

@@ -6,9 +6,21 @@ import awkward as ak
 import numpy as np
 import pytest
 import uproot
+from conftest import make_toy_events
 from test_io_writer import cocoa_events, write_raw
 
-from graphsr.io import GRAPH_BRANCHES_HIGH, CocoaFormatError, iter_cocoa, open_cocoa, read_cocoa, write_cocoa
+from graphsr.cli import main
+from graphsr.datasets import CocoaDataset
+from graphsr.io import (
+    GRAPH_BRANCHES_HIGH,
+    GRAPH_BRANCHES_LOW,
+    CocoaFormatError,
+    iter_cocoa,
+    open_cocoa,
+    read_cocoa,
+    write_cocoa,
+)
+from graphsr.io.writer import to_branches
 
 LOW_TO_HIGH, HIGH_TO_LOW = "low_cell_to_high_cell_edge", "high_cell_to_low_cell_edge"
 SR_BRANCHES = dict(low_branches=["cell_e", LOW_TO_HIGH, HIGH_TO_LOW], high_branches=["cell_e"])
@@ -262,3 +274,141 @@ def test_flattened_counts_inconsistent(tmp_path, negative):
     assert open_cocoa(path).nested["Low_Tree"] == {"cell_parent_energy": "flattened"}
     expect_error(path, "Low_Tree", "cell_parent_energy", event, "negative or does not sum",
                  low_branches="cell_parent_energy", high_branches=None)
+
+
+# ------------------------------------------------------------------------ cells: lengths, positions, granularity
+GRAPH = dict(low_branches=GRAPH_BRANCHES_LOW, high_branches=GRAPH_BRANCHES_HIGH)
+
+
+def test_per_cell_branches_of_different_lengths(tmp_path):
+    """COCOA writes every branch as its own vector: nothing but the reader stops cell_eta being one short."""
+    trees = cocoa_events(5)
+    low = replace_event(trees["Low_Tree"], "cell_eta", 3, ak.to_list(trees["Low_Tree"].cell_eta[3])[:-1])
+    path = write_raw(tmp_path / "sr.root", {"Low_Tree": to_branches(low), "High_Tree": to_branches(trees["High_Tree"])})
+    found = expect_error(path, "Low_Tree", "cell_eta", 3, "length differs", **GRAPH)
+    assert "one entry per cell" in str(found)
+    high = replace_event(trees["High_Tree"], "cell_e", 2, ak.to_list(trees["High_Tree"].cell_e[2]) + [1.0])
+    path = write_raw(tmp_path / "sr2.root", {"Low_Tree": to_branches(trees["Low_Tree"]),
+                                             "High_Tree": to_branches(high)})
+    expect_error(path, "High_Tree", "cell_e", 2, "length differs", **GRAPH)
+
+
+def test_per_particle_branches_of_different_lengths(tmp_path):
+    trees = cocoa_events(5, seed=3)
+    low = trees["Low_Tree"]
+    event = next(e for e in range(5) if len(low.particle_e[e]))
+    low = replace_event(low, "particle_phi", event, ak.to_list(low.particle_phi[event])[1:])
+    path = write_raw(tmp_path / "sr.root", {"Low_Tree": to_branches(low), "High_Tree": to_branches(trees["High_Tree"])})
+    expect_error(path, "Low_Tree", "particle_phi", event, "one entry per particle", **GRAPH)
+
+
+@pytest.mark.parametrize("tree, branch, value, match", [
+    ("Low_Tree", "cell_eta", np.nan, "cell_eta = nan"),
+    ("Low_Tree", "cell_eta", 3.2, "outside |eta| < 3"),
+    ("High_Tree", "cell_eta", -3.5, "outside |eta| < 3"),
+    ("Low_Tree", "cell_phi", 4.0, "outside |phi| <= pi"),
+    ("High_Tree", "cell_phi", np.inf, "cell_phi = inf"),
+    ("Low_Tree", "cell_layer", 6, "outside 0-5"),
+    ("High_Tree", "cell_layer", -1, "outside 0-5"),
+])
+def test_cell_positions_out_of_range(tmp_path, tree, branch, value, match):
+    trees = cocoa_events(5)
+    values = ak.to_list(trees[tree][branch][2])
+    trees[tree] = replace_event(trees[tree], branch, 2, [*values[:-1], value])
+    path = write_cocoa(tmp_path / "sr.root", trees)
+    expect_error(path, tree, branch, 2, match, **GRAPH)
+
+
+def test_fine_cell_outside_its_coarse_cell(tmp_path):
+    trees = cocoa_events(5)
+    high = trees["High_Tree"]
+    eta = ak.to_numpy(high.cell_eta[4]).copy()
+    eta[0] += 2 * 6 / 256  # two fine cells along eta: inside the next coarse cell (factor 2)
+    trees["High_Tree"] = replace_event(high, "cell_eta", 4, eta)
+    path = write_cocoa(tmp_path / "sr.root", trees)
+    found = expect_error(path, "High_Tree", "cell_eta", 4, "lies outside coarse cell", **GRAPH)
+    assert "fine cell 0 " in str(found)
+
+
+def test_negative_energy_in_the_fine_truth(tmp_path):
+    trees = cocoa_events(5)
+    energy = ak.to_numpy(trees["High_Tree"].cell_e[3]).copy()
+    energy[1] = -20.0
+    trees["High_Tree"] = replace_event(trees["High_Tree"], "cell_e", 3, energy)
+    path = write_cocoa(tmp_path / "sr.root", trees)
+    expect_error(path, "High_Tree", "cell_e", 3, "negative energy", **GRAPH)
+    # fine cells graphsr generated (a super-resolved ensemble mean) are no truth: negative values are allowed
+    path = write_cocoa(tmp_path / "generated.root", trees, provenance={"generated_trees": ["High_Tree"]})
+    assert open_cocoa(path).generated_trees == ("High_Tree",) and len(read_all(path, **GRAPH)) == 3
+
+
+def test_two_coarse_cells_at_the_same_place(tmp_path):
+    low, high = make_toy_events([[(0, 60, 0), (1, 60, 4)], [(0, 60, 2), (1, 60, 5), (0, 60, 2)]])
+    path = write_cocoa(tmp_path / "sr.root", {"Low_Tree": low, "High_Tree": high})
+    found = expect_error(path, "Low_Tree", "cell_eta", 1, "same cell", **GRAPH)
+    assert "cells 0 and 2" in str(found)
+
+
+def test_two_fine_cells_at_the_same_place(tmp_path):
+    low, high = make_toy_events([[(0, 60, 0), (1, 60, 4)], [(0, 60, 2)]])
+    # a fine cell moved onto its sibling: still inside its parent, but the same cell twice
+    sibling = {name: ak.to_list(high[name][1]) for name in ("cell_eta", "cell_phi")}
+    for name in sibling:
+        sibling[name][1] = sibling[name][0]
+        high = replace_event(high, name, 1, sibling[name])
+    path = write_cocoa(tmp_path / "sr.root", {"Low_Tree": low, "High_Tree": high})
+    expect_error(path, "High_Tree", "cell_eta", 1, "same cell", **GRAPH)
+
+
+def plain_file(path, events: ak.Array, fields=("cell_layer", "cell_eta", "cell_phi", "cell_e")):
+    """An ``Out_Tree`` of the given cell branches only, as detector data would have."""
+    return write_cocoa(path, {"Out_Tree": events[list(fields)]})
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4])
+def test_plain_file_granularity_is_read_off_the_positions(tmp_path, factor):
+    low, high = make_toy_events([[(0, 30, 0), (1, 30, 3), (3, 7, 7)], [], [(2, 5, 5)]], factor=factor)
+    path = plain_file(tmp_path / "plain.root", low)
+    assert {chunk.factor for chunk in read_all(path, **GRAPH)} == {factor}
+    # COCOA's default (fine) grid is factor 1
+    assert {c.factor for c in read_all(plain_file(tmp_path / "fine.root", high), **GRAPH)} == {1}
+
+
+def test_plain_file_at_another_granularity_than_expected(tmp_path):
+    _, high = make_toy_events([[], [(0, 30, 0), (1, 30, 3)]], factor=2)
+    path = plain_file(tmp_path / "fine.root", high)  # COCOA's default granularity, fed to a 2x model
+    with pytest.raises(CocoaFormatError, match="granularity factor 1 .*expected 2") as error:
+        list(iter_cocoa(path, **GRAPH, factor=2))
+    assert (error.value.tree, error.value.branch, error.value.event) == ("Out_Tree", "cell_eta", 1)
+
+
+def test_plain_file_with_cells_of_two_granularities(tmp_path):
+    two, _ = make_toy_events([[(0, 30, 0)], [(1, 30, 3)]], factor=2)
+    four, _ = make_toy_events([[(0, 10, 0)], [(1, 10, 3)], [(1, 12, 3)]], factor=4)
+    path = plain_file(tmp_path / "mixed.root", ak.concatenate([two[list(GRAPH_BRANCHES_HIGH)],
+                                                                four[list(GRAPH_BRANCHES_HIGH)]]))
+    found = expect_error(path, "Out_Tree", "cell_eta", 2, "granularity factor 4", **GRAPH)
+    assert "the file's cells have factor 2" in str(found)
+    off_grid = replace_event(two, "cell_eta", 1, [0.123])
+    expect_error(plain_file(tmp_path / "off.root", off_grid), "Out_Tree", "cell_eta", 1, "not the centre", **GRAPH)
+
+
+def test_files_with_different_factors_in_one_dataset(tmp_path):
+    paths = [write_cocoa(tmp_path / f"x{f}.root", cocoa_events(3, factor=f, seed=f)) for f in (2, 4)]
+    with pytest.raises(CocoaFormatError, match=f"granularity factor 4 .*expected 2 .*{paths[0]}") as error:
+        list(iter_cocoa(paths, **GRAPH))
+    assert error.value.file == str(paths[1])
+    plain = [plain_file(tmp_path / f"p{f}.root", make_toy_events([[(0, 8, 8)]], factor=f)[0]) for f in (4, 2)]
+    with pytest.raises(CocoaFormatError, match="granularity factor 2 .*expected 4"):
+        CocoaDataset(plain, root=tmp_path / "cache", log=False)
+
+
+def test_summary_command_names_the_bad_event(tmp_path, capsys):
+    trees = cocoa_events(5)
+    trees["Low_Tree"] = replace_event(trees["Low_Tree"], "cell_layer", 2, [9] * len(trees["Low_Tree"].cell_e[2]))
+    path = write_cocoa(tmp_path / "sr.root", trees)
+    assert main(["summary", "--input", str(path), "--cache", str(tmp_path / "cache"),
+                 "--plot", str(tmp_path / "display.png")]) == 1
+    error = capsys.readouterr().err
+    assert all(part in error for part in (str(path), "'Low_Tree'", "'cell_layer'", "event 2", "outside 0-5"))
+    assert not (tmp_path / "display.png").exists()

@@ -209,6 +209,27 @@ def test_sample_command_reads_a_plain_out_tree(trained, data_file, tmp_path):
     assert len(high) == 4 and ak.all(ak.num(high.cell_e) > 0)
 
 
+def test_sample_command_reads_detector_data_without_particles(trained, data_file, tmp_path, capsys):
+    _, result = trained
+    trees = read_cocoa(data_file, entry_stop=3)
+    cells_only = tmp_path / "detector.root"
+    write_cocoa(cells_only, {"Out_Tree": trees["Low_Tree"][["cell_layer", "cell_eta", "cell_phi", "cell_e"]]})
+    out = tmp_path / "sr_detector.root"
+    assert main(["sample", "--checkpoint", str(result.checkpoint), "--input", str(cells_only), "--output", str(out),
+                 "--device", "cpu"]) == 0
+    low, high = read_cocoa(out)["Low_Tree"], read_cocoa(out)["High_Tree"]
+    assert len(high) == 3 and not any(f.startswith("particle_") for f in low.fields)
+    assert np.array_equal(ak.num(high.cell_e).to_numpy(), 4 * ak.num(low.cell_e).to_numpy())
+    # COCOA's default granularity (the fine cells) is not what a 2x model takes
+    fine = tmp_path / "fine.root"
+    write_cocoa(fine, {"Out_Tree": trees["High_Tree"][["cell_layer", "cell_eta", "cell_phi", "cell_e"]]})
+    assert main(["sample", "--checkpoint", str(result.checkpoint), "--input", str(fine), "--output",
+                 str(tmp_path / "refused.root"), "--device", "cpu"]) == 1
+    error = capsys.readouterr().err
+    assert "granularity factor 1" in error and "expected 2" in error and "'Out_Tree'" in error
+    assert not (tmp_path / "refused.root").exists()
+
+
 def test_evaluation_metrics_on_a_tiny_run(trained, data_file, tmp_path):
     config, result = trained
     resolver = SuperResolver(result.checkpoint, device="cpu")

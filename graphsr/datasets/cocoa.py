@@ -38,10 +38,11 @@ class CocoaDataset(InMemoryDataset):
 
     Args:
         files: ROOT files, super-resolution (``Low_Tree`` + ``High_Tree``) or plain (``Out_Tree``, coarse only:
-            then ``factor`` is required and the graphs have no ``fine_energy``).
+            the graphs have no ``fine_energy``).
         root: cache directory (processed graphs go to ``root/processed/<key>``).
         options: layers and edges (:class:`~graphsr.graphs.GraphOptions`).
-        factor: fine cells per coarse cell per side; inferred from super-resolution files.
+        factor: fine cells per coarse cell per side, which every file must have; default: read off the files
+            (the mapping, or a plain file's cell positions), the same for all.
         max_events: read at most this many events per file.
         drop_empty: leave out events with no cell in the chosen layers.
         transform: applied to each event or batch on access.
@@ -90,7 +91,7 @@ class CocoaDataset(InMemoryDataset):
     def process(self):
         parts = []
         for chunk in iter_cocoa(self.files, low_branches=GRAPH_BRANCHES_LOW, high_branches=GRAPH_BRANCHES_HIGH,
-                                step_size=self.step_size, max_events=self.max_events):
+                                step_size=self.step_size, max_events=self.max_events, factor=self.factor):
             data, slices = build_storage(chunk.low, chunk.high, self.options, factor=self.factor or chunk.factor,
                                          geometry=self.geometry, first_event=chunk.entry_start,
                                          drop_empty=self.drop_empty)
@@ -159,7 +160,8 @@ class CocoaStream(IterableDataset):
             ranges = ranges[worker.id::worker.num_workers]
         for start, stop in ranges:
             for chunk in iter_cocoa(self.files, low_branches=GRAPH_BRANCHES_LOW, high_branches=GRAPH_BRANCHES_HIGH,
-                                    step_size=self.step_size, entry_start=start, entry_stop=stop):
+                                    step_size=self.step_size, entry_start=start, entry_stop=stop,
+                                    factor=self.factor):
                 data, slices = build_storage(chunk.low, chunk.high, self.options,
                                              factor=self.factor or chunk.factor, geometry=self.geometry,
                                              first_event=chunk.entry_start, drop_empty=self.drop_empty)

@@ -201,7 +201,7 @@ def build_storage(
     if f_energy is not None:
         data.fine_energy = t(f_energy)
         slices["fine_energy"] = f_ptr_t
-    if "particle_e" in low.fields:
+    if {"particle_e", "particle_eta", "particle_phi", "particle_pdgid"} <= set(low.fields):
         p_count = ak.num(low.particle_e, axis=1).to_numpy()
         data.num_particles = t(p_count, torch.long)
         data.particle_kin = t(np.stack([_flat(low.particle_e, np.float32) / MEV_PER_GEV,

@@ -12,15 +12,29 @@ Real COCOA output needs no conversion: pass its files to :func:`iter_cocoa` / :f
 (``"Use_high_granularity": true``) give paired coarse / fine events; plain files give coarse events only
 (``chunk.high is None``).
 
-Every chunk is validated before it is returned, with whole-chunk numpy passes (no loop over events): finite
-energies; parallel mapping arrays of equal length; every fine cell listed exactly once, pointing at an existing coarse
-cell; the same ``factor**2`` fine cells under every coarse cell, for one integer ``factor`` per file
-(``chunk.factor``). A problem raises :class:`~graphsr.io.errors.CocoaFormatError` naming the file, tree, branch and
-the first offending event (its entry number in the file).
+Every chunk is validated before it is returned, with whole-chunk numpy passes (no loop over events), as far as
+the branches read allow:
+
+- branches holding one entry per object (``cell_*`` per cell, ``particle_*`` per particle, ``topo_*`` per
+  topocluster, the parallel mapping arrays: :func:`~graphsr.io.writer.counter_name`) have equal lengths;
+- energies are finite; the fine cells of ``High_Tree``, the noise-free truth, have no negative energy (unless
+  graphsr generated them: :attr:`CocoaFile.generated_trees`);
+- ``cell_layer`` is 0-5, ``cell_eta`` and ``cell_phi`` are finite, with |eta| < 3 and |phi| <= pi;
+- the mapping lists every fine cell exactly once, pointing at an existing coarse cell, with the same ``factor**2``
+  fine cells under every coarse cell, for one integer ``factor`` per file (``chunk.factor``); every fine cell
+  lies inside the coarse cell it is assigned to;
+- a plain file's granularity factor is read off its cell positions (a coarse cell's centre lies at a different
+  place of COCOA's default grid for every factor), one per file;
+- no two cells of a tree are the same cell of its grid;
+- :func:`iter_cocoa` refuses files whose factor differs from the one expected (a model's, or the first file's).
+
+A problem raises :class:`~graphsr.io.errors.CocoaFormatError` naming the file, tree, branch and the first offending
+event (its entry number in the file).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,15 +46,26 @@ import awkward as ak
 import numpy as np
 import uproot
 
+from graphsr.detector.geometry import ETA_MAX, Geometry
 from graphsr.io.errors import CocoaFormatError
-from graphsr.io.writer import COUNTS_SUFFIX, FLAT_SUFFIX, MAPPING_BRANCHES, PLAIN_TREE, SR_TREES, write_cocoa
+from graphsr.io.writer import (
+    COUNTS_SUFFIX,
+    FLAT_SUFFIX,
+    MAPPING_BRANCHES,
+    PLAIN_TREE,
+    PROVENANCE_KEY,
+    SR_TREES,
+    counter_name,
+    write_cocoa,
+)
 
 SUPER_RESOLUTION, PLAIN = "super-resolution", "plain"
 ALL_BRANCHES = "all"
 LOW_TO_HIGH, HIGH_TO_LOW = MAPPING_BRANCHES
+# the true particles, which detector data (plain files) may lack
+TRUTH_BRANCHES = ("particle_pdgid", "particle_e", "particle_pt", "particle_eta", "particle_phi")
 # what the graph builder needs (graphsr.graphs.build)
-GRAPH_BRANCHES_LOW = ("cell_layer", "cell_eta", "cell_phi", "cell_e", LOW_TO_HIGH, HIGH_TO_LOW,
-                      "particle_pdgid", "particle_e", "particle_pt", "particle_eta", "particle_phi")
+GRAPH_BRANCHES_LOW = ("cell_layer", "cell_eta", "cell_phi", "cell_e", LOW_TO_HIGH, HIGH_TO_LOW, *TRUTH_BRANCHES)
 GRAPH_BRANCHES_HIGH = ("cell_layer", "cell_eta", "cell_phi", "cell_e")
 ENERGY_BRANCHES = ("cell_e", "cell_che", "cell_nue", "cell_parent_energy", "particle_e", "particle_pt",
                    "particle_dep_energy", "topo_e")
@@ -61,6 +86,8 @@ class CocoaFile:
             under their COCOA name).
         nested: tree name -> {list-of-lists branch: ``"vector"`` (COCOA's ``vector<vector<float>>``) or
             ``"flattened"`` (``<name>_flat`` + ``<name>_counts``)}.
+        provenance: what graphsr recorded about how it made the file (:mod:`graphsr.provenance`); None for files
+            graphsr did not write.
     """
 
     path: Path
@@ -68,6 +95,12 @@ class CocoaFile:
     num_events: int
     branches: dict[str, tuple[str, ...]]
     nested: dict[str, dict[str, str]]
+    provenance: dict | None = None
+
+    @property
+    def generated_trees(self) -> tuple[str, ...]:
+        """Trees whose cells graphsr generated (a super-resolved ``High_Tree`` is no noise-free truth)."""
+        return tuple((self.provenance or {}).get("generated_trees", ()))
 
     @property
     def low_tree(self) -> str:
@@ -91,8 +124,9 @@ class CocoaChunk:
             none were requested.
         entry_start: entry number of the first event in its file.
         global_start: index of the first event among all events of the files iterated over.
-        factor: fine cells per coarse cell per side, inferred from the mapping (constant over the file);
-            None when the mapping was not read or no event so far had cells.
+        factor: the granularity factor of the coarse cells: fine cells per coarse cell per side, inferred from the
+            mapping, or for plain files from the cell positions (coarse cells merge ``factor x factor`` cells of
+            COCOA's default grid); constant over the file. None when neither was read or no event so far had cells.
     """
 
     path: Path
@@ -158,7 +192,13 @@ def _inspect(path: Path, file) -> CocoaFile:
     branches, nested = {}, {}
     for t in trees:
         branches[t], nested[t] = _tree_branches(file[t])
-    return CocoaFile(path, mode, entries[trees[0]], branches, nested)
+    provenance = None
+    if PROVENANCE_KEY in file:
+        try:
+            provenance = json.loads(str(file[PROVENANCE_KEY]))
+        except json.JSONDecodeError as exc:
+            raise CocoaFormatError(f"{PROVENANCE_KEY} is not JSON ({exc})", file=path) from exc
+    return CocoaFile(path, mode, entries[trees[0]], branches, nested, provenance)
 
 
 def _open(path: str | PathLike):
@@ -264,21 +304,109 @@ def _cell_counts(events: ak.Array | None) -> np.ndarray | None:
     return None if name is None else ak.to_numpy(ak.num(events[name], axis=1))
 
 
-class _Validator:
-    """Checks chunks of one file; remembers the granularity factor across them."""
+# factors of coarse grids that divide every layer of COCOA's default grid
+GRANULARITY_FACTORS = (1, 2, 4, 8, 16, 32)
+PHI_TOLERANCE = 1e-5  # float32 pi is 9e-8 above pi
 
-    def __init__(self, info: CocoaFile):
+
+def _flat(events: ak.Array, name: str, dtype=None) -> np.ndarray:
+    values = ak.to_numpy(ak.flatten(events[name], axis=1))
+    return values if dtype is None else values.astype(dtype, copy=False)
+
+
+class _Cells:
+    """Flat per-cell arrays of one tree's chunk (``cell_layer``, ``cell_eta``, ``cell_phi``), with the event of
+    every cell."""
+
+    def __init__(self, events: ak.Array):
+        counts = ak.to_numpy(ak.num(events.cell_layer, axis=1))
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.event = np.repeat(np.arange(len(counts)), counts)
+        self.layer = _flat(events, "cell_layer", np.int64)
+        self.eta, self.phi = _flat(events, "cell_eta", np.float64), _flat(events, "cell_phi", np.float64)
+        self._index = {}
+
+    def index(self, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+        """(ieta, iphi) of every cell in ``geometry``'s grid."""
+        if geometry.factor not in self._index:
+            self._index[geometry.factor] = geometry.cell_at(self.layer, self.eta, self.phi)
+        return self._index[geometry.factor]
+
+
+def granularity(layer: np.ndarray, eta: np.ndarray, phi: np.ndarray, fine: Geometry) -> np.ndarray:
+    """The granularity factor of each cell: f when (eta, phi) is the centre of a cell of ``fine.coarsen(f)``, else 0.
+
+    In units of fine cells, the centre of coarse cell i lies at ``i f + f / 2``: a half-integer for f = 1, an odd
+    integer for f = 2, 2 mod 4 for f = 4, ...: the position tells the factor.
+    """
+    n = fine.n[layer]
+    u_eta = (eta + ETA_MAX) / (2 * ETA_MAX) * n
+    u_phi = np.mod(phi, 2 * np.pi) / (2 * np.pi) * n
+    found = np.zeros(len(layer), dtype=np.int64)
+    for f in GRANULARITY_FACTORS:
+        at_centre = np.ones(len(layer), dtype=bool)
+        for u in (u_eta, u_phi):
+            x = (u - f / 2) / f
+            at_centre &= np.abs(x - np.round(x)) < 1e-3
+        found[at_centre & (found == 0)] = f
+    return found
+
+
+class _Validator:
+    """Checks chunks of one file; remembers the granularity factor across them.
+
+    Args:
+        info: the file.
+        expected_factor: refuse a file whose granularity factor differs (None: any).
+        where_expected: what ``expected_factor`` comes from, for the message.
+    """
+
+    def __init__(self, info: CocoaFile, expected_factor: int | None = None, where_expected: str = ""):
         self.info, self.factor = info, None
+        self.expected_factor, self.where_expected = expected_factor, where_expected
+        self.fine = Geometry.cocoa()
 
     def error(self, message: str, tree: str, branch: str, event: int) -> CocoaFormatError:
         return CocoaFormatError(message, file=self.info.path, tree=tree, branch=branch, event=event)
 
     def check(self, low: ak.Array, high: ak.Array | None, start: int) -> None:
+        cells = {}
         for tree, events in ((self.info.low_tree, low), (self.info.high_tree, high)):
-            if events is not None:
-                self.check_finite(events, tree, start)
+            if events is None:
+                continue
+            self.check_lengths(events, tree, start)
+            self.check_finite(events, tree, start)
+            if {"cell_layer", "cell_eta", "cell_phi"} <= set(ak.fields(events)):
+                cells[tree] = _Cells(events)
+                self.check_positions(cells[tree], tree, start)
+        if high is not None and "cell_e" in ak.fields(high) and self.info.high_tree not in self.info.generated_trees:
+            self.check_noise_free(high, start)
         if LOW_TO_HIGH in ak.fields(low) and HIGH_TO_LOW in ak.fields(low):
-            self.check_mapping(low, high, start)
+            self.check_mapping(low, high, cells, start)
+        elif self.info.mode == PLAIN and self.info.low_tree in cells:
+            self.check_granularity(cells[self.info.low_tree], start)
+        if self.factor is not None:
+            for tree, tree_cells in cells.items():
+                geometry = self.fine if tree == self.info.high_tree else self.fine.coarsen(self.factor)
+                self.check_duplicates(tree_cells, geometry, tree, start)
+
+    def check_lengths(self, events: ak.Array, tree: str, start: int) -> None:
+        """Branches that hold one entry per object (cell, particle, ...) have equal lengths in every event."""
+        groups: dict[str, list[str]] = {}
+        for name in ak.fields(events):
+            counter = counter_name(name)
+            if events[name].ndim > 1 and counter != "n" + name:
+                groups.setdefault(counter, []).append(name)
+        for counter, names in groups.items():
+            reference = ak.to_numpy(ak.num(events[names[0]], axis=1))
+            for name in names[1:]:
+                counts = ak.to_numpy(ak.num(events[name], axis=1))
+                bad = counts != reference
+                if bad.any():
+                    e = _first(bad)
+                    raise self.error(f"length differs: {counts[e]} entries where {names[0]!r} has {reference[e]} "
+                                     f"(both hold one entry per {counter[1:].replace('_', ' ')})",
+                                     tree, name, start + e)
 
     def check_finite(self, events: ak.Array, tree: str, start: int) -> None:
         for name in ENERGY_BRANCHES:
@@ -291,13 +419,36 @@ class _Validator:
             if bad.any():
                 raise self.error("NaN or infinite energy", tree, name, start + _first(bad))
 
-    def check_mapping(self, low: ak.Array, high: ak.Array | None, start: int) -> None:
+    def check_positions(self, cells: _Cells, tree: str, start: int) -> None:
+        """Layers exist; eta and phi are finite and inside the calorimeter."""
+        num_layers = self.fine.num_layers
+        for name, values, bad in (
+                ("cell_layer", cells.layer, (cells.layer < 0) | (cells.layer >= num_layers)),
+                ("cell_eta", cells.eta, ~(np.abs(cells.eta) < ETA_MAX)),
+                ("cell_phi", cells.phi, ~(np.abs(cells.phi) <= np.pi + PHI_TOLERANCE))):
+            if bad.any():
+                i = _first(bad)
+                allowed = {"cell_layer": f"0-{num_layers - 1}", "cell_eta": f"|eta| < {ETA_MAX}",
+                           "cell_phi": "|phi| <= pi"}[name]
+                raise self.error(f"cell {i - cells.offsets[cells.event[i]]} has {name} = {values[i]}, outside "
+                                 f"{allowed}", tree, name, start + cells.event[i])
+
+    def check_noise_free(self, high: ak.Array, start: int) -> None:
+        bad = ak.to_numpy(ak.any(high.cell_e < 0, axis=1))
+        if bad.any():
+            raise self.error("negative energy in the fine cells, which hold the noise-free truth",
+                             self.info.high_tree, "cell_e", start + _first(bad))
+
+    def set_factor(self, factor: int, tree: str, branch: str, event: int) -> None:
+        if self.expected_factor is not None and factor != self.expected_factor:
+            raise self.error(f"granularity factor {factor} (coarse cells of {factor}x{factor} cells of COCOA's "
+                             f"default grid), expected {self.expected_factor}{self.where_expected}",
+                             tree, branch, event)
+        self.factor = factor
+
+    def check_mapping(self, low: ak.Array, high: ak.Array | None, cells: dict, start: int) -> None:
         tree = self.info.low_tree
         pairs = ak.to_numpy(ak.num(low[LOW_TO_HIGH], axis=1))
-        bad = ak.to_numpy(ak.num(low[HIGH_TO_LOW], axis=1)) != pairs
-        if bad.any():
-            raise self.error(f"length differs from the parallel {LOW_TO_HIGH}", tree, HIGH_TO_LOW,
-                             start + _first(bad))
         coarse = ak.to_numpy(ak.flatten(low[LOW_TO_HIGH])).astype(np.int64)
         fine = ak.to_numpy(ak.flatten(low[HIGH_TO_LOW])).astype(np.int64)
         event = np.repeat(np.arange(len(pairs)), pairs)
@@ -312,6 +463,9 @@ class _Validator:
         if num_fine is not None:
             self.check_fine_cover(fine, event, pairs, num_fine, start)
         self.check_factor(coarse, event, num_coarse, start)
+        if self.factor is not None and self.info.high_tree in cells and tree in cells:
+            c, f = cells[tree], cells[self.info.high_tree]
+            self.check_children_inside(c, f, coarse + c.offsets[event], fine + f.offsets[event], start)
 
     def check_fine_cover(self, fine: np.ndarray, event: np.ndarray, pairs: np.ndarray, num_fine: np.ndarray,
                          start: int) -> None:
@@ -341,11 +495,11 @@ class _Validator:
             # the most common count, so that the error below points at the odd coarse cells
             typical = int(np.bincount(children).argmax())
             factor = math.isqrt(typical)
+            i = _first(children == typical)
             if factor < 1 or factor * factor != typical:
-                i = _first(children == typical)
                 raise self.error(f"{typical} fine cells under a coarse cell, not the square of an integer >= 1",
                                  self.info.low_tree, LOW_TO_HIGH, start + int(_event_of(np.array([i]), offsets)[0]))
-            self.factor = factor
+            self.set_factor(factor, self.info.low_tree, LOW_TO_HIGH, start + int(_event_of(np.array([i]), offsets)[0]))
         bad = children != self.factor**2
         if bad.any():
             i = _first(bad)
@@ -353,15 +507,67 @@ class _Validator:
                              f"(factor {self.factor})", self.info.low_tree, LOW_TO_HIGH,
                              start + int(_event_of(np.array([i]), offsets)[0]))
 
+    def check_children_inside(self, coarse: _Cells, fine: _Cells, parent: np.ndarray, child: np.ndarray,
+                              start: int) -> None:
+        """Every fine cell lies inside the coarse cell the mapping assigns it to (``parent``, ``child``: flat
+        indices of the pairs' cells)."""
+        c_ieta, c_iphi = coarse.index(self.fine.coarsen(self.factor))
+        f_ieta, f_iphi = fine.index(self.fine)
+        f = self.factor
+        bad = fine.layer[child] != coarse.layer[parent]
+        bad |= (f_ieta[child] // f != c_ieta[parent]) | (f_iphi[child] // f != c_iphi[parent])
+        if bad.any():
+            k = _first(bad)
+            i, j = child[k], parent[k]
+            raise self.error(
+                f"fine cell {i - fine.offsets[fine.event[i]]} (layer {fine.layer[i]}, eta {fine.eta[i]:.4f}, phi "
+                f"{fine.phi[i]:.4f}) lies outside coarse cell {j - coarse.offsets[coarse.event[j]]} (layer "
+                f"{coarse.layer[j]}, eta {coarse.eta[j]:.4f}, phi {coarse.phi[j]:.4f}) that {self.info.low_tree}'s "
+                f"{LOW_TO_HIGH} assigns it to", self.info.high_tree, "cell_eta", start + fine.event[i])
+
+    def check_granularity(self, cells: _Cells, start: int) -> None:
+        """The granularity factor of a plain file's cells, from their positions."""
+        if not len(cells.layer):
+            return
+        found = granularity(cells.layer, cells.eta, cells.phi, self.fine)
+        votes = np.bincount(found)
+        votes[0] = 0  # cells off every grid do not vote
+        if self.factor is None and votes.any():
+            factor = int(votes.argmax())
+            self.set_factor(factor, self.info.low_tree, "cell_eta", start + cells.event[_first(found == factor)])
+        bad = found != self.factor
+        if bad.any():
+            i = _first(bad)
+            what = (f"the centre of a cell of granularity factor {found[i]}" if found[i] else
+                    f"not the centre of a cell of COCOA's grid at any granularity factor {GRANULARITY_FACTORS}")
+            raise self.error(f"cell {i - cells.offsets[cells.event[i]]} (layer {cells.layer[i]}, eta "
+                             f"{cells.eta[i]:.5f}, phi {cells.phi[i]:.5f}) is {what}"
+                             + (f"; the file's cells have factor {self.factor}" if self.factor else ""),
+                             self.info.low_tree, "cell_eta", start + cells.event[i])
+
+    def check_duplicates(self, cells: _Cells, geometry: Geometry, tree: str, start: int) -> None:
+        """No two cells of an event are the same cell of ``geometry``."""
+        key = cells.event * geometry.num_cells + geometry.cell_id(cells.layer, *cells.index(geometry))
+        ordered = np.sort(key)  # events are the major key: the first repeat is in the first offending event
+        same = np.flatnonzero(ordered[1:] == ordered[:-1])
+        if len(same):
+            j, i = np.flatnonzero(key == ordered[same[0]])[:2]
+            e = cells.event[i]
+            raise self.error(f"cells {j - cells.offsets[e]} and {i - cells.offsets[e]} are the same cell (layer "
+                             f"{cells.layer[i]}, eta {cells.eta[i]:.4f}, phi {cells.phi[i]:.4f})", tree, "cell_eta",
+                             start + e)
+
 
 class _FileReader:
     """An open file with the branches to read from each tree."""
 
-    def __init__(self, path: str | PathLike, low_branches, high_branches):
+    def __init__(self, path: str | PathLike, low_branches, high_branches, factor: int | None = None,
+                 where_factor: str = ""):
         self.file, self.info = _open(path)
         try:
             info = self.info
-            optional = MAPPING_BRANCHES if info.mode == PLAIN else ()  # plain files have no mapping
+            # plain files have no mapping, and detector data no true particles
+            optional = (*MAPPING_BRANCHES, *TRUTH_BRANCHES) if info.mode == PLAIN else ()
             self.low = _TreeReader(info.path, info.low_tree, self.file[info.low_tree],
                                    _resolve(info, info.low_tree, low_branches, optional=optional),
                                    info.nested[info.low_tree])
@@ -376,7 +582,7 @@ class _FileReader:
         except Exception:
             self.file.close()
             raise
-        self.validator = _Validator(self.info)
+        self.validator = _Validator(self.info, factor, where_factor)
 
     def read(self, start: int, stop: int, global_start: int) -> CocoaChunk:
         low = self.low.read(start, stop)
@@ -395,7 +601,7 @@ def _as_paths(paths: PathLikes) -> list[Path]:
 def iter_cocoa(paths: PathLikes, *, low_branches: Sequence[str] | str = GRAPH_BRANCHES_LOW,
                high_branches: Sequence[str] | str | None = None, step_size: int = DEFAULT_STEP_SIZE,
                entry_start: int | None = None, entry_stop: int | None = None,
-               max_events: int | None = None) -> Iterator[CocoaChunk]:
+               max_events: int | None = None, factor: int | None = None) -> Iterator[CocoaChunk]:
     """Stream validated chunks of events from COCOA files; only the current chunk is held in memory.
 
     Only the requested branches are read (plus the counters uproot needs). Both trees of a super-resolution file
@@ -404,24 +610,29 @@ def iter_cocoa(paths: PathLikes, *, low_branches: Sequence[str] | str = GRAPH_BR
     Args:
         paths: one file or several, read in order.
         low_branches: branches of ``Low_Tree`` (``Out_Tree`` for plain files), or ``"all"``. The mapping
-            branches are skipped for plain files, which have none.
+            branches are skipped for plain files, which have none, and so are the particle branches of
+            :data:`TRUTH_BRANCHES` (detector data have no true particles).
         high_branches: branches of ``High_Tree``, ``"all"``, or None to read none (plain files never have any).
         step_size: events per chunk (a chunk never spans two files).
         entry_start, entry_stop: range of events to read, counted over all files in order.
         max_events: read at most this many events of each file.
+        factor: the granularity factor every file must have (:attr:`CocoaChunk.factor`); default: the first
+            file's, so that the files of one iteration share it.
 
     Yields:
         :class:`CocoaChunk`.
 
     Raises:
         FileNotFoundError: a file is missing.
-        CocoaFormatError: a file, tree, branch or event is malformed (see the module docstring).
+        CocoaFormatError: a file, tree, branch or event is malformed (see the module docstring), or a file's
+            granularity factor differs from ``factor``.
     """
     if step_size < 1:
         raise ValueError(f"step_size must be >= 1, got {step_size}")
     first = 0  # global index of the current file's first event
+    where_factor = ""
     for path in _as_paths(paths):
-        reader = _FileReader(path, low_branches, high_branches)
+        reader = _FileReader(path, low_branches, high_branches, factor, where_factor)
         try:
             n = reader.info.num_events
             start = max(0, (entry_start or 0) - first)
@@ -432,6 +643,8 @@ def iter_cocoa(paths: PathLikes, *, low_branches: Sequence[str] | str = GRAPH_BR
                 yield reader.read(a, min(a + step_size, stop), first + a)
         finally:
             reader.close()
+        if factor is None and reader.validator.factor is not None:
+            factor, where_factor = reader.validator.factor, f" (the factor of {path}, read before)"
         first += n
         if entry_stop is not None and first >= entry_stop:
             return

@@ -30,12 +30,16 @@ written flattened as two branches: ``<name>_flat``, every inner value of the eve
 element's counter, e.g. ``ncell``). :mod:`graphsr.io.reader` turns both forms back into the same
 ``var * var`` awkward array.
 
+A writer may record its provenance (what made the file, from what: :mod:`graphsr.provenance`) as a JSON string,
+a ``TObjString`` named ``graphsr_provenance`` beside the trees; readers of the trees never see it.
+
 Files are written atomically: into a hidden temporary file next to the target, moved into place only once
 complete, so an interrupted run never leaves a partial file under the target name.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Mapping
@@ -51,6 +55,7 @@ from graphsr.io.errors import CocoaFormatError
 SR_TREES = ("Low_Tree", "High_Tree")
 PLAIN_TREE = "Out_Tree"
 MAPPING_BRANCHES = ("low_cell_to_high_cell_edge", "high_cell_to_low_cell_edge")
+PROVENANCE_KEY = "graphsr_provenance"
 FLAT_SUFFIX = "_flat"
 COUNTS_SUFFIX = "_counts"
 # events per TTree extend (one basket per branch each)
@@ -150,10 +155,14 @@ class CocoaWriter:
         path: target file.
         overwrite: replace an existing file at ``path`` (otherwise :class:`FileExistsError`).
         step: events per TTree extend (one basket per branch).
+        provenance: JSON-ready dict stored as the ``graphsr_provenance`` string (:attr:`provenance` may be
+            changed until the file is closed).
     """
 
-    def __init__(self, path: str | PathLike, *, overwrite: bool = False, step: int = DEFAULT_STEP):
+    def __init__(self, path: str | PathLike, *, overwrite: bool = False, step: int = DEFAULT_STEP,
+                 provenance: Mapping | None = None):
         self.path, self.overwrite, self.step = Path(path), overwrite, int(step)
+        self.provenance = provenance
         if self.step < 1:
             raise ValueError(f"step must be >= 1, got {step}")
         if not self.path.parent.is_dir():
@@ -201,6 +210,8 @@ class CocoaWriter:
         """Finish the file and move it to ``path``."""
         if self._file is None:
             return
+        if self.provenance is not None and self._trees:
+            self._file[PROVENANCE_KEY] = json.dumps(self.provenance, sort_keys=True, default=str)
         self._file.close()
         self._file = None
         try:
@@ -241,7 +252,7 @@ class CocoaWriter:
 
 
 def write_cocoa(path: str | PathLike, trees: Mapping[str, ak.Array], *, overwrite: bool = False,
-                step: int = DEFAULT_STEP) -> Path:
+                step: int = DEFAULT_STEP, provenance: Mapping | None = None) -> Path:
     """Write events to a new COCOA ROOT file, atomically.
 
     Args:
@@ -250,10 +261,11 @@ def write_cocoa(path: str | PathLike, trees: Mapping[str, ak.Array], *, overwrit
             ``[num_events]`` records with one field per COCOA branch (MeV, mm, rad).
         overwrite: replace an existing file at ``path`` (otherwise :class:`FileExistsError`).
         step: events per TTree extend.
+        provenance: stored beside the trees (:class:`CocoaWriter`).
 
     Returns:
         ``path``.
     """
-    with CocoaWriter(path, overwrite=overwrite, step=step) as writer:
+    with CocoaWriter(path, overwrite=overwrite, step=step, provenance=provenance) as writer:
         writer.write(trees)
     return writer.path
