@@ -334,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "High_Tree, or a plain Out_Tree with coarse cells only) and write them to a new ROOT "
                              "file: High_Tree cell_e is the point estimate (the ensemble mean on the cells most "
                              "members hit), cell_e_mean the ensemble mean and cell_e_spread its standard deviation "
-                             "(MeV); Low_Tree holds the coarse cells used and the coarse -> fine mapping. Warns "
-                             "about events outside the model's training range.")
+                             "(MeV); Low_Tree keeps every branch of the input's coarse tree, for the coarse cells "
+                             "used, and the coarse -> fine mapping. Warns about events outside the model's training "
+                             "range.")
     _add_sampling_options(sa)
     sa.add_argument("--input", required=True, help="COCOA ROOT file with the coarse cells")
     sa.add_argument("--output", required=True, help="ROOT file to write (refused if it exists)")

@@ -15,7 +15,9 @@ from graphsr.diffusion import get_sampler, karras_sigmas
 from graphsr.detector import Geometry
 from graphsr.graphs import GraphOptions, build_storage, collate_events
 from graphsr.graphs.build import MEV_PER_GEV
-from graphsr.io import GRAPH_BRANCHES_HIGH, GRAPH_BRANCHES_LOW, CocoaWriter, file_digest, iter_cocoa, open_cocoa
+from graphsr.io import ALL_BRANCHES, GRAPH_BRANCHES_HIGH, CocoaWriter, file_digest, iter_cocoa, open_cocoa
+from graphsr.io.select import select_cells
+from graphsr.io.writer import MAPPING_BRANCHES
 from graphsr.models.sr3 import EnergyModel, add_inputs, parent_sums, state_batch
 from graphsr.training.checkpoint import load_checkpoint
 from graphsr.training.trainer import build_denoiser, resolve_device
@@ -353,11 +355,15 @@ def _unflatten(values: torch.Tensor, counts: np.ndarray, dtype) -> ak.Array:
 
 
 def output_trees(data, slices, estimate: torch.Tensor, mean: torch.Tensor, spread: torch.Tensor,
-                 geometry: Geometry | None = None) -> dict:
+                 geometry: Geometry | None = None, inputs: ak.Array | None = None, layers=None) -> dict:
     """COCOA super-resolution trees of generated events: ``Low_Tree`` the coarse cells used, ``High_Tree`` the
     generated fine cells in block order (MeV: ``cell_e`` the :func:`point_estimate`, ``cell_e_mean`` the ensemble
     mean, ``cell_e_spread`` the ensemble standard deviation), with the mapping between them. Readable by
     :func:`graphsr.io.iter_cocoa` like any COCOA file.
+
+    ``inputs``: the input's coarse-tree events, whose branches ``Low_Tree`` keeps, restricted to the coarse cells
+    of ``layers`` (those used: :func:`graphsr.io.select.select_cells`); graphsr's own coarse branches then only
+    fill in what the input lacks, and the mapping is always the new one.
     """
     geometry = geometry or Geometry.cocoa()
     nc = np.diff(slices["coarse_layer"].numpy())
@@ -390,6 +396,10 @@ def output_trees(data, slices, estimate: torch.Tensor, mean: torch.Tensor, sprea
     high = cells(data.fine_cell, geometry, nf, estimate)
     high["cell_e_mean"] = _unflatten(mean * MEV_PER_GEV, nf, np.float32)
     high["cell_e_spread"] = _unflatten(spread * MEV_PER_GEV, nf, np.float32)
+    if inputs is not None:
+        used = np.isin(ak.to_numpy(ak.flatten(inputs.cell_layer)), layers)
+        kept = select_cells(inputs, ak.unflatten(used, ak.num(inputs.cell_layer)))
+        low = {**low, **{name: kept[name] for name in kept.fields if name not in MAPPING_BRANCHES}}
     return {"Low_Tree": ak.zip(low, depth_limit=1), "High_Tree": ak.zip(high, depth_limit=1)}
 
 
@@ -397,7 +407,9 @@ def super_resolve_file(resolver: SuperResolver, input_path: str | Path, output_p
                        overwrite: bool = False, step_size: int = 1000,
                        max_events: int | None = None, progress: bool = True, **sample_args) -> int:
     """Super-resolve every event of a COCOA file (``Low_Tree`` + ``High_Tree`` or plain ``Out_Tree``) into a
-    new file (:func:`output_trees`), one output entry per input entry. Returns the number of events written.
+    new file (:func:`output_trees`), one output entry per input entry. ``Low_Tree`` keeps every branch of the
+    input's coarse tree (particles, topoclusters, jets, tracks, ...) for the coarse cells used; the input's
+    ``High_Tree`` is replaced by the generated one. Returns the number of events written.
 
     ``sample_args`` go to :meth:`SuperResolver.__call__` (sampler, steps, ensemble, seed, mode, eta). Warns when
     events lie outside the model's training range (:meth:`SuperResolver.warn_if_outside`).
@@ -405,10 +417,11 @@ def super_resolve_file(resolver: SuperResolver, input_path: str | Path, output_p
     info = open_cocoa(input_path)
     high_branches = GRAPH_BRANCHES_HIGH if info.high_tree else None
     written = 0
-    with CocoaWriter(output_path, overwrite=overwrite) as writer, \
+    # the generated High_Tree is no noise-free truth (graphsr.io.reader accepts its negative energies)
+    with CocoaWriter(output_path, overwrite=overwrite, provenance={"generated_trees": ["High_Tree"]}) as writer, \
             tqdm(total=min(info.num_events, max_events or info.num_events), unit="event", disable=not progress,
                  desc="super-resolving") as bar:
-        for chunk in iter_cocoa(input_path, low_branches=GRAPH_BRANCHES_LOW, high_branches=high_branches,
+        for chunk in iter_cocoa(input_path, low_branches=ALL_BRANCHES, high_branches=high_branches,
                                 step_size=step_size, max_events=max_events, factor=resolver.factor):
             data, slices = build_storage(chunk.low, chunk.high, resolver.graph_options, factor=resolver.factor,
                                          first_event=chunk.entry_start)
@@ -421,6 +434,7 @@ def super_resolve_file(resolver: SuperResolver, input_path: str | Path, output_p
                 for key, values in parts.items():
                     values.append(result[key].cpu())
                 bar.update(len(events))
-            writer.write(output_trees(data, slices, *(torch.cat(parts[k]) for k in ("estimate", "mean", "spread"))))
+            writer.write(output_trees(data, slices, *(torch.cat(parts[k]) for k in ("estimate", "mean", "spread")),
+                                      inputs=chunk.low, layers=resolver.graph_options.layers))
             written += len(chunk)
     return written

@@ -412,3 +412,14 @@ def test_summary_command_names_the_bad_event(tmp_path, capsys):
     error = capsys.readouterr().err
     assert all(part in error for part in (str(path), "'Low_Tree'", "'cell_layer'", "event 2", "outside 0-5"))
     assert not (tmp_path / "display.png").exists()
+
+
+@pytest.mark.parametrize("branch", ["cell_to_cell_edge_start", "cell_to_cell_edge_end"])
+def test_edges_to_cells_that_do_not_exist(tmp_path, branch):
+    trees = cocoa_events(5)
+    low = trees["Low_Tree"]
+    values = ak.to_list(low[branch][3])
+    trees["Low_Tree"] = replace_event(low, branch, 3, [len(low.cell_e[3])] + values[1:])
+    path = write_cocoa(tmp_path / "sr.root", trees)
+    expect_error(path, "Low_Tree", branch, 3, f"points at cell {len(low.cell_e[3])}",
+                 low_branches=["cell_e", branch], high_branches=None)

@@ -130,9 +130,13 @@ def with_every_cocoa_branch(trees: dict[str, ak.Array], seed: int = 0) -> dict[s
                  if name.startswith(p) and "constituents" not in name and "pflow_object" not in name), name)
             if group not in lengths:
                 lengths[group] = rng.integers(0, 4, len(events))
-            for n in lengths[group]:
+                if group == "track_to_cell_edge_":  # edges to existing cells
+                    lengths[group][lengths["cell_"] == 0] = 0
+            for n, cells in zip(lengths[group], lengths["cell_"]):
                 if COCOA_TYPES[name] == NESTED:
                     columns[name].append([rng.normal(size=rng.integers(0, 3)) for _ in range(n)])
+                elif name == "track_to_cell_edge_end":
+                    columns[name].append(rng.integers(0, max(cells, 1), n))
                 else:
                     columns[name].append(rng.integers(-1, 5, n) if COCOA_TYPES[name] == INT else rng.normal(size=n))
         extra = _to_awkward(columns)

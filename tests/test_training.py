@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from test_io_writer import with_every_cocoa_branch
+
 from graphsr.cli import main
 from graphsr.config import config_from_dict
 from graphsr.eval.evaluate import compute_metrics, generate
@@ -228,6 +230,24 @@ def test_sample_command_reads_detector_data_without_particles(trained, data_file
     error = capsys.readouterr().err
     assert "granularity factor 1" in error and "expected 2" in error and "'Out_Tree'" in error
     assert not (tmp_path / "refused.root").exists()
+
+
+def test_sample_command_keeps_every_branch_of_the_input(trained, data_file, tmp_path):
+    _, result = trained
+    trees = with_every_cocoa_branch(read_cocoa(data_file, entry_stop=4), seed=1)
+    full = write_cocoa(tmp_path / "full.root", trees)
+    out = tmp_path / "sr_full.root"
+    assert main(["sample", "--checkpoint", str(result.checkpoint), "--input", str(full), "--output", str(out),
+                 "--device", "cpu"]) == 0
+    low, before = read_cocoa(out)["Low_Tree"], trees["Low_Tree"]
+    assert set(before.fields) <= set(low.fields)
+    ecal = before.cell_layer < 3  # the coarse cells the model used
+    for name in ("cell_e", "cell_che", "cell_parent_list", "cell_conv_el_idx"):
+        assert ak.array_equal(low[name], before[name][ecal]), name
+    for name in ("particle_e", "particle_isIso", "topo_jet_pt", "true_jet_truth_id", "track_x_layer_3",
+                 "supercluster_topos", "node_edge_start"):
+        assert ak.array_equal(low[name], before[name]), name
+    assert np.array_equal(ak.num(read_cocoa(out)["High_Tree"].cell_e).to_numpy(), 4 * ak.num(low.cell_e).to_numpy())
 
 
 def test_evaluation_metrics_on_a_tiny_run(trained, data_file, tmp_path):

@@ -307,6 +307,7 @@ def _cell_counts(events: ak.Array | None) -> np.ndarray | None:
 # factors of coarse grids that divide every layer of COCOA's default grid
 GRANULARITY_FACTORS = (1, 2, 4, 8, 16, 32)
 PHI_TOLERANCE = 1e-5  # float32 pi is 9e-8 above pi
+CELL_REFERENCES = ("cell_to_cell_edge_start", "cell_to_cell_edge_end", "track_to_cell_edge_end")
 
 
 def _flat(events: ak.Array, name: str, dtype=None) -> np.ndarray:
@@ -376,6 +377,7 @@ class _Validator:
                 continue
             self.check_lengths(events, tree, start)
             self.check_finite(events, tree, start)
+            self.check_cell_references(events, tree, start)
             if {"cell_layer", "cell_eta", "cell_phi"} <= set(ak.fields(events)):
                 cells[tree] = _Cells(events)
                 self.check_positions(cells[tree], tree, start)
@@ -406,6 +408,20 @@ class _Validator:
                     e = _first(bad)
                     raise self.error(f"length differs: {counts[e]} entries where {names[0]!r} has {reference[e]} "
                                      f"(both hold one entry per {counter[1:].replace('_', ' ')})",
+                                     tree, name, start + e)
+
+    def check_cell_references(self, events: ak.Array, tree: str, start: int) -> None:
+        """Edges to cells point at cells of their event."""
+        num_cells = _cell_counts(events)
+        for name in CELL_REFERENCES:
+            if name in ak.fields(events) and num_cells is not None:
+                counts = ak.to_numpy(ak.num(events[name], axis=1))
+                index = ak.to_numpy(ak.flatten(events[name]))
+                event = np.repeat(np.arange(len(counts)), counts)
+                bad = (index < 0) | (index >= num_cells[event])
+                if bad.any():
+                    e = event[_first(bad)]
+                    raise self.error(f"points at cell {index[_first(bad)]}, the event has {num_cells[e]} cells",
                                      tree, name, start + e)
 
     def check_finite(self, events: ak.Array, tree: str, start: int) -> None:
