@@ -1,15 +1,22 @@
 """Run configuration: nested dataclasses read from YAML (``configs/*.yaml``).
 
-Unknown keys are errors (a typo must not silently fall back to a default). Every field has a default, so a
-config file names only what differs.
+Unknown keys are errors (a typo must not silently fall back to a default), and so are values of the wrong type;
+errors name the key. Every field has a default, so a config file names only what differs. YAML 1.1 (PyYAML) reads
+``1e-3`` as a string: a number field accepts such a string when it is a number.
 """
 
 from __future__ import annotations
 
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 import yaml
+
+# what a resumed training may change (where it runs, how long this call may take)
+RESUMABLE = ("train.device", "train.time_limit")
 
 
 @dataclass
@@ -86,6 +93,43 @@ class Config:
         return asdict(self)
 
 
+def _number(value, kind: type, where: str):
+    """``value`` as an int or float, accepting numbers written as strings (YAML 1.1 reads ``1e-3`` as one)."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise ValueError(f"{where}: expected {kind.__name__}, got {value!r} ({type(value).__name__})")
+    if kind is int:
+        if not math.isfinite(number) or number != int(number):
+            raise ValueError(f"{where}: expected int, got {value!r}")
+        return int(number)
+    return float(number)
+
+
+def _check(value, annotation, where: str):
+    """``value`` checked against a field's type (int, float, bool, str, list[...], ``X | None``)."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ValueError(f"{where}: must be given (null is not allowed)")
+    kind = next(o for o in options if o is not type(None))
+    if typing.get_origin(kind) is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list, got {value!r} ({type(value).__name__})")
+        (item,) = typing.get_args(kind)
+        return [_check(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if kind in (int, float):
+        return _number(value, kind, where)
+    if not isinstance(value, kind):
+        raise ValueError(f"{where}: expected {kind.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
 def _build(cls, values: dict, where: str):
     if not isinstance(values, dict):
         raise ValueError(f"{where}: expected a mapping, got {values!r}")
@@ -93,11 +137,27 @@ def _build(cls, values: dict, where: str):
     unknown = set(values) - set(known)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    types_ = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
         default = known[name].default_factory() if callable(known[name].default_factory) else known[name].default
-        kwargs[name] = _build(type(default), value, f"{where}.{name}") if is_dataclass(default) else value
+        if is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        else:
+            kwargs[name] = _check(value, types_[name], f"{where}.{name}")
     return cls(**kwargs)
+
+
+def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys (``train.lr``) whose values differ between two config dicts."""
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            keys += config_differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            keys.append(prefix + key)
+    return keys
 
 
 def config_from_dict(values: dict, cls=Config):

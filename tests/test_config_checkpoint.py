@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from graphsr.config import Config, config_from_dict, load_config
+from graphsr.config import Config, config_differences, config_from_dict, load_config
 from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -20,6 +20,33 @@ def test_config_reads_nested_values_and_rejects_unknown_keys(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.yaml"):
         load_config(tmp_path / "nowhere.yaml")
     assert config_from_dict(config.to_dict()) == config
+
+
+def test_config_values_are_type_checked_and_errors_name_the_key(tmp_path):
+    path = tmp_path / "run.yaml"
+    # PyYAML reads 1e-3 (no dot) as a string; number fields take numbers written as strings
+    path.write_text("train:\n  lr: 1e-3\n  steps: 2e3\n  time_limit: null\ndata:\n  layers: [0, 1]\n")
+    config = load_config(path)
+    assert config.train.lr == 0.001 and isinstance(config.train.lr, float)
+    assert config.train.steps == 2000 and isinstance(config.train.steps, int) and config.train.time_limit is None
+    for text, match in [("train:\n  lr: fast\n", r"run.yaml: config.train.lr: expected float, got 'fast'"),
+                        ("train:\n  steps: 10.5\n", r"config.train.steps: expected int, got 10.5"),
+                        ("train:\n  amp: yes please\n", r"config.train.amp: expected bool"),
+                        ("train:\n  steps: true\n", r"config.train.steps: expected int, got True"),
+                        ("train:\n  seed: null\n", r"config.train.seed: must be given"),
+                        ("data:\n  train: data/e.root\n", r"config.data.train: expected a list"),
+                        ("data:\n  layers: [0, one]\n", r"config.data.layers\[1\]: expected int"),
+                        ("sample:\n  sampler: 3\n", r"config.sample.sampler: expected str")]:
+        path.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            load_config(path)
+
+
+def test_config_differences_lists_dotted_keys():
+    a = Config().to_dict()
+    b = config_from_dict({"train": {"lr": 1.0, "device": "cpu"}, "model": {"width": 8}}).to_dict()
+    assert config_differences(a, b) == ["model.width", "train.device", "train.lr"]
+    assert config_differences(a, a) == []
 
 
 def test_checkpoint_round_trip_is_weights_only_and_atomic(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from graphsr.config import Config
+from graphsr.config import RESUMABLE, Config, config_differences
 from graphsr.datasets import CocoaDataset
 from graphsr.diffusion import Denoiser, DiffusionLoss
 from graphsr.graphs import GraphLoader, GraphOptions, collate_events
@@ -171,8 +171,11 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
         raise ValueError(f"no training events in {config.data.train}")
 
     state = load_checkpoint(out_dir / CHECKPOINT) if resume else None
-    if resume and state["config"] != config.to_dict():
-        raise ValueError(f"{out_dir / CHECKPOINT} was written with a different config; resume needs the same one")
+    changed = [key for key in config_differences(state["config"], config.to_dict()) if key not in RESUMABLE] \
+        if resume else []
+    if changed:
+        raise ValueError(f"{out_dir / CHECKPOINT} was written with a different config ({', '.join(changed)} "
+                         f"differ); resume needs the same one, except {' and '.join(RESUMABLE)}")
     energy_model = EnergyModel(**state["energy_model"]) if state else fit_energy_model(train_set,
                                                                                           energy_kind(config))
     factor = data_factor(train_set)
@@ -191,7 +194,10 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        noise.set_state(state["noise_generator"])
+        if state.get("noise_device", device.type) == device.type:
+            noise.set_state(state["noise_generator"])
+        else:  # a generator's state does not carry over between CPU and CUDA: continue on a fresh stream
+            noise.manual_seed(tc.seed + 1 + state["step"])
         torch.set_rng_state(state["rng_state"])
         if device.type == "cuda" and "cuda_rng_state" in state:
             torch.cuda.set_rng_state(state["cuda_rng_state"], device)
@@ -210,7 +216,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
         cuda_rng = {"cuda_rng_state": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
         return save_checkpoint({
             "model": denoiser.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "noise_generator": noise.get_state(),
+            "scheduler": scheduler.state_dict(), "noise_generator": noise.get_state(), "noise_device": device.type,
             "rng_state": torch.get_rng_state(), **cuda_rng, "step": step,
             "epoch": epoch, "position": position, "config": config.to_dict(), "energy_model": energy_model.state(),
             "graph_options": {"layers": list(config.data.layers), "k": config.data.k,
