@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from graphsr import __version__
+
 
 def _simulate(args):
     import numpy as np
@@ -273,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="graphsr", description="Graph super-resolution of COCOA calorimeter events: simulate events, train a "
         "diffusion model that generates fine cells from coarse ones, super-resolve files. Typical order: simulate -> "
         "summary -> train -> sample. `graphsr <command> --help` explains each command.")
+    parser.add_argument("--version", action="version", version=f"graphsr {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     sim = commands.add_parser("simulate", help="simulate events into a COCOA super-resolution ROOT file",
