@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -20,7 +21,8 @@ def _simulate(args):
     # one independent, reproducible stream per chunk: the file does not depend on the chunk size's timing
     seeds = np.random.SeedSequence(args.seed).spawn(-(-args.events // args.chunk))
     with CocoaWriter(args.output, overwrite=args.overwrite) as writer, \
-            tqdm(total=args.events, unit="event", desc=f"simulating {args.gun} x{args.factor}") as bar:
+            tqdm(total=args.events, unit="event", desc=f"simulating {args.gun} x{args.factor}",
+                 disable=None) as bar:
         for i, seed in enumerate(seeds):
             n = min(args.chunk, args.events - i * args.chunk)
             writer.write(simulate_events(gun, n, factor=args.factor, seed=np.random.default_rng(seed),
@@ -100,6 +102,20 @@ def _train_reco(args):
     print("\n".join(cardinality_lines(f"{test['events']} held-out test events ({args.input_type} cells), accuracy "
                                        "per true count:", {"learned": test["learned"],
                                                            "hand clustering": test["hand_clustering"]})))
+
+
+def _plot_history(args):
+    from graphsr.plotting import history_plot
+    from graphsr.training.history import read_history
+
+    rows = read_history(args.run_dir)
+    run = Path(args.run_dir)
+    out = Path(args.output or (run if run.is_dir() else run.parent) / "history.png")
+    history_plot(rows, out)
+    validations = [r for r in rows if r["val_loss"] is not None]
+    last = f", last validation loss {validations[-1]['val_loss']:.4f} at step {validations[-1]['step']}" \
+        if validations else ""
+    print(f"{len(rows)} steps{last}: {out}")
 
 
 def _resolver(args):
@@ -332,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     reco.add_argument("--device", help='"cpu", "cuda", "cuda:1" (default: the config, "auto")')
     reco.set_defaults(run=_train_reco)
 
+    ph = commands.add_parser("plot-history", help="draw the loss curves of a training run",
+                             description="Plot RUN/history.csv (written by `graphsr train`: every step's training "
+                             "loss and learning rate, every validation loss) to a PNG.")
+    ph.add_argument("--run", dest="run_dir", required=True, help="run directory (or its history.csv)")
+    ph.add_argument("--output", help="PNG to write (default: RUN/history.png)")
+    ph.set_defaults(run=_plot_history)
+
     sa = commands.add_parser("sample", help="super-resolve the events of a COCOA file",
                              description="Generate the fine cells of every event of a COCOA file (Low_Tree + "
                              "High_Tree, or a plain Out_Tree with coarse cells only) and write them to a new ROOT "
@@ -400,6 +423,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # the library reports through logging (graphsr.*); the command line shows it
+    logger = logging.getLogger("graphsr")
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler())
+        logger.setLevel(logging.INFO)
     try:
         args.run(args)
     except (FileNotFoundError, FileExistsError, ValueError) as error:

@@ -419,8 +419,8 @@ def super_resolve_file(resolver: SuperResolver, input_path: str | Path, output_p
     written = 0
     # the generated High_Tree is no noise-free truth (graphsr.io.reader accepts its negative energies)
     with CocoaWriter(output_path, overwrite=overwrite, provenance={"generated_trees": ["High_Tree"]}) as writer, \
-            tqdm(total=min(info.num_events, max_events or info.num_events), unit="event", disable=not progress,
-                 desc="super-resolving") as bar:
+            tqdm(total=min(info.num_events, max_events or info.num_events), unit="event",
+                 disable=None if progress else True, desc="super-resolving") as bar:
         for chunk in iter_cocoa(input_path, low_branches=ALL_BRANCHES, high_branches=high_branches,
                                 step_size=step_size, max_events=max_events, factor=resolver.factor):
             data, slices = build_storage(chunk.low, chunk.high, resolver.graph_options, factor=resolver.factor,

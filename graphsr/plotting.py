@@ -116,3 +116,28 @@ def line_plot(series: dict, path: str | Path, xlabel: str, ylabel: str, *, logx:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def history_plot(rows: list[dict], path: str | Path, smooth: int = 50):
+    """Loss curves of a training history (:func:`graphsr.training.history.read_history`): every step's training
+    loss with its running mean over ``smooth`` steps, the validation losses, and the learning rate below."""
+    step = np.array([r["step"] for r in rows], dtype=float)
+    loss = np.array([np.nan if r["train_loss"] is None else r["train_loss"] for r in rows])
+    val = [(r["step"], r["val_loss"]) for r in rows if r["val_loss"] is not None]
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(6, 4.8), gridspec_kw={"height_ratios": (3, 1)})
+    top.plot(step, loss, lw=0.5, alpha=0.4, color="C0", label="training loss (per step)")
+    if len(loss) >= smooth:
+        top.plot(step[smooth - 1:], np.convolve(loss, np.ones(smooth) / smooth, "valid"), color="C0",
+                 label=f"training loss (mean of {smooth} steps)")
+    if val:
+        top.plot(*zip(*val), "o-", ms=4, color="C1", label="validation loss (EMA weights)")
+    top.set_ylabel("loss")
+    top.legend(fontsize=8)
+    bottom.plot(step, [r["lr"] for r in rows], color="C2")
+    bottom.set_ylabel("learning rate")
+    bottom.set_xlabel("optimiser step")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

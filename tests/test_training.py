@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import awkward as ak
 import numpy as np
 import pytest
@@ -78,6 +80,27 @@ def _assert_same(a, b, where=""):
         assert a == b or (a != a and b != b), where  # NaN equals NaN here
 
 
+def test_history_records_every_step_and_validation(trained, tmp_path, capsys):
+    from graphsr.training.history import read_history
+
+    config, result = trained
+    rows = read_history(result.checkpoint.parent)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    # validations every 4 steps; the last one is the checkpoint's
+    assert [r["step"] for r in rows if r["val_loss"] is not None] == [4, 8]
+    assert rows[-1]["val_loss"] == pytest.approx(load_checkpoint(result.checkpoint)["val_loss"])
+    # linear warm-up over 2 steps to lr 2e-3 (the first step uses half), then cosine decay over 6 steps: step 5 is
+    # 2 steps into it
+    assert rows[0]["lr"] == pytest.approx(1e-3) and rows[1]["lr"] == pytest.approx(2e-3)
+    assert rows[4]["lr"] == pytest.approx(2e-3 * 0.5 * (1 + np.cos(np.pi * 2 / 6)))
+    assert all(np.isfinite(r["train_loss"]) and r["events_per_s"] > 0 for r in rows)
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert list((result.checkpoint.parent / "tensorboard").glob("events.out.tfevents.*"))
+    out = tmp_path / "history.png"
+    assert main(["plot-history", "--run", str(result.checkpoint.parent), "--output", str(out)]) == 0
+    assert out.stat().st_size > 0 and "8 steps, last validation loss" in capsys.readouterr().out
+
+
 def test_resume_continues_exactly(data_file, tmp_path):
     # dropout on: the global generator that drives it must be restored too
     config = config_from_dict({**tiny_config(data_file, tmp_path / "cache").to_dict(),
@@ -126,6 +149,9 @@ def test_a_killed_training_process_resumes_to_the_same_weights(data_file, tmp_pa
     process.wait()
     assert load_checkpoint(out / "checkpoint.pt")["step"] < 60  # killed mid-run, checkpoint readable
     assert main(["train", "--config", str(config_file), "--out", str(out), "--resume"]) == 0
+    from graphsr.training.history import read_history
+
+    assert [r["step"] for r in read_history(out)] == list(range(1, 61))  # rows after the checkpoint were dropped
     straight = train(config, tmp_path / "straight", progress=False)
     a, b = load_checkpoint(straight.checkpoint), load_checkpoint(out / "checkpoint.pt")
     assert b["step"] == 60 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

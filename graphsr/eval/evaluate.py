@@ -97,8 +97,8 @@ def generate(resolver, storage, events, *, ensemble: int = 10, sampler: str | No
         raise ValueError("evaluation needs the fine truth (a High_Tree): the input has coarse cells only")
     parts, start = [], time.perf_counter()
     coarse_offset = 0
-    for i, chunk in tqdm(resolver.chunks(storage, events, ensemble), disable=not progress, desc="evaluating",
-                         unit="batch"):
+    for i, chunk in tqdm(resolver.chunks(storage, events, ensemble), disable=None if progress else True,
+                         desc="evaluating", unit="batch"):
         out = resolver(storage, chunk, sampler=sampler, steps=steps, ensemble=ensemble, seed=seed + i,
                        mode=mode, calibrated=calibrated)
         b = out["batch"].cpu()

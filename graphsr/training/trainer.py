@@ -7,6 +7,7 @@ weights after N steps are the same with or without interruptions. On CUDA, kerne
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -23,8 +24,11 @@ from graphsr.graphs import GraphLoader, GraphOptions, collate_events
 from graphsr.io import file_digest
 from graphsr.models.sr3 import EnergyModel, SR3Network, add_inputs, node_weights, state_batch
 from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
+from graphsr.training.history import History
 
 CHECKPOINT = "checkpoint.pt"
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -158,7 +162,9 @@ def validation_loss(loss_fn, denoiser, loader, energy_model, device, factor: int
 
 def train(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True,
           stop_after: int | None = None) -> TrainResult:
-    """Train (or, with ``resume``, continue training) and write ``out_dir/checkpoint.pt``.
+    """Train (or, with ``resume``, continue training) and write ``out_dir/checkpoint.pt`` and
+    ``out_dir/history.csv`` (:mod:`graphsr.training.history`: every step's loss and learning rate, every
+    validation loss; TensorBoard too when installed).
 
     ``stop_after``: leave (with a checkpoint) after this many steps in this call, e.g. to fit a batch-queue slot;
     a later ``resume`` goes on exactly as if the run had not stopped.
@@ -202,6 +208,8 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
         if device.type == "cuda" and "cuda_rng_state" in state:
             torch.cuda.set_rng_state(state["cuda_rng_state"], device)
         step, epoch, position = state["step"], state["epoch"], state["position"]
+    seconds_before = state.get("seconds", 0.0) if state else 0.0
+    history = History(out_dir, resume_step=step if state else None)
 
     val_loader = GraphLoader(val_set, tc.batch_size)
     use_amp = tc.amp and device.type == "cuda"
@@ -222,10 +230,11 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
             "graph_options": {"layers": list(config.data.layers), "k": config.data.k,
                               "k_between": config.data.k_between},
             "factor": factor, "val_loss": val_loss, "events": seen, "training_range": data_range,
-            "calibration": calibration,
+            "calibration": calibration, "seconds": seconds_before + time.perf_counter() - started,
         }, out_dir / CHECKPOINT)
 
-    bar = tqdm(total=tc.steps, initial=step, disable=not progress, desc="training", unit="step")
+    # no bar where stderr is no terminal (a log file, a batch job): tqdm's disable=None
+    bar = tqdm(total=tc.steps, initial=step, disable=None if progress else True, desc="training", unit="step")
     while step < tc.steps:
         loader = GraphLoader(train_set, tc.batch_size, shuffle=True, drop_last=len(train_set) >= tc.batch_size,
                              generator=torch.Generator().manual_seed(tc.seed + epoch))
@@ -239,6 +248,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(denoiser.parameters(), tc.grad_clip)
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses
             optimizer.step()
             scheduler.step()
             ema.update_parameters(denoiser)
@@ -249,11 +259,16 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
             bar.set_postfix(loss=f"{train_loss:.4f}", events_per_s=f"{rate:.0f}")
             out_of_time = (tc.time_limit is not None and time.perf_counter() - started > tc.time_limit) or \
                 (stop_after is not None and step - first_step >= stop_after)
-            if step % tc.val_every == 0 or step == tc.steps or out_of_time:
+            validate = step % tc.val_every == 0 or step == tc.steps or out_of_time
+            if validate:
                 ema.module.eval()
                 val_loss = validation_loss(loss_fn, ema.module, val_loader, energy_model, device, factor,
                                            coarse_weight)
-                bar.write(f"step {step}: train loss {train_loss:.4f}, validation loss (EMA) {val_loss:.4f}")
+                logger.info(f"step {step}: train loss {train_loss:.4f}, validation loss (EMA) {val_loss:.4f}")
+            # the row before the checkpoint: a resumed run keeps the rows up to the checkpoint's step
+            history.log(step, epoch=epoch, seconds=seconds_before + time.perf_counter() - started, lr=lr,
+                        train_loss=train_loss, val_loss=val_loss if validate else None, events_per_s=rate)
+            if validate:
                 checkpoint()
             if step >= tc.steps or out_of_time:
                 break
@@ -262,9 +277,10 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
             continue
         break
     bar.close()
+    history.close()
     if step < tc.steps:
-        print(f"stopped at step {step} of {tc.steps} (time limit {tc.time_limit} s, stop_after {stop_after}); "
-              "`--resume` continues")
+        logger.info(f"stopped at step {step} of {tc.steps} (time limit {tc.time_limit} s, stop_after {stop_after}); "
+                    "`--resume` continues")
     slot_only = stop_after is not None and step - first_step >= stop_after and step < tc.steps
     if energy_model.kind == "shares" and config.sample.calibration_events > 0 and len(val_set) and not slot_only:
         from graphsr.inference import SuperResolver, fit_calibration
@@ -273,7 +289,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
         events = torch.as_tensor(val_set.indices()[:config.sample.calibration_events])
         calibration = fit_calibration(resolver, val_set.storage(), events)
         checkpoint(calibration)
-        print(f"calibrated on {len(events)} validation events: spread factors coarse {calibration['coarse']:.2f}, "
-              f"fine {calibration['fine']:.2f}")
+        logger.info(f"calibrated on {len(events)} validation events: spread factors coarse "
+                    f"{calibration['coarse']:.2f}, fine {calibration['fine']:.2f}")
     return TrainResult(out_dir / CHECKPOINT, step, train_loss, val_loss,
                        events_seen / max(time.perf_counter() - started, 1e-9))
