@@ -15,12 +15,16 @@ def _simulate(args):
     from tqdm import tqdm
 
     from graphsr.io import CocoaWriter
+    from graphsr.provenance import provenance
     from graphsr.simulation import MultiParticleGun, SingleElectronGun, simulate_events
 
     gun = SingleElectronGun() if args.gun == "single-electron" else MultiParticleGun()
     # one independent, reproducible stream per chunk: the file does not depend on the chunk size's timing
     seeds = np.random.SeedSequence(args.seed).spawn(-(-args.events // args.chunk))
-    with CocoaWriter(args.output, overwrite=args.overwrite) as writer, \
+    settings = {"gun": args.gun, "factor": args.factor, "events": args.events, "chunk": args.chunk,
+                "neighbour_branches": not args.no_neighbour_branches}
+    with CocoaWriter(args.output, overwrite=args.overwrite,
+                     provenance=provenance("simulate", config=settings, seed=args.seed)) as writer, \
             tqdm(total=args.events, unit="event", desc=f"simulating {args.gun} x{args.factor}",
                  disable=None) as bar:
         for i, seed in enumerate(seeds):

@@ -19,6 +19,7 @@ from graphsr.io import ALL_BRANCHES, GRAPH_BRANCHES_HIGH, CocoaWriter, file_dige
 from graphsr.io.select import select_cells
 from graphsr.io.writer import MAPPING_BRANCHES
 from graphsr.models.sr3 import EnergyModel, add_inputs, parent_sums, state_batch
+from graphsr.provenance import file_hash, provenance
 from graphsr.training.checkpoint import load_checkpoint
 from graphsr.training.trainer import build_denoiser, resolve_device
 
@@ -50,6 +51,8 @@ class SuperResolver:
     def __init__(self, checkpoint: str | Path, device: str | torch.device = "auto", use_ema: bool = True,
                  max_nodes: int | None = None):
         checkpoint = pretrained_path() if str(checkpoint) == "pretrained" else checkpoint
+
+        self.checkpoint = Path(checkpoint)
         state = load_checkpoint(checkpoint)
         if "energy_model" not in state:
             raise ValueError(f"{checkpoint} was written by an older graphsr (logit-fraction energy target, before "
@@ -418,7 +421,12 @@ def super_resolve_file(resolver: SuperResolver, input_path: str | Path, output_p
     high_branches = GRAPH_BRANCHES_HIGH if info.high_tree else None
     written = 0
     # the generated High_Tree is no noise-free truth (graphsr.io.reader accepts its negative energies)
-    with CocoaWriter(output_path, overwrite=overwrite, provenance={"generated_trees": ["High_Tree"]}) as writer, \
+    record = provenance("sample", config=resolver.config.to_dict(), inputs=[input_path],
+                        seed=sample_args.get("seed", 0), generated_trees=["High_Tree"],
+                        checkpoint={"path": str(resolver.checkpoint), "hash": file_hash(resolver.checkpoint),
+                                    "step": resolver.step},
+                        sampling={k: v for k, v in sample_args.items() if v is not None})
+    with CocoaWriter(output_path, overwrite=overwrite, provenance=record) as writer, \
             tqdm(total=min(info.num_events, max_events or info.num_events), unit="event",
                  disable=None if progress else True, desc="super-resolving") as bar:
         for chunk in iter_cocoa(input_path, low_branches=ALL_BRANCHES, high_branches=high_branches,

@@ -19,3 +19,18 @@ def test_python_m_graphsr_runs_the_command_line():
     assert done.returncode == 0 and "--checkpoint" in done.stdout
     done = run("no-such-command")
     assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+def test_simulate_records_its_provenance_and_readers_ignore_it(tmp_path):
+    from graphsr.cli import main
+    from graphsr.io import open_cocoa, read_cocoa
+
+    path = tmp_path / "e.root"
+    assert main(["simulate", "--events", "3", "--seed", "7", "--output", str(path)]) == 0
+    info = open_cocoa(path)
+    record = info.provenance
+    assert record["command"] == "simulate" and record["seed"] == 7 and record["inputs"] == {}
+    assert record["config"] == {"gun": "single-electron", "factor": 2, "events": 3, "chunk": 1000,
+                                "neighbour_branches": True}
+    assert record["versions"]["graphsr"] == importlib.metadata.version("graphsr")
+    assert set(read_cocoa(path)) == {"Low_Tree", "High_Tree"} and info.mode == "super-resolution"

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
+import platform
+from pathlib import Path
 
 import awkward as ak
 import numpy as np
 import pytest
 import torch
+import torch_geometric
 
 from test_io_writer import with_every_cocoa_branch
 
@@ -15,7 +20,7 @@ from graphsr.cli import main
 from graphsr.config import config_from_dict
 from graphsr.eval.evaluate import compute_metrics, generate
 from graphsr.inference import SuperResolver
-from graphsr.io import read_cocoa, write_cocoa
+from graphsr.io import open_cocoa, read_cocoa, write_cocoa
 from graphsr.simulation import SingleElectronGun, simulate_events
 from graphsr.training.checkpoint import load_checkpoint
 from graphsr.training.trainer import _loss, build_denoiser, build_loss, fit_energy_model, load_splits, train
@@ -62,6 +67,11 @@ def test_training_writes_a_complete_checkpoint(trained):
     assert state["events"]["train"][0]["sha256"] == hashlib.sha256(open(config.data.train[0], "rb").read()).hexdigest()
     # fitted on the validation events at the end of training
     assert state["calibration"]["events"] == 6 and state["calibration"]["ensemble"] == 3
+    record = state["provenance"]
+    assert record["command"] == "train" and record["seed"] == config.train.seed
+    assert record["config"] == config.to_dict() and record["versions"]["torch"] == torch.__version__
+    (data,) = config.data.train
+    assert record["inputs"] == {data: "sha256:" + hashlib.sha256(Path(data).read_bytes()).hexdigest()}
 
 
 def _assert_same(a, b, where=""):
@@ -223,6 +233,14 @@ def test_sample_command_writes_cocoa_file_and_refuses_to_overwrite(trained, data
     trees = read_cocoa(out)
     low, high = trees["Low_Tree"], trees["High_Tree"]
     assert len(low) == 5 and "cell_e_spread" in high.fields
+    # provenance beside the trees: versions, the checkpoint's config, the input's content hash, the seed
+    record = open_cocoa(out).provenance
+    assert record["command"] == "sample" and record["seed"] == 0 and record["generated_trees"] == ["High_Tree"]
+    assert record["inputs"] == {str(data_file): "sha256:" + hashlib.sha256(data_file.read_bytes()).hexdigest()}
+    assert record["checkpoint"]["hash"] == "sha256:" + hashlib.sha256(result.checkpoint.read_bytes()).hexdigest()
+    assert record["versions"] == {"graphsr": importlib.metadata.version("graphsr"), "torch": torch.__version__,
+                                  "torch_geometric": torch_geometric.__version__, "python": platform.python_version()}
+    assert record["config"] == load_checkpoint(result.checkpoint)["config"]
     assert np.array_equal(ak.num(high.cell_e).to_numpy(), 4 * ak.num(low.cell_e).to_numpy())
     before = out.read_bytes()
     assert main(args) == 1 and "exists" in capsys.readouterr().err

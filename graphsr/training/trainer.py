@@ -23,6 +23,7 @@ from graphsr.diffusion import Denoiser, DiffusionLoss
 from graphsr.graphs import GraphLoader, GraphOptions, collate_events
 from graphsr.io import file_digest
 from graphsr.models.sr3 import EnergyModel, SR3Network, add_inputs, node_weights, state_batch
+from graphsr.provenance import provenance
 from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
 from graphsr.training.history import History
 
@@ -209,6 +210,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
             torch.cuda.set_rng_state(state["cuda_rng_state"], device)
         step, epoch, position = state["step"], state["epoch"], state["position"]
     seconds_before = state.get("seconds", 0.0) if state else 0.0
+    record = provenance("train", config=config.to_dict(), inputs=config.data.train, seed=tc.seed)
     history = History(out_dir, resume_step=step if state else None)
 
     val_loader = GraphLoader(val_set, tc.batch_size)
@@ -231,6 +233,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
                               "k_between": config.data.k_between},
             "factor": factor, "val_loss": val_loss, "events": seen, "training_range": data_range,
             "calibration": calibration, "seconds": seconds_before + time.perf_counter() - started,
+            "provenance": record,
         }, out_dir / CHECKPOINT)
 
     # no bar where stderr is no terminal (a log file, a batch job): tqdm's disable=None
