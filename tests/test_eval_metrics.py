@@ -9,8 +9,9 @@ from graphsr.eval.metrics import (
     coverage,
     even_split,
     frechet_distance,
+    frechet_physics_distance,
     hallucinated_fraction,
-    kernel_distance,
+    kernel_physics_distance,
     occupancy,
     parent_sum_residual,
     per_event_sum,
@@ -99,15 +100,52 @@ def test_shower_shapes_known_event():
     assert shapes["cells_above"].tolist() == [1, 1]
 
 
-def test_frechet_and_kernel_distances():
+def test_frechet_distance_of_gaussians_has_the_closed_form():
     rng = np.random.default_rng(2)
-    a, b = rng.normal(size=(2000, 3)), rng.normal(size=(2000, 3))
-    same_fd, _ = frechet_distance(a, b)
-    shifted_fd, _ = frechet_distance(a, b + np.array([1.0, 0.0, 0.0]))
-    assert same_fd < 0.02 and shifted_fd == pytest.approx(1.0, abs=0.1)  # Frechet = |mean shift|^2 for equal covs
-    kpd, kpd_err = kernel_distance(a, b)
-    assert abs(kpd) < 3 * kpd_err + 1e-3
-    assert kernel_distance(a, b + 1.0)[0] > 0.1
+    a = rng.normal(size=(20000, 3))
+    # equal covariances: |mean shift|^2; isotropic widths s1, s2: d (s1 - s2)^2 (the trace term)
+    assert frechet_distance(a, rng.normal(size=(20000, 3)) + [1.0, 0.0, 0.0]) == pytest.approx(1.0, abs=0.05)
+    assert frechet_distance(a, 2.0 * rng.normal(size=(20000, 3))) == pytest.approx(3 * (2 - 1) ** 2, abs=0.1)
+
+
+def test_frechet_physics_distance_extrapolates_the_finite_sample_bias_away():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(4000, 3)), rng.normal(size=(4000, 3))
+    # at N = 4000 the plain distance is biased upwards by about (sum of covariance terms) / N
+    biased = frechet_distance(a[:400], b[:400])
+    value, error = frechet_physics_distance(a, b)
+    assert biased > 0.005 and value < biased / 3 and 0 < error < 0.01
+    value, error = frechet_physics_distance(a, b + [0.5, 0.0, 0.0])
+    assert value == pytest.approx(0.25, abs=max(3 * error, 0.03)) and error > 0
+
+
+def _gaussian_moments(mu: float, sigma: float) -> np.ndarray:
+    """E[x^k], k = 0..4, of N(mu, sigma^2)."""
+    return np.array([1, mu, mu**2 + sigma**2, mu**3 + 3 * mu * sigma**2, mu**4 + 6 * mu**2 * sigma**2 + 3 * sigma**4])
+
+
+def test_kernel_physics_distance_matches_the_analytic_mmd():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(10000, 1)), rng.normal(0.5, 1.0, size=(10000, 1))
+    # one feature: k(x, y) = (x y + 1)^4 = sum_k C(4, k) x^k y^k, so E k(x, y) = sum_k C(4, k) E[x^k] E[y^k]
+    binomial = np.array([1, 4, 6, 4, 1])
+    mx, my = _gaussian_moments(0.0, 1.0), _gaussian_moments(0.5, 1.0)
+    expected = (binomial * mx * mx).sum() + (binomial * my * my).sum() - 2 * (binomial * mx * my).sum()
+    assert expected == pytest.approx(14.3789, abs=1e-4)
+    value, error = kernel_physics_distance(a, b, batch_size=2500)
+    assert value == pytest.approx(expected, abs=3 * error) and 0 < error < 0.2 * expected
+    same, same_error = kernel_physics_distance(a, rng.normal(size=(10000, 1)), batch_size=2500)
+    assert abs(same) < 2 * same_error + 1e-3
+
+
+def test_kernel_physics_distance_has_an_error_on_small_samples():
+    """Batches of the whole sample were all the same: the old KPD printed its error as 0.00000."""
+    rng = np.random.default_rng(6)
+    a, b = rng.normal(size=(300, 15)), rng.normal(size=(300, 15))
+    with pytest.warns(UserWarning, match="not reliable"):
+        kernel_physics_distance(a[:40], b[:40])
+    value, error = kernel_physics_distance(a, b)
+    assert error > 1e-4 and abs(value) < 3 * error
 
 
 def test_classifier_auc():

@@ -7,8 +7,10 @@ from graphsr.eval.metrics import (
     coverage,
     even_split,
     frechet_distance,
+    frechet_physics_distance,
     hallucinated_fraction,
-    kernel_distance,
+    kernel_physics_distance,
+    mmd_polynomial,
     occupancy,
     parent_sum_residual,
     per_event_sum,
@@ -19,5 +21,6 @@ from graphsr.eval.metrics import (
 )
 
 __all__ = ["SHOWER_SHAPES", "cell_error", "classifier_auc", "coverage", "even_split", "frechet_distance",
-           "hallucinated_fraction", "kernel_distance", "occupancy", "parent_sum_residual", "per_event_sum",
-           "relative_residual_mean", "relative_residual_spread", "shower_shapes", "wasserstein"]
+           "frechet_physics_distance", "hallucinated_fraction", "kernel_physics_distance", "mmd_polynomial",
+           "occupancy", "parent_sum_residual", "per_event_sum", "relative_residual_mean", "relative_residual_spread",
+           "shower_shapes", "wasserstein"]
