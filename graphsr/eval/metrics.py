@@ -194,7 +194,11 @@ def frechet_physics_distance(a, b, *, points: int = 10, batches: int = 20, min_s
     a, b = np.atleast_2d(as_numpy(a).T).T, np.atleast_2d(as_numpy(b).T).T
     _check_size(min(len(a), len(b)), "frechet_physics_distance")
     max_size = max_size or min(len(a), len(b))
-    min_size = min_size or max(max_size // 4, a.shape[1] + 2)
+    if max_size < a.shape[1] + 2:  # covariances of fewer events than features are singular
+        warnings.warn(f"frechet_physics_distance: {max_size} events for {a.shape[1]} features; no value",
+                      stacklevel=2)
+        return float("nan"), float("nan")
+    min_size = min(min_size or max(max_size // 4, a.shape[1] + 2), max_size)
     sizes = (1 / np.linspace(1 / min_size, 1 / max_size, points)).astype(np.int64)
     rng = np.random.default_rng(seed)
     means = [np.mean([frechet_distance(a[rng.integers(0, len(a), n)], b[rng.integers(0, len(b), n)])
