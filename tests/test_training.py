@@ -127,12 +127,12 @@ def test_resume_continues_exactly(data_file, tmp_path):
     assert b["step"] == 8
     for key in ("model", "ema", "optimizer", "scheduler", "noise_generator", "rng_state", "energy_model", "events"):
         _assert_same(a[key], b[key], key)
+    with_train = lambda **changes: config_from_dict({**config.to_dict(),  # noqa: E731
+                                                     "train": {**config.to_dict()["train"], **changes}})
     with pytest.raises(ValueError, match=r"different config \(train.lr differ\)"):
-        train(tiny_config(data_file, tmp_path / "cache", lr=1e-3), tmp_path / "interrupted", resume=True,
-              progress=False)
+        train(with_train(lr=1e-3), tmp_path / "interrupted", resume=True, progress=False)
     # where it runs and how long this call may take may change
-    resumed = train(tiny_config(data_file, tmp_path / "cache", steps=8, device="cpu", time_limit=600.0),
-                    tmp_path / "interrupted", resume=True, progress=False)
+    resumed = train(with_train(device="cpu", time_limit=600.0), tmp_path / "interrupted", resume=True, progress=False)
     assert resumed.step == 8
 
 
