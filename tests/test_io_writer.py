@@ -135,7 +135,7 @@ def with_every_cocoa_branch(trees: dict[str, ak.Array], seed: int = 0) -> dict[s
             for n, cells in zip(lengths[group], lengths["cell_"]):
                 if COCOA_TYPES[name] == NESTED:
                     columns[name].append([rng.normal(size=rng.integers(0, 3)) for _ in range(n)])
-                elif name == "track_to_cell_edge_end":
+                elif name in ("track_to_cell_edge_end", "cell_to_cell_edge_start", "cell_to_cell_edge_end"):
                     columns[name].append(rng.integers(0, max(cells, 1), n))
                 else:
                     columns[name].append(rng.integers(-1, 5, n) if COCOA_TYPES[name] == INT else rng.normal(size=n))
