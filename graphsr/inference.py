@@ -51,7 +51,6 @@ class SuperResolver:
     def __init__(self, checkpoint: str | Path, device: str | torch.device = "auto", use_ema: bool = True,
                  max_nodes: int | None = None):
         checkpoint = pretrained_path() if str(checkpoint) == "pretrained" else checkpoint
-
         self.checkpoint = Path(checkpoint)
         state = load_checkpoint(checkpoint)
         if "energy_model" not in state:
