@@ -80,6 +80,8 @@ def _train(args):
         config.train.device = args.device
     if args.time_limit is not None:
         config.train.time_limit = args.time_limit
+    if args.generator:
+        config.model.generator = args.generator
     result = train(config, args.out, resume=args.resume)
     print(f"checkpoint: {result.checkpoint} (step {result.step}, validation loss {result.val_loss:.4f}, "
           f"{result.events_per_second:.0f} events/s)")
@@ -124,9 +126,9 @@ def _plot_history(args):
 
 def _resolver(args):
     """The checkpoint's model, with the command line's sampler settings that are not per call."""
-    from graphsr.inference import SuperResolver
+    from graphsr.inference import load_resolver
 
-    resolver = SuperResolver(args.checkpoint, device=args.device)
+    resolver = load_resolver(args.checkpoint, device=args.device, generator=args.generator)
     if args.eta is not None:
         resolver.config.sample.eta = args.eta
     return resolver
@@ -173,13 +175,17 @@ def _evaluate(args):
 
     from graphsr.datasets import CocoaDataset
     from graphsr.eval.evaluate import compute_metrics, generate, write_report
-    from graphsr.inference import SuperResolver, unseen_events
+    from graphsr.inference import SuperResolver, load_resolver, unseen_events
     from graphsr.plotting import event_display
 
     resolver = _resolver(args)
     config = resolver.config
     dataset = CocoaDataset([args.input], root=config.data.cache, options=resolver.graph_options)
     events, where = unseen_events(resolver, dataset, args.split)
+    other = load_resolver(args.compare, device=args.device) if args.compare else None
+    if other is not None:  # only events neither model saw
+        events = events[torch.isin(events, unseen_events(other, dataset, args.split)[0])]
+        where += f", unseen by {args.compare} too"
     events = events[:args.events] if args.events else events
     print(f"evaluating {resolver.step}-step checkpoint on {len(events)} events ({where})")
     storage = dataset.storage()
@@ -191,6 +197,14 @@ def _evaluate(args):
                          calibrated=calibrated)
     results = compute_metrics(generated)
     results["calibration"] = resolver.calibration if calibrated else None
+    if other is not None:
+        from graphsr.eval.compare import evaluate_other, side_by_side
+
+        results["comparison"] = side_by_side({
+            f"{config.model.generator}: {args.checkpoint}": results,
+            f"{other.config.model.generator}: {args.compare}": evaluate_other(
+                other, storage, events, ensemble=args.ensemble, sampler=args.sampler, steps=args.steps,
+                seed=args.seed, mode=args.mode, calibrated=calibrated)})
     if args.shifted_inputs:
         results["shifted_inputs"] = _shifted_inputs(resolver, args)
     if args.reco:
@@ -249,10 +263,10 @@ def _calibrate(args):
     import torch
 
     from graphsr.datasets import CocoaDataset
-    from graphsr.inference import SuperResolver, fit_calibration
+    from graphsr.inference import fit_calibration, load_resolver
     from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
 
-    resolver = SuperResolver(args.checkpoint, device=args.device)
+    resolver = load_resolver(args.checkpoint, device=args.device)
     config = resolver.config
     dataset = CocoaDataset(config.data.train, root=config.data.cache, options=resolver.graph_options,
                            max_events=config.data.max_events)
@@ -287,6 +301,8 @@ def _add_sampling_options(parser, ensemble_default=None):
                         "measurement; conserving: to the measurement itself (default: the checkpoint's)")
     parser.add_argument("--uncalibrated", action="store_true",
                         help="leave out the checkpoint's post-hoc spread calibration (raw ensemble)")
+    parser.add_argument("--generator", choices=["dense", "pyramid"],
+                        help="the generator the checkpoint must have been trained with (default: whichever it was)")
     parser.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: CUDA if present)')
 
 
@@ -333,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--time-limit", type=float, help="stop and checkpoint after this many seconds")
     tr.add_argument("--device", help='"cpu", "cuda", "cuda:1" (default: the config, "auto")')
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    tr.add_argument("--generator", choices=["dense", "pyramid"],
+                    help="override model.generator: dense (every child of every coarse cell) or pyramid (which "
+                    "children are hit, then energies on the hits only; options in the config's pyramid section)")
     tr.set_defaults(run=_train)
 
     reco = commands.add_parser("train-reco", help="train a particle-flow model (particle count and kinematics)",
@@ -392,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--reco", nargs="+", help="checkpoints of `graphsr train-reco` (any input types) to evaluate "
                     "downstream; they must not have trained on --input's events")
     ev.add_argument("--displays", type=int, default=2, help="event displays to draw")
+    ev.add_argument("--compare", help="checkpoint of another generator (e.g. the pyramid against the dense one) "
+                    "trained on the same file: evaluated on the same events, its figures side by side in the report")
     ev.add_argument("--shifted-inputs", type=int, default=0,
                     help="also simulate this many single electrons of pT 30 and 80 GeV and of |eta| 0.4-0.6 and "
                     "report how the model does on them (for models trained on the default single electrons)")

@@ -40,6 +40,7 @@ class ModelConfig:
     heads: int = 4                            # attention heads
     context_tokens: int = 4                   # pooled event-context tokens per graph
     dropout: float = 0.0
+    generator: str = "dense"                  # "dense" (every child of every coarse cell) or "pyramid" (hits only)
 
 
 @dataclass
@@ -82,12 +83,23 @@ class SampleConfig:
 
 
 @dataclass
+class PyramidConfig:
+    """The sparse two-stage generator (``model.generator: pyramid``, :mod:`graphsr.models.pyramid`)."""
+
+    levels: list[int] = field(default_factory=lambda: [2])  # factor of each level, coarsest first (product: data's)
+    threshold: float = 0.0                    # GeV: a child is hit (carries energy) when its truth is above this
+    occupancy: str = "analog_bits"            # stage 1: "analog_bits" (diffusion) or "bernoulli" (classifier head)
+    self_condition: float = 0.5               # analog bits: fraction of training events fed their own estimate
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    pyramid: PyramidConfig = field(default_factory=PyramidConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)

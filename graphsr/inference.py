@@ -202,14 +202,62 @@ class SuperResolver:
                                   eta=eta, record_steps=record_steps)
         samples = self.decode(generated, mode, calibrated)
         batch = generated["batch"]
-        out = {"batch": batch, "samples": samples, "mode": mode, "mean": samples.mean(0),
-               "spread": samples.std(0) if samples.size(0) > 1 else torch.zeros_like(samples[0]),
-               "estimate": point_estimate(samples, batch)}
+        out = ensemble_summary(samples, batch, mode)
         if record_steps:
             nf = batch.num_nodes
             out["trajectory"] = torch.stack([self.energy_model.decode(batch, t[:nf], t[nf:], mode)
                                              for t in generated["trajectory"]])
         return out
+
+
+def ensemble_summary(samples: torch.Tensor, batch, mode: str) -> dict:
+    """What a resolver returns for an ensemble ``[K, Nf]`` (GeV) of the events of ``batch``: the samples, their mean,
+    spread and :func:`point_estimate`."""
+    return {"batch": batch, "samples": samples, "mode": mode, "mean": samples.mean(0),
+            "spread": samples.std(0) if samples.size(0) > 1 else torch.zeros_like(samples[0]),
+            "estimate": point_estimate(samples, batch)}
+
+
+class PyramidResolver(SuperResolver):
+    """A trained pyramid generator (:class:`~graphsr.models.pyramid.Pyramid`) behind the :class:`SuperResolver`
+    calls: the same outputs on every child of every coarse cell (those the pyramid leaves empty are zero), so
+    evaluation and :func:`super_resolve_file` treat both generators alike. Its ensembles have no spread
+    calibration (``calibrated`` is ignored); ``trajectory`` is the last level's estimate along its sampler."""
+
+    def generate(self, *args, **kwargs):
+        raise ValueError("a pyramid checkpoint generates fine energies level by level (call the resolver); it has no "
+                         "raw targets, and no spread calibration to fit")
+
+    @torch.no_grad()
+    def __call__(self, storage, events: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
+                 ensemble: int | None = None, seed: int = 0, mode: str | None = None, eta: float | None = None,
+                 calibrated: bool = True, record_steps: bool = False) -> dict:
+        sc, dc = self.config.sample, self.config.diffusion
+        sampler, steps, ensemble, mode = sampler or sc.sampler, steps or sc.steps, ensemble or sc.ensemble, mode or sc.mode
+        events = torch.as_tensor(events)
+        copies = collate_events(*storage, events.repeat(ensemble)).to(self.device)  # copy-major, as generate
+        options = {"eta": sc.eta if eta is None else eta} if sampler == "ddim" else {}
+        out = self.denoiser.sample(copies, self.factor, sigmas=karras_sigmas(steps, dc.sigma_min, dc.sigma_max,
+                                                                             device=self.device),
+                                   generator=torch.Generator(self.device).manual_seed(seed), sampler=sampler,
+                                   mode=mode, record_steps=record_steps, **options)
+        single = collate_events(*storage, events).to(self.device)
+        result = ensemble_summary(out["energy"].view(ensemble, -1), single, mode)
+        if record_steps:
+            result["trajectory"] = out["trajectory"][:, :single.num_nodes]
+        return result
+
+
+def load_resolver(checkpoint: str | Path, device: str | torch.device = "auto", *, generator: str | None = None,
+                  **kwargs) -> SuperResolver:
+    """The resolver of a checkpoint's generator: :class:`SuperResolver` (dense) or :class:`PyramidResolver`.
+
+    ``generator``: when given, the checkpoint must have been trained with it (else ValueError)."""
+    trained = config_from_dict(load_checkpoint(checkpoint)["config"]).model.generator
+    if generator is not None and generator != trained:
+        raise ValueError(f"{checkpoint} was trained with the {trained} generator, not {generator}: train one with "
+                         f"`graphsr train --generator {generator}`")
+    return (PyramidResolver if trained == "pyramid" else SuperResolver)(checkpoint, device, **kwargs)
 
 
 def unseen_events(resolver: SuperResolver, dataset, split: str = "test") -> tuple[torch.Tensor, str]:

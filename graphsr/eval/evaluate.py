@@ -505,6 +505,10 @@ def _markdown(r: dict, title: str, displays: list) -> str:
                          f"{_fmt(v['coarse_spread'])} | {_fmt(v['super_resolved_spread'])} | {v['ratio']:.2f} | "
                          f"{_fmt(v['super_resolved_bias'])} | {_fmt(v['coverage_68'], 3)} |")
         lines.append("")
+    if "comparison" in r:
+        from graphsr.eval.compare import comparison_markdown
+
+        lines += comparison_markdown(r["comparison"])
     if displays:
         lines += ["## Event displays", ""] + [f"![{label}]({Path(p).name})" for label, p in displays] + [""]
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from graphsr.datasets import CocoaDataset
 from graphsr.diffusion import Denoiser, DiffusionLoss
 from graphsr.graphs import GraphLoader, GraphOptions, collate_events
 from graphsr.io import file_digest
+from graphsr.models.pyramid import Pyramid
 from graphsr.models.sr3 import EnergyModel, SR3Network, add_inputs, node_weights, state_batch
 from graphsr.provenance import provenance
 from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
@@ -95,6 +96,12 @@ def data_factor(train) -> int:
 
 
 def build_denoiser(config: Config) -> Denoiser:
+    """The model of ``config.model.generator``: the dense denoiser, or the pyramid
+    (:class:`~graphsr.models.pyramid.Pyramid`)."""
+    if config.model.generator == "pyramid":
+        return Pyramid(config, graph_options(config))
+    if config.model.generator != "dense":
+        raise ValueError(f"unknown generator {config.model.generator!r}; choose 'dense' or 'pyramid'")
     d = config.diffusion
     return Denoiser(SR3Network(config.model), parameterisation=d.parameterisation, sigma_data=d.sigma_data,
                     schedule=d.schedule)
@@ -141,6 +148,8 @@ def _loss(loss_fn, denoiser, batch, energy_model: EnergyModel, generator, factor
     """The loss of a batch: fine and coarse targets in one state, each event's two parts weighted per
     :func:`~graphsr.models.sr3.node_weights` (the regression baseline has no coarse target); ``sigma`` fixes the
     noise level of each event."""
+    if isinstance(denoiser, Pyramid):  # every level's two stages
+        return denoiser.loss(loss_fn, batch, generator, factor, coarse_weight)
     batch = add_inputs(batch, factor)
     fine, coarse = energy_model.encode(batch)
     weight = node_weights(batch, coarse_weight if energy_model.kind == "shares" else 0.0)
@@ -190,6 +199,8 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
 
     torch.manual_seed(tc.seed)  # model initialisation; afterwards the global generator drives dropout
     denoiser = build_denoiser(config).to(device)
+    if isinstance(denoiser, Pyramid) and not state:  # each level's log-share standardisation
+        denoiser.fit(collate_events(train_set._data, train_set.slices, torch.as_tensor(train_set.indices())).to(device))
     ema = AveragedModel(denoiser, avg_fn=ema_update(tc.ema_decay))
     loss_fn = build_loss(config)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -285,7 +296,8 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
         logger.info(f"stopped at step {step} of {tc.steps} (time limit {tc.time_limit} s, stop_after {stop_after}); "
                     "`--resume` continues")
     slot_only = stop_after is not None and step - first_step >= stop_after and step < tc.steps
-    if energy_model.kind == "shares" and config.sample.calibration_events > 0 and len(val_set) and not slot_only:
+    calibrated = energy_model.kind == "shares" and config.model.generator == "dense"  # the pyramid has none yet
+    if calibrated and config.sample.calibration_events > 0 and len(val_set) and not slot_only:
         from graphsr.inference import SuperResolver, fit_calibration
 
         resolver = SuperResolver(out_dir / CHECKPOINT, device=device)
