@@ -151,11 +151,23 @@ class Occupancy(nn.Module):
         ``eta``) drive the analog bits' sampler."""
         prepared = self.denoiser.net.backbone.prepare(view)
         if self.kind == "bernoulli":
-            p = torch.sigmoid(self._logits(view, prepared))
-            return torch.rand(p.shape, device=p.device, generator=generator) < p
-        x = torch.randn(view.coarse_energy.numel(), self.denoiser.net.bits, device=sigmas.device,
-                        generator=generator) * sigmas[0]
-        analog = get_sampler(sampler)(SelfConditioning(self.denoiser), x, sigmas, batch=view.batch,
-                                      extra_args={"data": view, "prepared": prepared}, generator=generator,
-                                      disable=True, num_graphs=view.num_graphs, **options)
-        return decode_bits(analog)
+            return sample_bernoulli(self._logits(view, prepared), generator)
+        return sample_analog_bits(self.denoiser, (view.coarse_energy.numel(), self.denoiser.net.bits), view.batch,
+                                  sigmas, generator, sampler, num_graphs=view.num_graphs,
+                                  extra_args={"data": view, "prepared": prepared}, **options)
+
+
+def sample_bernoulli(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Independent bits, each 1 with probability ``sigmoid(logits)``."""
+    p = torch.sigmoid(logits)
+    return torch.rand(p.shape, device=p.device, generator=generator) < p
+
+
+@torch.no_grad()
+def sample_analog_bits(denoiser, shape: tuple[int, int], batch: torch.Tensor, sigmas: torch.Tensor,
+                       generator: torch.Generator, sampler: str = "heun", **sampler_args) -> torch.Tensor:
+    """Bits ``shape`` ([nodes, bits], bool) from a self-conditioned denoiser ``D(x, sigma, batch, self_cond=...,
+    **extra_args)``: pure noise at ``sigmas[0]``, the project's ``sampler`` down to 0, then the sign."""
+    x = torch.randn(shape, device=sigmas.device, generator=generator) * sigmas[0]
+    return decode_bits(get_sampler(sampler)(SelfConditioning(denoiser), x, sigmas, batch=batch, generator=generator,
+                                            disable=True, **sampler_args))

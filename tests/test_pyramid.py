@@ -1,0 +1,219 @@
+"""The pyramid generator: analog-bit occupancy, hit-only graphs, levels feeding levels, the CLI in pyramid mode."""
+
+from __future__ import annotations
+
+import awkward as ak
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from graphsr.cli import main
+from graphsr.config import config_from_dict
+from graphsr.diffusion import karras_sigmas
+from graphsr.graphs import GraphOptions, build_storage, collate_events
+from graphsr.io import read_cocoa, write_cocoa
+from graphsr.models.occupancy import (SelfConditioning, decode_bits, encode_bits, sample_analog_bits,
+                                      sample_bernoulli)
+from graphsr.models.pyramid import FINE, Pyramid, hit_graph, measured_parents
+from graphsr.simulation import SingleElectronGun, simulate_events
+from graphsr.training.trainer import build_loss
+
+from conftest import make_toy_events
+
+TINY_MODEL = {"width": 16, "depth": 1, "coarse_depth": 1, "heads": 2, "context_tokens": 2, "generator": "pyramid"}
+
+
+def test_analog_bits_round_trip():
+    bits = torch.tensor([[0, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    analog = encode_bits(bits)
+    assert analog.tolist() == [[-1.0, 1.0, 1.0, -1.0], [1.0, 1.0, -1.0, -1.0]]
+    assert torch.equal(decode_bits(analog), bits)
+    # any error smaller than the bit's distance to the threshold decodes to the same bit
+    assert torch.equal(decode_bits(analog + 0.99 * (2 * torch.rand(2, 4, generator=torch.Generator().manual_seed(0))
+                                                    - 1)), bits)
+
+
+@pytest.mark.parametrize("sampler, steps", [("heun", 16), ("ddim", 32)])
+def test_analog_bit_sampling_reproduces_bernoulli_rates(sampler, steps):
+    """With the exact denoiser of independent bits of known rates p, the project's samplers must draw each bit at its
+    rate: for x = x0 + sigma n, x0 = +-1 with P(+1) = p, E[x0 | x] = tanh(x / sigma^2 + logit(p) / 2)."""
+    p = torch.tensor([0.05, 0.3, 0.5, 0.9])
+
+    def exact(x, sigma, batch, self_cond=None):
+        return torch.tanh(x / sigma[batch].unsqueeze(-1) ** 2 + 0.5 * torch.log(p / (1 - p)))
+
+    n = 20_000
+    bits = sample_analog_bits(exact, (n, 4), torch.zeros(n, dtype=torch.long), karras_sigmas(steps),
+                              torch.Generator().manual_seed(0), sampler, num_graphs=1)
+    # binomial standard error <= 0.0035; the samplers' discretisation adds < 0.007 at these steps
+    assert bits.float().mean(0).tolist() == pytest.approx(p.tolist(), abs=0.012)
+
+
+def test_bernoulli_head_draws_each_bit_at_its_probability():
+    logits = torch.log(torch.tensor([0.1, 0.5, 0.8]) / torch.tensor([0.9, 0.5, 0.2])).repeat(20_000, 1)
+    rates = sample_bernoulli(logits, torch.Generator().manual_seed(3)).float().mean(0)
+    assert rates.tolist() == pytest.approx([0.1, 0.5, 0.8], abs=0.01)
+
+
+def test_self_conditioning_feeds_the_previous_estimate():
+    seen = []
+
+    def denoiser(x, sigma, batch, self_cond):
+        seen.append(self_cond.clone())
+        return x + 1
+
+    x, sigma, batch = torch.zeros(3, 2), torch.ones(2), torch.tensor([0, 1, 1])
+    sampling = SelfConditioning(denoiser)
+    sampling(x, sigma, batch)
+    sampling(x + 5, sigma, batch)
+    assert torch.equal(seen[0], torch.zeros(3, 2)) and torch.equal(seen[1], torch.ones(3, 2))
+    # training: the first estimate at the same state for the events drawn (probability 1: all, 0: none)
+    seen.clear()
+    SelfConditioning(denoiser, probability=1.0)(x + 2, sigma, batch)
+    assert torch.equal(seen[1], torch.full((3, 2), 3.0))
+    seen.clear()
+    SelfConditioning(denoiser, probability=0.0)(x + 2, sigma, batch)
+    assert torch.equal(seen[1], torch.zeros(3, 2))
+
+
+def test_stage_two_graph_holds_only_the_hit_children(toy_chunk):
+    low, high = toy_chunk
+    batch = collate_events(*build_storage(*toy_chunk), torch.tensor([0, 2]))  # two events in one batch
+    parents = measured_parents(batch, 2)
+    layer, ieta, iphi = FINE.coarsen(2).cell_index(parents.coarse_cell)
+    chosen = {(0, 0, 60, 0): [0, 3], (0, 0, 60, 1): [1], (0, 1, 61, 0): [2], (1, 1, 60, 10): [0, 1, 2, 3]}
+    hits = torch.zeros(len(layer), 4, dtype=torch.bool)
+    for i, key in enumerate(zip(parents.coarse_batch.tolist(), layer.tolist(), ieta.tolist(), iphi.tolist())):
+        hits[i, chosen.get(key, [])] = True
+    graph = hit_graph(parents, hits, 2, 1, GraphOptions(k=8, k_between=4))
+    # the children by hand: slot s of parent (l, a, b) is (l, 2a + s // 2, 2b + s % 2)
+    expected = [(0, 0, 120, 0), (0, 0, 121, 1), (0, 0, 120, 3), (0, 1, 123, 0),
+                (1, 1, 120, 20), (1, 1, 120, 21), (1, 1, 121, 20), (1, 1, 121, 21)]
+    f_layer, f_ieta, f_iphi = FINE.cell_index(graph.fine_cell)
+    got = list(zip(graph.batch.tolist(), f_layer.tolist(), f_ieta.tolist(), f_iphi.tolist()))
+    assert sorted(got) == sorted(expected)
+    # each hit hangs under its own parent, in its own event
+    assert torch.equal(graph.coarse_batch[graph.fine_parent], graph.batch)
+    assert torch.equal(ieta[graph.fine_parent], f_ieta // 2) and torch.equal(iphi[graph.fine_parent], f_iphi // 2)
+    # edges: with k = 8 and k_between = 4 above the hit counts, every pair of hits of one event in the same or
+    # adjacent layers is linked, both ways, and nothing else (no empty child, no other event)
+    node = {cell: i for i, cell in enumerate(got)}
+    pairs = {(node[a], node[b]) for a in expected for b in expected
+             if a != b and a[0] == b[0] and abs(a[1] - b[1]) <= 1}
+    assert set(map(tuple, graph.fine_edge_index.T.tolist())) == pairs and len(pairs) == 24
+
+
+@pytest.fixture(scope="module")
+def pyramid_4x():
+    """Two events at 4x and an untrained two-level pyramid (levels 2 x 2), threshold 150 MeV."""
+    low, high = make_toy_events([[(0, 30, 0), (0, 30, 1), (1, 30, 0)], [(1, 10, 5), (2, 10, 5)]], factor=4, seed=2)
+    batch = collate_events(*build_storage(low, high), torch.arange(2))
+    config = config_from_dict({"model": TINY_MODEL, "pyramid": {"levels": [2, 2], "threshold": 0.15}})
+    torch.manual_seed(0)
+    return config, Pyramid(config), batch, high
+
+
+def test_teacher_forcing_uses_the_true_intermediate_cells(pyramid_4x):
+    _, pyramid, batch, high = pyramid_4x
+    (_, bits, first), (parents, _, second) = list(pyramid.teacher_forced(batch))
+    # intermediate truth by hand from the High_Tree: sums of the fine cells in each 2x2 block, in GeV
+    truth = {}
+    for event in range(2):
+        cells = high[event]
+        ieta, iphi = FINE.cell_at(cells.cell_layer.to_numpy(), cells.cell_eta.to_numpy(), cells.cell_phi.to_numpy())
+        for la, a, b, e in zip(cells.cell_layer.to_numpy(), ieta, iphi, cells.cell_e.to_numpy()):
+            key = (event, int(la), int(a) // 2, int(b) // 2)
+            truth[key] = truth.get(key, 0.0) + e / 1000
+    hit = {k: v for k, v in truth.items() if v > 0.15}
+    assert 0 < len(hit) < len(truth)  # the threshold leaves some intermediate cells empty
+    layer, ieta, iphi = FINE.coarsen(2).cell_index(first.fine_cell)
+    got = dict(zip(zip(first.batch.tolist(), layer.tolist(), ieta.tolist(), iphi.tolist()), first.fine_energy.tolist()))
+    assert got.keys() == hit.keys() and int(bits.sum()) == len(hit)
+    assert list(got.values()) == pytest.approx([hit[k] for k in got], rel=1e-5)
+    # the second level's parents are exactly those cells, with their true energies
+    assert torch.equal(parents.coarse_cell, first.fine_cell) and torch.equal(parents.coarse_energy, first.fine_energy)
+    assert torch.all(second.fine_energy > 0.15)
+
+
+def test_a_level_output_feeds_the_next_level(pyramid_4x):
+    _, pyramid, batch, _ = pyramid_4x
+    out = pyramid.sample(batch, 4, sigmas=karras_sigmas(3), generator=torch.Generator().manual_seed(0))
+    first, second = out["levels"]
+    assert first["graph"].fine_cell.numel() > 0 and second["graph"].fine_cell.numel() > 0
+    # the second level's parents are the first level's hit cells, with the energies the first level generated
+    assert torch.equal(second["parents"].coarse_cell, first["graph"].fine_cell)
+    assert torch.equal(second["parents"].coarse_energy, first["energy"])
+    # every fine cell lies in its intermediate parent, and a parent's children share exactly its energy
+    graph, parents = second["graph"], second["parents"]
+    assert torch.equal(FINE.parent_id(FINE.coarsen(2), graph.fine_cell), parents.coarse_cell[graph.fine_parent])
+    sums = torch.zeros_like(parents.coarse_energy).index_add_(0, graph.fine_parent, second["energy"])
+    with_children = torch.bincount(graph.fine_parent, minlength=len(sums)) > 0
+    assert torch.allclose(sums[with_children], parents.coarse_energy[with_children], rtol=1e-5, atol=1e-7)
+    # the output holds those energies at their cells of the batch's 16 children per coarse cell, zero elsewhere
+    dense = out["energy"]
+    assert dense.shape == batch.fine_energy.shape
+    position = {(int(e), int(c)): i for i, (e, c) in enumerate(zip(batch.batch, batch.fine_cell))}
+    placed = torch.tensor([position[(int(e), int(c))] for e, c in zip(graph.batch, graph.fine_cell)])
+    assert torch.equal(dense[placed], second["energy"])
+    assert int((dense != 0).sum()) == int((second["energy"] != 0).sum())
+
+
+def test_pyramid_random_paths_are_seeded(pyramid_4x):
+    config, pyramid, batch, _ = pyramid_4x
+
+    def sample(seed):
+        return pyramid.sample(batch, 4, sigmas=karras_sigmas(2), generator=torch.Generator().manual_seed(seed))["energy"]
+
+    assert torch.equal(sample(1), sample(1)) and not torch.equal(sample(1), sample(2))
+    loss_fn = build_loss(config)
+
+    def loss(seed):  # training noise, noise levels and the self-conditioning draw
+        return float(pyramid.loss(loss_fn, batch, torch.Generator().manual_seed(seed), 4))
+
+    assert loss(5) == loss(5) and loss(5) != loss(6)
+    with pytest.raises(ValueError, match="multiply to 4"):
+        pyramid.loss(loss_fn, batch, None, 2)
+
+
+def test_cli_trains_samples_and_evaluates_in_pyramid_mode(tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "e.root"
+    write_cocoa(data, simulate_events(SingleElectronGun(), 30, factor=2, seed=4, neighbour_branches=False))
+    config = tmp_path / "pyramid.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"train": [str(data)], "cache": str(tmp_path / "cache")},
+        "model": {**TINY_MODEL, "generator": "dense"},
+        "train": {"steps": 2, "batch_size": 8, "warmup": 1, "val_every": 2},
+        "sample": {"sampler": "ddim", "steps": 2, "ensemble": 2}}))
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--out", str(run), "--generator", "pyramid"]) == 0
+    checkpoint = str(run / "checkpoint.pt")
+    out = tmp_path / "sr.root"
+    base = ["sample", "--checkpoint", checkpoint, "--input", str(data), "--output", str(out), "--max-events", "4",
+            "--device", "cpu"]
+    assert main(base + ["--generator", "dense"]) == 1 and "pyramid generator" in capsys.readouterr().err
+    assert main(base + ["--generator", "pyramid"]) == 0
+    trees = read_cocoa(out)
+    low, high = trees["Low_Tree"], trees["High_Tree"]
+    # the usual blocks: 4 children per coarse cell, each inside its parent; absent children are written as zero
+    assert len(high) == 4 and np.array_equal(ak.num(high.cell_e).to_numpy(), 4 * ak.num(low.cell_e).to_numpy())
+    for event in range(4):
+        parent = low.low_cell_to_high_cell_edge[event].to_numpy()
+        child = low.high_cell_to_low_cell_edge[event].to_numpy()
+        c_layer, f_layer = low.cell_layer[event].to_numpy(), high.cell_layer[event].to_numpy()
+        c_ieta, c_iphi = FINE.coarsen(2).cell_at(c_layer, low.cell_eta[event].to_numpy(), low.cell_phi[event].to_numpy())
+        f_ieta, f_iphi = FINE.cell_at(f_layer, high.cell_eta[event].to_numpy(), high.cell_phi[event].to_numpy())
+        assert np.array_equal(f_layer[child], c_layer[parent])
+        assert np.array_equal(f_ieta[child] // 2, c_ieta[parent]) and np.array_equal(f_iphi[child] // 2, c_iphi[parent])
+    mean = ak.flatten(high.cell_e_mean).to_numpy()
+    assert np.all(mean >= 0) and np.any(mean == 0) and np.any(mean > 0)
+    # the evaluation report sets a second checkpoint beside the first
+    shutil.copy(checkpoint, tmp_path / "copy.pt")
+    report = tmp_path / "report"
+    with pytest.warns(UserWarning):
+        assert main(["evaluate", "--checkpoint", checkpoint, "--compare", str(tmp_path / "copy.pt"), "--input",
+                     str(data), "--out", str(report), "--ensemble", "2", "--displays", "0", "--device", "cpu"]) == 0
+    text = (report / "report.md").read_text()
+    assert "## Generators side by side" in text and f"pyramid: {tmp_path / 'copy.pt'}" in text
