@@ -15,7 +15,7 @@ DATA        ?= data
 EVENTS      ?= 4000
 SEED        ?= 1
 
-.PHONY: install demo demo-multi train sample eval test test-slow data bench clean
+.PHONY: install demo demo-multi demo-pyramid train sample eval test test-slow data bench clean
 CONFIG      ?= configs/single_electron_2x.yaml
 REGRESSION_CONFIG ?= configs/single_electron_2x_regression.yaml
 RUN         ?= runs/single_electron_2x
@@ -85,6 +85,14 @@ demo-multi: $(STAMP) $(DATA)/multi_particle_4x.root $(DATA)/multi_particle_4x_re
 	  --reco runs/multi_particle_4x_reco_coarse/checkpoint.pt runs/multi_particle_4x_reco_truth/checkpoint.pt \
 	  runs/multi_particle_4x_reco_sr/checkpoint.pt
 	@echo "multi-particle demo done: report in reports/multi_particle_4x/report.md"
+
+# the pyramid generator beside the dense one of `make demo` (its checkpoint first): train it (10 min on CPU), evaluate
+# both on the same held-out events ($(REPORT)_pyramid/report.md), then cost against occupancy (bench_pyramid.py)
+demo-pyramid: $(STAMP) $(DATA)/single_electron_2x.root
+	$(GRAPHSR) train --config configs/single_electron_2x_pyramid.yaml --out $(RUN)_pyramid
+	$(GRAPHSR) evaluate --checkpoint $(RUN)/checkpoint.pt --compare $(RUN)_pyramid/checkpoint.pt --input $(INPUT) \
+	  --out $(REPORT)_pyramid --events 300
+	$(PY) bench/bench_pyramid.py --checkpoint dense=$(RUN)/checkpoint.pt --checkpoint pyramid=$(RUN)_pyramid/checkpoint.pt
 
 # train (or continue with RESUME=1) the model of CONFIG (its data.train files) into RUN; INPUT is made first
 train: $(STAMP) $(INPUT)

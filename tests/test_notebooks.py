@@ -27,6 +27,8 @@ def tiny_run(tmp_path_factory):
         "train": {"steps": 4, "batch_size": 8, "warmup": 1, "val_every": 4},
         "sample": {"steps": 2, "ensemble": 2}})
     train(config, root / "run", progress=False)
+    config.model.generator = "pyramid"
+    train(config, root / "pyramid", progress=False)
     return root, data
 
 
@@ -45,6 +47,7 @@ def test_notebook_runs(path, tiny_run, tmp_path, monkeypatch):
     monkeypatch.setenv("GRAPHSR_DATA", str(data))
     monkeypatch.setenv("GRAPHSR_CACHE", str(root / "cache"))
     monkeypatch.setenv("GRAPHSR_CHECKPOINT", str(root / "run" / "checkpoint.pt"))
+    monkeypatch.setenv("GRAPHSR_PYRAMID_CHECKPOINT", str(root / "pyramid" / "checkpoint.pt"))
     monkeypatch.setenv("GRAPHSR_MAX_EVENTS", "40")
     monkeypatch.setenv("GRAPHSR_EVENTS", "4")
     book = nbformat.read(path, as_version=4)

@@ -58,7 +58,8 @@ class OccupancyNetwork(nn.Module):
     Each parent node sees its noisy bits, the previous estimate (self-conditioning; zeros when not given), its
     measured (or generated) energy and signal-to-noise ratio; positions and layers enter through the backbone, the
     noise level through adaptive LayerNorm. ``data`` is :func:`parent_view` of the parents (with the inputs of
-    :func:`~graphsr.models.sr3.add_inputs`).
+    :func:`~graphsr.models.sr3.add_inputs`). The backbone's blocks already run on the parents' graph, so it has no
+    separate coarse encoder (``model.coarse_depth`` applies to stage 2 only).
 
     Args:
         config: the run's config (``model`` sizes).
@@ -72,7 +73,7 @@ class OccupancyNetwork(nn.Module):
         self.bits = bits
         self.noise_embedding = NoiseEmbedding(m.width)
         self.backbone = GraphTransformer(
-            fine_in=2 * bits + 2, coarse_in=2, out=bits, width=m.width, depth=m.depth, coarse_depth=m.coarse_depth,
+            fine_in=2 * bits + 2, coarse_in=2, out=bits, width=m.width, depth=m.depth, coarse_depth=0,
             heads=m.heads, context_tokens=m.context_tokens, cond_dim=m.width, dropout=m.dropout, geometry=geometry)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, batch: torch.Tensor, data: PairData,

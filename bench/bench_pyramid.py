@@ -1,0 +1,170 @@
+"""Pyramid against dense generation: cost against occupancy, and quality on the same held-out events.
+
+Cost: peak memory and time of one sampler call (the whole ensemble) for events of 1, 4, 16 and 64 electrons spread
+over the detector and for one full-detector event in which every ECAL coarse cell is a candidate (the showers'
+measured cells plus the layer's noise everywhere else: 36,864 coarse and 147,456 fine cells at 2x). Memory: peak RSS
+(each measurement in a fresh process: the rise of the process's peak during its first sampler call, over its peak
+with the event and the model loaded) and, on CUDA, the rise of the peak allocated; time: a second call. Occupancy: the fraction of candidate fine cells that are
+hit in truth, and that the pyramid generates.
+
+Quality: ``graphsr evaluate``'s figures of every checkpoint on the held-out events that none of them saw, side by
+side (:func:`graphsr.eval.compare.side_by_side`).
+
+Usage: ``python bench/bench_pyramid.py --checkpoint dense=runs/e/checkpoint.pt --checkpoint
+pyramid=runs/e_pyramid/checkpoint.pt --input data/single_electron_2x.root [--device cpu] [--ensemble 1]``. The
+first checkpoint is the reference of the cost ratios; all must share one granularity factor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+import warnings
+
+import awkward as ak
+import numpy as np
+import torch
+
+from bench_denoiser import SpreadElectrons
+from graphsr.detector import NUM_ECAL_LAYERS, Geometry
+from graphsr.graphs import build_storage
+from graphsr.inference import load_resolver
+from graphsr.simulation import simulate_events
+
+FULL = "full"
+
+
+def full_detector_event(factor: int, showers: int = 4, seed: int = 0) -> dict:
+    """``Low_Tree`` of one event holding every ECAL coarse cell: ``showers`` electrons' measured cells, noise (the
+    layer's sigma) everywhere else."""
+    trees = simulate_events(SpreadElectrons(showers), 1, factor=factor, seed=seed, neighbour_branches=False)
+    coarse = Geometry.cocoa().coarsen(factor)
+    layer = np.concatenate([np.full(coarse.n[la] ** 2, la) for la in range(NUM_ECAL_LAYERS)])
+    local = np.concatenate([np.arange(coarse.n[la] ** 2) for la in range(NUM_ECAL_LAYERS)])
+    ieta, iphi = local // coarse.n[layer], local % coarse.n[layer]
+    energy = np.random.default_rng(seed).normal(0.0, coarse.noise[layer])
+    low = trees["Low_Tree"][0]
+    hit_layer = low.cell_layer.to_numpy()
+    ecal = hit_layer < NUM_ECAL_LAYERS
+    hit_ieta, hit_iphi = coarse.cell_at(hit_layer[ecal], low.cell_eta.to_numpy()[ecal], low.cell_phi.to_numpy()[ecal])
+    energy[coarse.cell_id(hit_layer[ecal], hit_ieta, hit_iphi)] = low.cell_e.to_numpy()[ecal]
+    eta, phi = coarse.cell_center(layer, ieta, iphi)
+    return {"cell_layer": [layer.astype(np.int32)], "cell_eta": [eta.astype(np.float32)],
+            "cell_phi": [phi.astype(np.float32)], "cell_e": [energy.astype(np.float32)]}
+
+
+def measure(checkpoint: str, case: str, device: str, ensemble: int, seed: int = 0) -> dict:
+    """One sampler call on one event (``case``: a number of showers, or ``full``), in this process."""
+    resolver = load_resolver(checkpoint, device=device)
+    if case == FULL:
+        storage = build_storage(ak.Array(full_detector_event(resolver.factor)), None, resolver.graph_options,
+                                factor=resolver.factor)
+    else:
+        trees = simulate_events(SpreadElectrons(int(case)), 1, factor=resolver.factor, seed=int(case),
+                                neighbour_branches=False)
+        storage = build_storage(trees["Low_Tree"], trees["High_Tree"], resolver.graph_options)
+    events = torch.tensor([0])
+    cuda = resolver.device.type == "cuda"
+    maxrss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731 (MB)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # spread electrons lie outside a single-electron model's training range
+        before, allocated = maxrss(), torch.cuda.memory_allocated() if cuda else 0
+        out = resolver(storage, events, ensemble=ensemble, seed=seed)  # memory: the first call
+        rss_rise = maxrss() - before
+        cuda_rise = (torch.cuda.max_memory_allocated() - allocated) / 2**20 if cuda else None
+        start = time.perf_counter()  # time: the second call (kernels, allocator and caches warm)
+        resolver(storage, events, ensemble=ensemble, seed=seed + 1)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    data = storage[0]
+    return {"fine_cells": int(data.fine_layer.numel()), "seconds": seconds, "rss_rise_mb": rss_rise,
+            "rss_peak_mb": maxrss(), "cuda_rise_mb": cuda_rise,
+            "truth_occupancy": float((data.fine_energy > 0).float().mean()) if "fine_energy" in data else None,
+            "generated_occupancy": float((out["samples"] > 0).float().mean())}
+
+
+def cost_table(checkpoints: dict[str, str], cases: list[str], device: str, ensemble: int, timeout: float):
+    names = list(checkpoints)
+    print(f"\nCost of one sampler call (ensemble {ensemble}, device {device}); ratios against {names[0]}")
+    print(f"{'event':>10} {'fine cells':>10} {'truth occ':>9} | " + " | ".join(
+        f"{n[:12]:>12} {'occ':>5} {'ms':>8} {'RSS+ MB':>8} {'CUDA+ MB':>8} {'t/ref':>6} {'m/ref':>6}" for n in names))
+    for case in cases:
+        row, reference, cells, truth = [], None, "", None
+        for name in names:
+            command = [sys.executable, __file__, "--measure", checkpoints[name], case, "--device", device,
+                       "--ensemble", str(ensemble)]
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+                result = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+            except subprocess.TimeoutExpired:
+                result = None
+            if result is None:
+                row.append(f"{name[:12]:>12} {'failed or over ' + str(int(timeout)) + ' s':>49}")
+                continue
+            reference = reference or result
+            memory = "rss_rise_mb" if result["cuda_rise_mb"] is None else "cuda_rise_mb"
+            cuda = "" if result["cuda_rise_mb"] is None else f"{result['cuda_rise_mb']:.0f}"
+            row.append(f"{name[:12]:>12} {result['generated_occupancy']:>5.2f} {1000 * result['seconds']:>8.0f} "
+                       f"{result['rss_rise_mb']:>8.0f} {cuda:>8} {result['seconds'] / reference['seconds']:>6.2f} "
+                       f"{result[memory] / max(reference[memory], 1e-9):>6.2f}")
+            cells, truth = result["fine_cells"], result["truth_occupancy"]
+        label = "full ECAL" if case == FULL else f"{case} e-"
+        print(f"{label:>10} {cells:>10} {'' if truth is None else f'{truth:.2f}':>9} | " + " | ".join(row), flush=True)
+
+
+def quality_table(checkpoints: dict[str, str], path: str, events: int, ensemble: int, device: str):
+    from graphsr.datasets import CocoaDataset
+    from graphsr.eval.compare import evaluate_other, side_by_side
+    from graphsr.inference import unseen_events
+
+    resolvers = {name: load_resolver(c, device=device) for name, c in checkpoints.items()}
+    first = next(iter(resolvers.values()))
+    dataset = CocoaDataset([path], root=first.config.data.cache, options=first.graph_options)
+    held_out = unseen_events(first, dataset, path)[0]
+    for resolver in resolvers.values():
+        held_out = held_out[torch.isin(held_out, unseen_events(resolver, dataset, path)[0])]
+    held_out = held_out[:events]
+    print(f"\nQuality on {len(held_out)} held-out events of {path} (ensemble {ensemble}, each checkpoint's sampler)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = side_by_side({name: evaluate_other(r, dataset.storage(), held_out, ensemble=ensemble, progress=False)
+                              for name, r in resolvers.items()})
+    print(f"{'figure':<58} " + " ".join(f"{n[:14]:>14}" for n in resolvers))
+    for figure, values in table.items():
+        print(f"{figure[:58]:<58} " + " ".join("n/a".rjust(14) if values[n] is None else f"{values[n]:>14.4g}"
+                                               for n in resolvers))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH",
+                        help="a checkpoint to compare (repeat; the first is the reference)")
+    parser.add_argument("--input", help="COCOA file the checkpoints trained on: quality on its held-out events")
+    parser.add_argument("--events", type=int, default=200, help="held-out events for the quality table")
+    parser.add_argument("--quality-ensemble", type=int, default=10)
+    parser.add_argument("--showers", nargs="+", default=["1", "4", "16", "64"])
+    parser.add_argument("--no-full", action="store_true", help="skip the full-detector event")
+    parser.add_argument("--ensemble", type=int, default=1, help="samples per event in the cost table")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed to one cost measurement")
+    parser.add_argument("--measure", nargs=2, metavar=("CHECKPOINT", "CASE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(*args.measure, args.device, args.ensemble)))
+        return
+    checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
+    if not checkpoints:
+        parser.error("give at least one --checkpoint NAME=PATH")
+    cost_table(checkpoints, args.showers + ([] if args.no_full else [FULL]), args.device, args.ensemble,
+               args.timeout)
+    if args.input:
+        quality_table(checkpoints, args.input, args.events, args.quality_ensemble, args.device)
+
+
+if __name__ == "__main__":
+    main()
