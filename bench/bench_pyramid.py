@@ -2,10 +2,10 @@
 
 Cost: peak memory and time of one sampler call (the whole ensemble) for events of 1, 4, 16 and 64 electrons spread
 over the detector and for one full-detector event in which every ECAL coarse cell is a candidate (the showers'
-measured cells plus the layer's noise everywhere else: 36,864 coarse and 147,456 fine cells at 2x). Memory: peak RSS
-(each measurement in a fresh process: the rise of the process's peak during its first sampler call, over its peak
-with the event and the model loaded) and, on CUDA, the rise of the peak allocated; time: a second call. Occupancy: the fraction of candidate fine cells that are
-hit in truth, and that the pyramid generates.
+measured cells plus the layer's noise everywhere else: 36,864 coarse and 147,456 fine cells at 2x). Memory: peak RSS,
+each measurement in a fresh process (the rise of the process's peak during its first sampler call, over its peak
+with the event and the model loaded), and on CUDA the rise of the peak allocated; time: a second call. Occupancy: the
+fraction of candidate fine cells that are hit in truth, and that each generator fills (energy above zero).
 
 Quality: ``graphsr evaluate``'s figures of every checkpoint on the held-out events that none of them saw, side by
 side (:func:`graphsr.eval.compare.side_by_side`).

@@ -233,7 +233,8 @@ class PyramidResolver(SuperResolver):
                  ensemble: int | None = None, seed: int = 0, mode: str | None = None, eta: float | None = None,
                  calibrated: bool = True, record_steps: bool = False) -> dict:
         sc, dc = self.config.sample, self.config.diffusion
-        sampler, steps, ensemble, mode = sampler or sc.sampler, steps or sc.steps, ensemble or sc.ensemble, mode or sc.mode
+        sampler, steps, ensemble = sampler or sc.sampler, steps or sc.steps, ensemble or sc.ensemble
+        mode = mode or sc.mode
         events = torch.as_tensor(events)
         copies = collate_events(*storage, events.repeat(ensemble)).to(self.device)  # copy-major, as generate
         options = {"eta": sc.eta if eta is None else eta} if sampler == "ddim" else {}

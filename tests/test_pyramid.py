@@ -93,9 +93,17 @@ def test_stage_two_graph_holds_only_the_hit_children(toy_chunk):
     f_layer, f_ieta, f_iphi = FINE.cell_index(graph.fine_cell)
     got = list(zip(graph.batch.tolist(), f_layer.tolist(), f_ieta.tolist(), f_iphi.tolist()))
     assert sorted(got) == sorted(expected)
-    # each hit hangs under its own parent, in its own event
+    # the coarse nodes are the parents with a hit, each hit under its own parent, in its own event
+    c_layer, c_ieta, c_iphi = FINE.coarsen(2).cell_index(graph.coarse_cell)
+    assert sorted(zip(graph.coarse_batch.tolist(), c_layer.tolist(), c_ieta.tolist(), c_iphi.tolist())) == \
+        sorted(chosen)
     assert torch.equal(graph.coarse_batch[graph.fine_parent], graph.batch)
-    assert torch.equal(ieta[graph.fine_parent], f_ieta // 2) and torch.equal(iphi[graph.fine_parent], f_iphi // 2)
+    assert torch.equal(c_ieta[graph.fine_parent], f_ieta // 2) and torch.equal(c_iphi[graph.fine_parent], f_iphi // 2)
+    # coarse edges only among those parents, within each event: (0,60,0) - (0,60,1) - (1,61,0) all linked (k = 8
+    # within a layer, k_between = 4 across), (1,60,10) alone in its event
+    coarse = list(zip(graph.coarse_batch.tolist(), c_layer.tolist()))
+    coarse_pairs = {(a, b) for a in range(4) for b in range(4) if a != b and coarse[a][0] == coarse[b][0]}
+    assert set(map(tuple, graph.coarse_edge_index.T.tolist())) == coarse_pairs and len(coarse_pairs) == 6
     # edges: with k = 8 and k_between = 4 above the hit counts, every pair of hits of one event in the same or
     # adjacent layers is linked, both ways, and nothing else (no empty child, no other event)
     node = {cell: i for i, cell in enumerate(got)}
@@ -144,12 +152,13 @@ def test_a_level_output_feeds_the_next_level(pyramid_4x):
     # the second level's parents are the first level's hit cells, with the energies the first level generated
     assert torch.equal(second["parents"].coarse_cell, first["graph"].fine_cell)
     assert torch.equal(second["parents"].coarse_energy, first["energy"])
-    # every fine cell lies in its intermediate parent, and a parent's children share exactly its energy
+    # the second stage runs on the parents with a hit child; every fine cell lies in its intermediate parent, and a
+    # parent's children share exactly its energy
     graph, parents = second["graph"], second["parents"]
-    assert torch.equal(FINE.parent_id(FINE.coarsen(2), graph.fine_cell), parents.coarse_cell[graph.fine_parent])
-    sums = torch.zeros_like(parents.coarse_energy).index_add_(0, graph.fine_parent, second["energy"])
-    with_children = torch.bincount(graph.fine_parent, minlength=len(sums)) > 0
-    assert torch.allclose(sums[with_children], parents.coarse_energy[with_children], rtol=1e-5, atol=1e-7)
+    assert torch.equal(graph.coarse_cell, parents.coarse_cell[second["bits"].any(1)])
+    assert torch.equal(FINE.parent_id(FINE.coarsen(2), graph.fine_cell), graph.coarse_cell[graph.fine_parent])
+    sums = torch.zeros_like(graph.coarse_energy).index_add_(0, graph.fine_parent, second["energy"])
+    assert torch.allclose(sums, graph.coarse_energy, rtol=1e-5, atol=1e-7)
     # the output holds those energies at their cells of the batch's 16 children per coarse cell, zero elsewhere
     dense = out["energy"]
     assert dense.shape == batch.fine_energy.shape
@@ -163,7 +172,8 @@ def test_pyramid_random_paths_are_seeded(pyramid_4x):
     config, pyramid, batch, _ = pyramid_4x
 
     def sample(seed):
-        return pyramid.sample(batch, 4, sigmas=karras_sigmas(2), generator=torch.Generator().manual_seed(seed))["energy"]
+        generator = torch.Generator().manual_seed(seed)
+        return pyramid.sample(batch, 4, sigmas=karras_sigmas(2), generator=generator)["energy"]
 
     assert torch.equal(sample(1), sample(1)) and not torch.equal(sample(1), sample(2))
     loss_fn = build_loss(config)
@@ -203,7 +213,8 @@ def test_cli_trains_samples_and_evaluates_in_pyramid_mode(tmp_path, capsys):
         parent = low.low_cell_to_high_cell_edge[event].to_numpy()
         child = low.high_cell_to_low_cell_edge[event].to_numpy()
         c_layer, f_layer = low.cell_layer[event].to_numpy(), high.cell_layer[event].to_numpy()
-        c_ieta, c_iphi = FINE.coarsen(2).cell_at(c_layer, low.cell_eta[event].to_numpy(), low.cell_phi[event].to_numpy())
+        c_ieta, c_iphi = FINE.coarsen(2).cell_at(c_layer, low.cell_eta[event].to_numpy(),
+                                                 low.cell_phi[event].to_numpy())
         f_ieta, f_iphi = FINE.cell_at(f_layer, high.cell_eta[event].to_numpy(), high.cell_phi[event].to_numpy())
         assert np.array_equal(f_layer[child], c_layer[parent])
         assert np.array_equal(f_ieta[child] // 2, c_ieta[parent]) and np.array_equal(f_iphi[child] // 2, c_iphi[parent])
@@ -217,3 +228,16 @@ def test_cli_trains_samples_and_evaluates_in_pyramid_mode(tmp_path, capsys):
                      str(data), "--out", str(report), "--ensemble", "2", "--displays", "0", "--device", "cpu"]) == 0
     text = (report / "report.md").read_text()
     assert "## Generators side by side" in text and f"pyramid: {tmp_path / 'copy.pt'}" in text
+
+
+def test_events_left_without_hits_get_zeros(pyramid_4x, monkeypatch):
+    from graphsr.models.occupancy import Occupancy
+
+    _, pyramid, batch, _ = pyramid_4x
+    drawn = Occupancy.sample
+    # stage 1 hits nothing in the first event (all its parents left out of stage 2), as drawn in the second
+    monkeypatch.setattr(Occupancy, "sample", lambda self, view, *args, **kwargs:
+                        drawn(self, view, *args, **kwargs) & (view.batch == 1).unsqueeze(1))
+    out = pyramid.sample(batch, 4, sigmas=karras_sigmas(2), generator=torch.Generator().manual_seed(0))
+    assert torch.all(out["energy"][batch.batch == 0] == 0) and torch.any(out["energy"][batch.batch == 1] > 0)
+    assert torch.all(out["levels"][0]["graph"].coarse_batch == 1)

@@ -5,21 +5,21 @@ ones included, so its cost grows with the candidate cells. The pyramid splits ea
 
 1. occupancy (:mod:`graphsr.models.occupancy`): for every parent, which of its ``factor**2`` children carry
    energy (truth above ``pyramid.threshold``), generated on the parents' graph;
-2. energies on the hit children only: the fine graph holds the hits alone (edges among them, built like the
-   dataset's, and to their parents and the parents' neighbours through the backbone's cross-attention), and the
-   dense path's :class:`~graphsr.models.sr3.EnergyModel` and :class:`~graphsr.models.sr3.SR3Network` run on it:
-   each parent's hit children share its total on the simplex.
+2. energies on the hit children only: the graph holds the hits (edges among them, built like the dataset's) and
+   the parents that have one (edges among them; the backbone's cross-attention reads each hit's parent and the
+   parent's neighbours), and the dense path's :class:`~graphsr.models.sr3.EnergyModel` and
+   :class:`~graphsr.models.sr3.SR3Network` run on it: each parent's hit children share its total on the simplex.
 
-Cost then grows with the parents and the hits. A factor-4 super-resolution runs as two factor-2 levels
-(``pyramid.levels: [2, 2]``): coarse -> intermediate (the detector's geometry coarsened by 2) -> fine; the hit
-cells of one level, with their generated energies, are the parents of the next. Each level is its own
+Cost then grows with the parents (stage 1) and the hits (stage 2). A factor-4 super-resolution runs as two factor-2
+levels (``pyramid.levels: [2, 2]``): coarse -> intermediate (the detector's geometry coarsened by 2) -> fine; the
+hit cells of one level, with their generated energies, are the parents of the next. Each level is its own
 :class:`PyramidLevel` (one class for every level, one set of weights per level: the levels differ in cell size, in
 what a parent is and in how its total is known).
 
 Totals. The first level's parents are the measured coarse cells: as in the dense path, their total is generated
 from its posterior given the measurement (``posterior`` mode) or is the measurement (``conserving``). A parent that
-stage 1 leaves without a hit child gets no energy: with the default threshold (hit: truth > 0) such a parent is
-exactly empty in truth, so the model learns its total as zero; with a positive threshold the pyramid drops at most
+stage 1 leaves without a hit child gets no energy and is left out of stage 2: with the default threshold (hit:
+truth > 0) such a parent is exactly empty in truth; with a positive threshold the pyramid drops at most
 ``factor**2 x threshold`` per parent. Parents of later levels are generated, noise-free cells: their children share
 exactly the generated energy (``conserving``), and their noise-realisation target is zero and not trained.
 
@@ -32,6 +32,7 @@ import math
 
 import torch
 from torch import nn
+from torch_geometric.utils import subgraph
 
 from graphsr.config import Config
 from graphsr.detector import Geometry
@@ -71,17 +72,23 @@ def hit_graph(parents: PairData, hits: torch.Tensor, parent_factor: int, child_f
         options: how fine edges are built (as the dataset's graphs).
 
     Returns:
-        PairData with the parents as coarse nodes and the hit children as fine nodes (``fine_parent``,
-        ``fine_cell`` in the children's geometry, ``batch``), fine edges among the hits of each event only.
+        PairData with the hit children as fine nodes (``fine_parent``, ``fine_cell`` in the children's geometry,
+        ``batch``; edges among the hits of each event only) and, as coarse nodes, the parents that have a hit child
+        (edges among them): nothing in it grows with the empty cells.
     """
     geometry = FINE.coarsen(child_factor)
     layer, ieta, iphi = candidates(parents, parent_factor, child_factor)
     parent, slot = hits.nonzero(as_tuple=True)  # row-major: children grouped by parent, parents (and events) in order
     layer, ieta, iphi = layer[parent, slot], ieta[parent, slot], iphi[parent, slot]
     eta, phi = geometry.cell_center(layer, ieta, iphi)
-    graph = PairData(**{key: parents[key] for key in parents.keys() if key.startswith("coarse_")})
+    kept = hits.any(dim=1)  # parents without a hit child get no energy: they leave the graph
+    graph = PairData(**{key: parents[key][kept] for key in parents.keys()
+                        if key.startswith("coarse_") and key != "coarse_edge_index"})
+    graph.coarse_edge_index = subgraph(kept, parents.coarse_edge_index, relabel_nodes=True,
+                                       num_nodes=kept.numel())[0]
     graph.fine_pos = torch.stack([eta, phi], dim=1).float()
-    graph.fine_layer, graph.fine_cell, graph.fine_parent = layer, geometry.cell_id(layer, ieta, iphi), parent
+    graph.fine_layer, graph.fine_cell = layer, geometry.cell_id(layer, ieta, iphi)
+    graph.fine_parent = (torch.cumsum(kept, 0) - 1)[parent]
     graph.batch = parents.coarse_batch[parent]
     graph.fine_edge_index = neighbour_edges(graph.fine_pos[:, 0], graph.fine_pos[:, 1], layer, graph.batch, options)
     graph.num_graphs = parents.num_graphs
