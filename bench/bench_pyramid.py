@@ -125,9 +125,9 @@ def quality_table(checkpoints: dict[str, str], path: str, events: int, ensemble:
     resolvers = {name: load_resolver(c, device=device) for name, c in checkpoints.items()}
     first = next(iter(resolvers.values()))
     dataset = CocoaDataset([path], root=first.config.data.cache, options=first.graph_options)
-    held_out = unseen_events(first, dataset, path)[0]
+    held_out = unseen_events(first, dataset)[0]
     for resolver in resolvers.values():
-        held_out = held_out[torch.isin(held_out, unseen_events(resolver, dataset, path)[0])]
+        held_out = held_out[torch.isin(held_out, unseen_events(resolver, dataset)[0])]
     held_out = held_out[:events]
     print(f"\nQuality on {len(held_out)} held-out events of {path} (ensemble {ensemble}, each checkpoint's sampler)")
     with warnings.catch_warnings():

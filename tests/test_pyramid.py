@@ -236,8 +236,8 @@ def test_events_left_without_hits_get_zeros(pyramid_4x, monkeypatch):
     _, pyramid, batch, _ = pyramid_4x
     drawn = Occupancy.sample
     # stage 1 hits nothing in the first event (all its parents left out of stage 2), as drawn in the second
-    monkeypatch.setattr(Occupancy, "sample", lambda self, view, *args, **kwargs:
-                        drawn(self, view, *args, **kwargs) & (view.batch == 1).unsqueeze(1))
+    monkeypatch.setattr(Occupancy, "sample", lambda self, parents, *args, **kwargs:
+                        drawn(self, parents, *args, **kwargs) & (parents.coarse_batch == 1).unsqueeze(1))
     out = pyramid.sample(batch, 4, sigmas=karras_sigmas(2), generator=torch.Generator().manual_seed(0))
     assert torch.all(out["energy"][batch.batch == 0] == 0) and torch.any(out["energy"][batch.batch == 1] > 0)
     assert torch.all(out["levels"][0]["graph"].coarse_batch == 1)

@@ -2,7 +2,8 @@
 
 A parent's occupancy is ``factor**2`` bits, one per child (in the order of
 :meth:`~graphsr.detector.Geometry.children`), generated on the parents' graph: one node per parent, so the cost
-grows with the parents, not with their children. Two generators, on the project's graph-transformer backbone:
+grows with the parents, not with their children. Two generators, on the project's graph-transformer backbone (its
+blocks on a single cell graph, :class:`~graphsr.nn.CellTransformer`):
 
 * ``analog_bits`` (Chen, Zhang & Hinton, "Analog Bits", arXiv 2208.04202): each bit is the real number -1 or +1,
   noised, denoised and sampled like any continuous target by the project's preconditioning, loss and samplers, and
@@ -24,9 +25,9 @@ from graphsr import ops
 from graphsr.config import Config
 from graphsr.detector import Geometry
 from graphsr.diffusion import Denoiser, get_sampler
-from graphsr.graphs.data import PairData
+from graphsr.graphs import CellGraph, PairData
 from graphsr.models.sr3 import SNR_SCALE
-from graphsr.nn import GraphTransformer, NoiseEmbedding
+from graphsr.nn import CellTransformer, NoiseEmbedding
 
 KINDS = ("analog_bits", "bernoulli")
 
@@ -41,25 +42,20 @@ def decode_bits(analog: torch.Tensor) -> torch.Tensor:
     return analog > 0
 
 
-def parent_view(parents: PairData) -> PairData:
-    """The parents as the backbone's fine graph, each its own parent: the coarse-conditioned graph transformer then
-    runs on the parents' graph alone (its cross-attention reads each parent and the parent's neighbours)."""
-    view = PairData(**{key: parents[key] for key in parents.keys() if key.startswith("coarse_")})
-    view.fine_pos, view.fine_layer, view.batch = parents.coarse_pos, parents.coarse_layer, parents.coarse_batch
-    view.fine_edge_index = parents.coarse_edge_index
-    view.fine_parent = torch.arange(parents.coarse_layer.numel(), device=parents.coarse_layer.device)
-    view.num_graphs = parents.num_graphs
-    return view
+def parent_cells(parents: PairData) -> CellGraph:
+    """The parents (coarse nodes of ``parents``) as the single cell graph stage 1 runs on."""
+    return CellGraph(parents.coarse_energy, parents.coarse_pos, parents.coarse_layer, parents.coarse_edge_index,
+                     parents.coarse_batch, parents.num_graphs)
 
 
 class OccupancyNetwork(nn.Module):
     """(noisy bits, own previous estimate, noise level, parents) -> ``bits`` values per parent.
 
-    Each parent node sees its noisy bits, the previous estimate (self-conditioning; zeros when not given), its
-    measured (or generated) energy and signal-to-noise ratio; positions and layers enter through the backbone, the
-    noise level through adaptive LayerNorm. ``data`` is :func:`parent_view` of the parents (with the inputs of
-    :func:`~graphsr.models.sr3.add_inputs`). The backbone's blocks already run on the parents' graph, so it has no
-    separate coarse encoder (``model.coarse_depth`` applies to stage 2 only).
+    A :class:`~graphsr.nn.CellTransformer` (the backbone's blocks on a single cell graph) over the parents' graph:
+    each parent sees its noisy bits, the previous estimate (self-conditioning; zeros when not given), its measured
+    (or generated) energy and signal-to-noise ratio; positions and layers enter through the backbone, the noise level
+    through adaptive LayerNorm. ``data``: the parents as coarse nodes, with the inputs of
+    :func:`~graphsr.models.sr3.add_inputs`.
 
     Args:
         config: the run's config (``model`` sizes).
@@ -72,16 +68,16 @@ class OccupancyNetwork(nn.Module):
         m = config.model
         self.bits = bits
         self.noise_embedding = NoiseEmbedding(m.width)
-        self.backbone = GraphTransformer(
-            fine_in=2 * bits + 2, coarse_in=2, out=bits, width=m.width, depth=m.depth, coarse_depth=0,
-            heads=m.heads, context_tokens=m.context_tokens, cond_dim=m.width, dropout=m.dropout, geometry=geometry)
+        self.backbone = CellTransformer(2 * bits + 2, bits, width=m.width, depth=m.depth, heads=m.heads,
+                                        context_tokens=m.context_tokens, cond_dim=m.width, dropout=m.dropout,
+                                        geometry=geometry)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, batch: torch.Tensor, data: PairData,
-                prepared: dict | None = None, self_cond: torch.Tensor | None = None) -> torch.Tensor:
+                self_cond: torch.Tensor | None = None) -> torch.Tensor:
         measured = torch.stack([data.coarse_input, data.coarse_snr / SNR_SCALE], dim=1)
         previous = torch.zeros_like(x) if self_cond is None else self_cond
-        return self.backbone(torch.cat([x, previous, measured], dim=1), measured, data,
-                             self.noise_embedding(c_noise), prepared)
+        return self.backbone(torch.cat([x, previous, measured], dim=1), parent_cells(data),
+                             self.noise_embedding(c_noise))
 
 
 class SelfConditioning:
@@ -128,34 +124,32 @@ class Occupancy(nn.Module):
         self.denoiser = Denoiser(OccupancyNetwork(config, bits, geometry), parameterisation=d.parameterisation,
                                  sigma_data=d.sigma_data, schedule=d.schedule)
 
-    def _logits(self, view: PairData, prepared: dict | None = None) -> torch.Tensor:
+    def _logits(self, parents: PairData) -> torch.Tensor:
         """The Bernoulli head: one pass at a fixed conditioning, no noisy input."""
-        zeros = torch.zeros(view.num_graphs, device=view.coarse_energy.device)
-        x = view.coarse_energy.new_zeros(view.coarse_energy.numel(), self.denoiser.net.bits)
-        return self.denoiser.net(x, zeros, view.batch, view, prepared)
+        zeros = torch.zeros(parents.num_graphs, device=parents.coarse_energy.device)
+        x = parents.coarse_energy.new_zeros(parents.coarse_energy.numel(), self.denoiser.net.bits)
+        return self.denoiser.net(x, zeros, parents.coarse_batch, parents)
 
-    def loss(self, loss_fn, view: PairData, bits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Training loss on true ``bits`` ([Np, bits] bool) of the parents of ``view``, averaged per event.
-
-        ``loss_fn``: the run's :class:`~graphsr.diffusion.DiffusionLoss` (analog bits)."""
+    def loss(self, loss_fn, parents: PairData, bits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Training loss on the true ``bits`` ([Np, bits] bool) of the coarse nodes of ``parents``, averaged per
+        event. ``loss_fn``: the run's :class:`~graphsr.diffusion.DiffusionLoss` (analog bits)."""
         if self.kind == "bernoulli":
-            error = F.binary_cross_entropy_with_logits(self._logits(view), bits.float(), reduction="none")
-            return ops.scatter(error.mean(-1), view.batch, view.num_graphs, "mean").mean()
+            error = F.binary_cross_entropy_with_logits(self._logits(parents), bits.float(), reduction="none")
+            return ops.scatter(error.mean(-1), parents.coarse_batch, parents.num_graphs, "mean").mean()
         denoiser = SelfConditioning(self.denoiser, self.self_condition, generator)
-        return loss_fn(denoiser, encode_bits(bits), batch=view.batch, num_graphs=view.num_graphs,
-                       generator=generator, data=view)
+        return loss_fn(denoiser, encode_bits(bits), batch=parents.coarse_batch, num_graphs=parents.num_graphs,
+                       generator=generator, data=parents)
 
     @torch.no_grad()
-    def sample(self, view: PairData, sigmas: torch.Tensor, generator: torch.Generator, sampler: str = "heun",
+    def sample(self, parents: PairData, sigmas: torch.Tensor, generator: torch.Generator, sampler: str = "heun",
                **options) -> torch.Tensor:
-        """``[Np, bits]`` bool occupancy of the parents of ``view``; ``sigmas``, ``sampler`` and ``options`` (e.g.
-        ``eta``) drive the analog bits' sampler."""
-        prepared = self.denoiser.net.backbone.prepare(view)
+        """``[Np, bits]`` bool occupancy of the coarse nodes of ``parents``; ``sigmas``, ``sampler`` and ``options``
+        (e.g. ``eta``) drive the analog bits' sampler."""
         if self.kind == "bernoulli":
-            return sample_bernoulli(self._logits(view, prepared), generator)
-        return sample_analog_bits(self.denoiser, (view.coarse_energy.numel(), self.denoiser.net.bits), view.batch,
-                                  sigmas, generator, sampler, num_graphs=view.num_graphs,
-                                  extra_args={"data": view, "prepared": prepared}, **options)
+            return sample_bernoulli(self._logits(parents), generator)
+        return sample_analog_bits(self.denoiser, (parents.coarse_energy.numel(), self.denoiser.net.bits),
+                                  parents.coarse_batch, sigmas, generator, sampler, num_graphs=parents.num_graphs,
+                                  extra_args={"data": parents}, **options)
 
 
 def sample_bernoulli(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -40,7 +40,7 @@ from graphsr.diffusion import Denoiser, get_sampler
 from graphsr.graphs import GraphOptions
 from graphsr.graphs.build import neighbour_edges
 from graphsr.graphs.data import PairData
-from graphsr.models.occupancy import Occupancy, parent_view
+from graphsr.models.occupancy import Occupancy
 from graphsr.models.sr3 import EnergyModel, SR3Network, add_inputs, node_weights, state_batch
 
 FINE = Geometry.cocoa()
@@ -206,7 +206,7 @@ class Pyramid(nn.Module):
         self.check_factor(factor)
         total = 0.0
         for i, (level, (parents, bits, graph)) in enumerate(zip(self.levels, self.teacher_forced(batch))):
-            total = total + level.occupancy.loss(loss_fn, parent_view(parents), bits, generator)
+            total = total + level.occupancy.loss(loss_fn, parents, bits, generator)
             fine, coarse = level.energy_model.encode(graph)
             weight = node_weights(graph, coarse_weight if i == 0 else 0.0)
             total = total + loss_fn(level.energy, torch.cat([fine, coarse]).unsqueeze(1), batch=state_batch(graph),
@@ -233,7 +233,7 @@ class Pyramid(nn.Module):
         self.check_factor(factor)
         parents, levels, trajectory = measured_parents(batch, self.factor), [], []
         for i, level in enumerate(self.levels):
-            bits = level.occupancy.sample(parent_view(parents), sigmas, generator, sampler, **sampler_options)
+            bits = level.occupancy.sample(parents, sigmas, generator, sampler, **sampler_options)
             graph = hit_graph(parents, bits, level.parent_factor, level.child_factor, self.options)
             nodes = state_batch(graph)
             x = torch.randn(nodes.numel(), 1, device=sigmas.device, generator=generator) * sigmas[0]

@@ -62,6 +62,8 @@ def distill_round(state: dict, out: str | Path, *, steps: int = 500, batch_size:
     config = config_from_dict(state["config"])
     if config.diffusion.parameterisation == "regression":
         raise ValueError("the regression baseline takes one step already: there is nothing to distil")
+    if config.model.generator != "dense":
+        raise ValueError("distillation of the pyramid generator is not implemented: distil a dense checkpoint")
     grid = teacher_grid(state)
     if len(grid) < 3 or (len(grid) - 1) % 2:
         raise ValueError(f"the teacher samples with {len(grid) - 1} step(s): distillation halves an even number")
