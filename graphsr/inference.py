@@ -254,6 +254,7 @@ def load_resolver(checkpoint: str | Path, device: str | torch.device = "auto", *
     """The resolver of a checkpoint's generator: :class:`SuperResolver` (dense) or :class:`PyramidResolver`.
 
     ``generator``: when given, the checkpoint must have been trained with it (else ValueError)."""
+    checkpoint = pretrained_path() if str(checkpoint) == "pretrained" else checkpoint
     trained = config_from_dict(load_checkpoint(checkpoint)["config"]).model.generator
     if generator is not None and generator != trained:
         raise ValueError(f"{checkpoint} was trained with the {trained} generator, not {generator}: train one with "
