@@ -107,6 +107,11 @@ def main():
     work.mkdir()
     log = Tee(out / "gpu_log.txt")
     figures = {"device": args.device, "tiny": args.tiny, "torch": torch.__version__}
+
+    def save_figures():  # after every stage: a run cut short still brings back what it measured
+        figures["seconds"] = time.perf_counter() - started
+        (out / "gpu_metrics.json").write_text(json.dumps(figures, indent=2, default=float))
+
     if torch.device(args.device).type == "cuda":
         figures["gpu"] = torch.cuda.get_device_name()
     log(f"graphsr GPU run: device {args.device} ({figures.get('gpu', 'cpu')}), torch {torch.__version__}, "
@@ -140,12 +145,16 @@ def main():
                            "val_loss": result.val_loss, "seconds": args.train_seconds}
     log(f"trained {result.step} steps of {config.train.batch_size} events: {result.events_per_second:.0f} events/s "
         f"(target 3000), validation loss {result.val_loss:.4f}")
+    slim(result.checkpoint, out / "teacher.pt")
+    save_figures()
 
     # 3. distil to one network evaluation
     t = time.perf_counter()
     student_path = distill(result.checkpoint, work / "student", steps=10**9, time_limit=args.distill_seconds,
                            device=args.device)
     log(f"distilled to one step in {time.perf_counter() - t:.0f} s")
+    slim(student_path, out / "student.pt")
+    save_figures()
 
     # 4. super-resolution throughput and 5. evaluation, on events neither model saw
     teacher = SuperResolver(result.checkpoint, device=args.device)
@@ -160,6 +169,7 @@ def main():
         figures.setdefault("super_resolution_events_per_s", {})[name] = rate
         log(f"super-resolution, {name.replace('_', ' ')}, ensemble 10: {rate:.0f} events/s "
             f"({len(timed)} events; target 10000 with 4 evaluations)")
+        save_figures()
     evaluated = held_out[-args.eval_events:]
     for name, resolver in (("teacher", teacher), ("student", student)):
         t = time.perf_counter()
@@ -179,15 +189,13 @@ def main():
             f"± {ev['super_resolved']['bias']['error']:.4f}, 68% coverage: event "
             f"{cov.get('event_energy', {}).get('0.68', {}).get('value', float('nan')):.3f}, hit cells "
             f"{cov.get('hit_cells', {}).get('0.68', {}).get('value', float('nan')):.3f} ({time.perf_counter() - t:.0f} s)")
+        save_figures()
 
-    # 6. what comes back
-    slim(result.checkpoint, out / "teacher.pt")
-    slim(student_path, out / "student.pt")
+    # 6. what comes back besides the slim checkpoints
     history = work / "teacher" / "history.csv"
     if history.exists():
         shutil.copy(history, out / "history.csv")
-    figures["seconds"] = time.perf_counter() - started
-    (out / "gpu_metrics.json").write_text(json.dumps(figures, indent=2, default=float))
+    save_figures()
     log(f"done in {figures['seconds']:.0f} s: {out}/gpu_metrics.json, teacher.pt, student.pt")
     shutil.rmtree(work, ignore_errors=True)
     return 0
