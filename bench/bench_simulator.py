@@ -1,6 +1,6 @@
 """Simulator throughput: events per second for both guns, split into showering, cells + clustering, and writing.
 
-Target (issue 2): >= 1000 single-electron events/s on one core. "no-edges" leaves out the cell neighbour branches. Usage: ``python bench/bench_simulator.py [--events N]``.
+Target (issues 2 and 9): >= 1000 single-electron 2x events/s on one core with COCOA's full branch set ("full"); "no-edges" leaves out the cell neighbour branches. Usage: ``python bench/bench_simulator.py [--events N]``.
 """
 
 from __future__ import annotations

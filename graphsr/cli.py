@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import sys
 from pathlib import Path
@@ -82,9 +83,10 @@ def _train(args):
         config.train.time_limit = args.time_limit
     if args.generator:
         config.model.generator = args.generator
-    result = train(config, args.out, resume=args.resume)
-    print(f"checkpoint: {result.checkpoint} (step {result.step}, validation loss {result.val_loss:.4f}, "
-          f"{result.events_per_second:.0f} events/s)")
+    result = train(config, args.out, resume=args.resume, stop_after=args.stop_after)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print(f"checkpoint: {result.checkpoint} (step {result.step}, validation loss {result.val_loss:.4f}, "
+              f"{result.events_per_second:.0f} events/s)")
 
 
 def _train_reco(args):
@@ -349,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--time-limit", type=float, help="stop and checkpoint after this many seconds")
     tr.add_argument("--device", help='"cpu", "cuda", "cuda:1" (default: the config, "auto")')
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    tr.add_argument("--stop-after", type=int, help="leave (with a checkpoint) after this many steps, e.g. to fit a "
+                    "batch-queue slot; --resume goes on as if the run had not stopped")
     tr.add_argument("--generator", choices=["dense", "pyramid"],
                     help="override model.generator: dense (every child of every coarse cell) or pyramid (which "
                     "children are hit, then energies on the hits only; options in the config's pyramid section)")

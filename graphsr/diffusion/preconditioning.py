@@ -138,12 +138,15 @@ class DiffusionLoss:
 
     def __call__(self, denoiser: Denoiser, x0: torch.Tensor, *, batch: torch.Tensor, num_graphs: int,
                  generator: torch.Generator | None = None, sigma: torch.Tensor | None = None,
-                 node_weight: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        """Scalar loss. x0: ``[N, C]`` clean targets; ``sigma`` ([num_graphs]) overrides the random levels;
-        ``node_weight`` ([N]) weights the nodes within each event (default: all equal)."""
+                 noise: torch.Tensor | None = None, node_weight: torch.Tensor | None = None,
+                 **kwargs) -> torch.Tensor:
+        """Scalar loss. x0: ``[N, C]`` clean targets; ``sigma`` ([num_graphs]) and ``noise`` ([N, C], unit
+        normal) override the random draws; ``node_weight`` ([N]) weights the nodes within each event (default: all
+        equal)."""
         if sigma is None:
             sigma = self.sample_sigma(num_graphs, x0.device, generator)
-        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         x = x0 + sigma[batch].unsqueeze(-1) * noise
         error = (denoiser(x, sigma, batch, **kwargs) - x0).pow(2).mean(dim=-1)
         if node_weight is None:

@@ -59,16 +59,21 @@ class GraphLoader:
         shuffle: draw events in a random order each epoch, from ``generator``.
         drop_last: skip the last incomplete batch.
         generator: torch.Generator for reproducible shuffling.
+        part: ``(rank, world_size)``: yield only this rank's consecutive share of every batch (distributed
+            training; ``batch_size`` is then the global batch, a multiple of ``world_size``).
     """
 
     def __init__(self, dataset, batch_size: int = 32, shuffle: bool = False, drop_last: bool = False,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, part: tuple[int, int] = (0, 1)):
+        if batch_size % part[1]:
+            raise ValueError(f"a batch of {batch_size} events does not split into {part[1]} equal shares")
         if isinstance(dataset, tuple):
             (self.data, self.slices), self.indices, self.transform = dataset, None, None
         else:
             self.data, self.slices, self.transform = dataset._data, dataset.slices, dataset.transform
             self.indices = torch.as_tensor(dataset.indices()) if dataset._indices is not None else None
         self.batch_size, self.shuffle, self.drop_last, self.generator = batch_size, shuffle, drop_last, generator
+        self.part = part
 
     def __len__(self) -> int:
         n = self._num_events()
@@ -82,6 +87,27 @@ class GraphLoader:
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         if self.indices is not None:
             order = self.indices[order]
+        for batch, _ in self.shares(order):
+            yield batch
+
+    def shares(self, order: torch.Tensor | None = None):
+        """Like iterating, but yields ``(batch, share)``: this rank's part of each batch and where it sits in the
+        whole batch, ``share = {"events": (first, stop, total), "fine": (first, stop, total), "coarse": ...}`` (node
+        offsets within the whole batch's fine and coarse nodes), so that every rank can draw the whole batch's
+        random numbers and keep its part of them."""
+        if order is None:
+            n = self._num_events()
+            order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+            order = self.indices[order] if self.indices is not None else order
+        rank, world = self.part
+        fine_count = torch.diff(self.slices["fine_layer"])
+        coarse_count = torch.diff(self.slices["coarse_layer"])
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            batch = collate_events(self.data, self.slices, order[start:start + self.batch_size])
-            yield self.transform(batch) if self.transform is not None else batch
+            events = order[start:start + self.batch_size]
+            size = -(-len(events) // world)
+            first, stop = min(rank * size, len(events)), min((rank + 1) * size, len(events))
+            share = {"events": (first, stop, len(events))}
+            for key, count in (("fine", fine_count[events]), ("coarse", coarse_count[events])):
+                share[key] = (int(count[:first].sum()), int(count[:stop].sum()), int(count.sum()))
+            batch = collate_events(self.data, self.slices, events[first:stop])
+            yield (self.transform(batch) if self.transform is not None else batch), share

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,17 +145,45 @@ class TrainResult:
 
 
 def _loss(loss_fn, denoiser, batch, energy_model: EnergyModel, generator, factor: int, coarse_weight: float,
-          sigma: torch.Tensor | None = None):
+          sigma: torch.Tensor | None = None, noise: torch.Tensor | None = None):
     """The loss of a batch: fine and coarse targets in one state, each event's two parts weighted per
-    :func:`~graphsr.models.sr3.node_weights` (the regression baseline has no coarse target); ``sigma`` fixes the
-    noise level of each event."""
+    :func:`~graphsr.models.sr3.node_weights` (the regression baseline has no coarse target); ``sigma`` and
+    ``noise`` fix the noise level of each event and the noise of each node."""
     if isinstance(denoiser, Pyramid):  # every level's two stages
         return denoiser.loss(loss_fn, batch, generator, factor, coarse_weight)
     batch = add_inputs(batch, factor)
     fine, coarse = energy_model.encode(batch)
     weight = node_weights(batch, coarse_weight if energy_model.kind == "shares" else 0.0)
     return loss_fn(denoiser, torch.cat([fine, coarse]).unsqueeze(1), batch=state_batch(batch),
-                   num_graphs=batch.num_graphs, generator=generator, data=batch, node_weight=weight, sigma=sigma)
+                   num_graphs=batch.num_graphs, generator=generator, data=batch, node_weight=weight, sigma=sigma,
+                   noise=noise)
+
+
+def _share_of_draws(loss_fn, share: dict, generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The noise levels and noise of a whole batch, drawn as one process draws them, and this rank's part of them
+    (:meth:`~graphsr.graphs.GraphLoader.shares`): so every rank's events get the numbers they would get in
+    single-process training, whatever the number of ranks."""
+    (e0, e1, events), (f0, f1, fine), (c0, c1, coarse) = share["events"], share["fine"], share["coarse"]
+    sigma = loss_fn.sample_sigma(events, device, generator)
+    noise = torch.randn(fine + coarse, 1, device=device, generator=generator)
+    return sigma[e0:e1], torch.cat([noise[f0:f1], noise[fine + c0:fine + c1]])
+
+
+def distributed_setup(device_name: str = "auto") -> tuple[int, int, torch.device]:
+    """``(rank, world_size, device)``: under ``torchrun`` (``WORLD_SIZE`` > 1) the process group is started
+    (nccl on CUDA, gloo on CPU) and each rank takes the GPU of its ``LOCAL_RANK``; otherwise ``(0, 1, device)``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(device_name)
+    if world == 1:
+        return 0, 1, device
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 @torch.no_grad()
@@ -181,8 +210,19 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     """
     out_dir = Path(out_dir)
     tc = config.train
-    device = resolve_device(tc.device)
+    rank, world, device = distributed_setup(tc.device)
+    main = rank == 0  # writes checkpoints, history and logs
+    if world > 1 and config.model.generator != "dense":
+        raise ValueError("distributed training supports the dense generator only")
+    if world > 1 and not main:  # rank 0 builds (or checks) the graph cache first, the others then read it
+        import torch.distributed as dist
+
+        dist.barrier()
     train_set, val_set, _ = load_splits(config)
+    if world > 1 and main:
+        import torch.distributed as dist
+
+        dist.barrier()
     if len(train_set) == 0:
         raise ValueError(f"no training events in {config.data.train}")
 
@@ -222,7 +262,12 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
         step, epoch, position = state["step"], state["epoch"], state["position"]
     seconds_before = state.get("seconds", 0.0) if state else 0.0
     record = provenance("train", config=config.to_dict(), inputs=config.data.train, seed=tc.seed)
-    history = History(out_dir, resume_step=step if state else None)
+    history = History(out_dir, resume_step=step if state else None) if main else None
+    model = denoiser
+    if world > 1:  # gradients averaged over the ranks' equal shares of every batch
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(denoiser, device_ids=[device.index] if device.type == "cuda" else None)
 
     val_loader = GraphLoader(val_set, tc.batch_size)
     use_amp = tc.amp and device.type == "cuda"
@@ -248,17 +293,20 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
         }, out_dir / CHECKPOINT)
 
     # no bar where stderr is no terminal (a log file, a batch job): tqdm's disable=None
-    bar = tqdm(total=tc.steps, initial=step, disable=None if progress else True, desc="training", unit="step")
+    bar = tqdm(total=tc.steps, initial=step, disable=None if progress and main else True, desc="training",
+               unit="step")
     while step < tc.steps:
         loader = GraphLoader(train_set, tc.batch_size, shuffle=True, drop_last=len(train_set) >= tc.batch_size,
-                             generator=torch.Generator().manual_seed(tc.seed + epoch))
-        for i, batch in enumerate(loader):
+                             generator=torch.Generator().manual_seed(tc.seed + epoch), part=(rank, world))
+        for i, (batch, share) in enumerate(loader.shares()):
             if i < position:  # resuming mid-epoch: skip the batches already trained on
                 continue
             denoiser.train()
             batch = batch.to(device)
+            draws = {} if isinstance(denoiser, Pyramid) else \
+                dict(zip(("sigma", "noise"), _share_of_draws(loss_fn, share, noise, device)))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = _loss(loss_fn, denoiser, batch, energy_model, noise, factor, coarse_weight)
+                loss = _loss(loss_fn, model, batch, energy_model, noise, factor, coarse_weight, **draws)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(denoiser.parameters(), tc.grad_clip)
@@ -266,22 +314,29 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
             optimizer.step()
             scheduler.step()
             ema.update_parameters(denoiser)
-            step, position, events_seen = step + 1, i + 1, events_seen + batch.num_graphs
+            step, position, events_seen = step + 1, i + 1, events_seen + share["events"][2]
             train_loss = loss.item()
             rate = events_seen / (time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4f}", events_per_s=f"{rate:.0f}")
             out_of_time = (tc.time_limit is not None and time.perf_counter() - started > tc.time_limit) or \
                 (stop_after is not None and step - first_step >= stop_after)
-            validate = step % tc.val_every == 0 or step == tc.steps or out_of_time
+            if world > 1:  # the whole batch's loss; every rank stops at the same step
+                import torch.distributed as dist
+
+                flags = torch.tensor([train_loss / world, float(out_of_time)], device=device)
+                dist.all_reduce(flags)
+                train_loss, out_of_time = float(flags[0]), bool(flags[1] > 0)
+            validate = (step % tc.val_every == 0 or step == tc.steps or out_of_time) and main
             if validate:
                 ema.module.eval()
                 val_loss = validation_loss(loss_fn, ema.module, val_loader, energy_model, device, factor,
                                            coarse_weight)
                 logger.info(f"step {step}: train loss {train_loss:.4f}, validation loss (EMA) {val_loss:.4f}")
             # the row before the checkpoint: a resumed run keeps the rows up to the checkpoint's step
-            history.log(step, epoch=epoch, seconds=seconds_before + time.perf_counter() - started, lr=lr,
-                        train_loss=train_loss, val_loss=val_loss if validate else None, events_per_s=rate)
+            if main:
+                history.log(step, epoch=epoch, seconds=seconds_before + time.perf_counter() - started, lr=lr,
+                            train_loss=train_loss, val_loss=val_loss if validate else None, events_per_s=rate)
             if validate:
                 checkpoint()
             if step >= tc.steps or out_of_time:
@@ -291,6 +346,14 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
             continue
         break
     bar.close()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0's last checkpoint is written
+        dist.destroy_process_group()
+    if not main:
+        return TrainResult(out_dir / CHECKPOINT, step, train_loss, val_loss,
+                           events_seen / max(time.perf_counter() - started, 1e-9))
     history.close()
     if step < tc.steps:
         logger.info(f"stopped at step {step} of {tc.steps} (time limit {tc.time_limit} s, stop_after {stop_after}); "
