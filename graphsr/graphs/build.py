@@ -16,34 +16,54 @@ import torch
 from torch_geometric.utils import coalesce
 
 from graphsr import ops
-from graphsr.detector import NUM_ECAL_LAYERS, Geometry
+from graphsr.detector import NUM_ECAL_LAYERS, Geometry, neighbours
 from graphsr.graphs.data import PairData
 
 MEV_PER_GEV = 1000.0
+EDGES = ("grid", "knn", "radius")
 
 
 @dataclass(frozen=True)
 class GraphOptions:
     """What goes into a graph; every option changes processing, so its ``repr`` keys processed caches.
 
+    Edges join cells of one event, within a layer and between adjacent kept layers, in both directions; the coarse
+    and the fine graph are built the same way, each on its own grid.
+
+    - ``"grid"`` (default): the cells of the same layer within a square of ``reach`` cells (``reach=1``: the 8
+      around it, phi wrapping) and the cells of the adjacent kept layers that overlap the cell (one or, in a finer
+      layer, ratio^2), found by index arithmetic on the (layer, ieta, iphi) grid (:mod:`graphsr.detector.neighbours`).
+      Only cells present in the event are linked: unlike kNN, a cell at the rim of its cluster has fewer neighbours
+      (at least its siblings in a fine graph, which always holds all children of a coarse cell) and an isolated cell
+      none in its layer, instead of distant ones, so an edge always means "next to each other" and its relative
+      position takes a few fixed values. Needs the regular grids of :class:`~graphsr.detector.Geometry`.
+    - ``"knn"``: the ``k`` nearest cells of the same layer and, for each cell, the ``k_between`` nearest of each
+      adjacent kept layer (linked both ways), in (eta, cos phi, sin phi): every cell gets ``k`` neighbours in its
+      layer however far; works for irregular cell positions. The graphs of checkpoints written before "grid".
+    - ``"radius"``: the cells of the same layer within ``radius`` in (eta, phi) units, at most ``k`` of them, and
+      kNN links between layers.
+
     Args:
         layers: calorimeter layers to keep (default: the three ECAL layers, as the published study).
-        edges: ``"knn"`` (k nearest cells of the same layer) or ``"radius"`` (cells within ``radius`` in
-            (eta, phi) units, at most ``k`` of them).
-        k: neighbours per cell within its layer.
-        k_between: neighbours per cell in each adjacent kept layer (links both ways).
+        edges: ``"grid"``, ``"knn"`` or ``"radius"``.
+        k: neighbours per cell within its layer (knn, radius).
+        k_between: neighbours per cell in each adjacent kept layer (knn, radius); 0 links no layers, also for grid.
         radius: neighbourhood radius in (eta, phi) for ``edges="radius"``.
+        reach: in-layer reach in cells for ``edges="grid"``.
     """
 
     layers: tuple[int, ...] = tuple(range(NUM_ECAL_LAYERS))
-    edges: str = "knn"
+    edges: str = "grid"
     k: int = 8
     k_between: int = 4
     radius: float = 0.1
+    reach: int = 1
 
     def __post_init__(self):
-        if self.edges not in ("knn", "radius"):
-            raise ValueError(f"edges must be 'knn' or 'radius', got {self.edges!r}")
+        if self.edges not in EDGES:
+            raise ValueError(f"edges must be one of {EDGES}, got {self.edges!r}")
+        if self.reach < 1:
+            raise ValueError(f"reach must be a positive number of cells, got {self.reach}")
         object.__setattr__(self, "layers", tuple(sorted(int(la) for la in self.layers)))
 
 
@@ -81,6 +101,45 @@ def neighbour_edges(eta, phi, layer, event, options: GraphOptions) -> torch.Tens
             parts.append(torch.stack([found[f], query[q]]))
             parts.append(torch.stack([query[q], found[f]]))
     return coalesce(torch.cat(parts, dim=1), num_nodes=len(eta))
+
+
+def grid_edges(event, layer, ieta, iphi, geometry: Geometry, factor: int, options: GraphOptions):
+    """The ``"grid"`` edges of coarse cells and of their children (:class:`GraphOptions`).
+
+    Args:
+        event, layer, ieta, iphi: ``[Nc]`` coarse cells on ``geometry.coarsen(factor)``, sorted by ``event``.
+        geometry: the fine geometry.
+        factor: fine cells per coarse cell per side.
+        options: ``reach`` and ``k_between`` (0: no links between layers).
+
+    Returns:
+        ``(coarse_edges, fine_edges)``: [2, E] edge_index (source, target), sorted by source, over the coarse cells
+        and over their ``factor^2`` children each, in the order of :meth:`~graphsr.detector.Geometry.children`.
+    """
+    coarse = geometry.coarsen(factor)
+    smallest = int(coarse.n[list(options.layers)].min())
+    if 2 * options.reach >= smallest:
+        raise ValueError(f"grid reach {options.reach} wraps around a layer of {smallest} cells per side "
+                         f"(coarse geometry, factor {factor}): use a smaller reach")
+    shape = {"reach": options.reach, "between": options.k_between > 0}
+    table = neighbours.neighbour_table(event, layer, ieta, iphi, coarse, **shape)
+    children = neighbours.children_neighbour_table(table, layer, ieta, iphi, geometry, factor, **shape)
+    return tuple(torch.from_numpy(np.stack(neighbours.table_edges(t))) for t in (table, children))
+
+
+def _check_children(c_event, c_ieta, c_iphi, f_ieta, f_iphi, factor: int, first_event: int) -> None:
+    """Grid edges derive the fine graph from the coarse one: the fine cells must be all children of every coarse
+    cell, in block order."""
+    n = factor**2
+    if len(f_ieta) != n * len(c_ieta):
+        raise ValueError(f"{len(f_ieta)} fine cells under {len(c_ieta)} coarse cells: grid edges need the {n} "
+                         "children of every coarse cell (GraphOptions(edges='knn') does not)")
+    place_eta, place_phi = np.divmod(np.arange(n), factor)
+    bad = ((f_ieta.reshape(-1, n) != c_ieta[:, None] * factor + place_eta)
+           | (f_iphi.reshape(-1, n) != c_iphi[:, None] * factor + place_phi)).any(axis=1)
+    if bad.any():
+        raise ValueError(f"event {first_event + int(c_event[np.argmax(bad)])}: fine cells do not lie inside their "
+                         "coarse cells; grid edges need them to (GraphOptions(edges='knn') does not)")
 
 
 def _local_edges(edges: torch.Tensor, node_event: torch.Tensor, node_ptr: torch.Tensor, num_events: int):
@@ -133,15 +192,17 @@ def build_storage(
         pair_f = _flat(low.high_cell_to_low_cell_edge, np.int64) + _offsets(ak.num(high.cell_layer, axis=1))[pair_event]
         if factor is None:
             factor = int(round(np.sqrt(len(pair_c) / max(len(c_layer), 1)))) or 1
-        # block order: children grouped by parent, parents in stored order
-        order = np.argsort(pair_c, kind="stable")
-        pair_c, pair_f = pair_c[order], pair_f[order]
         keep_pair = keep_c[pair_c]
         parent, fine = pair_c[keep_pair], pair_f[keep_pair]
         f_layer = _flat(high.cell_layer, np.int64)[fine]
         f_eta, f_phi = _flat(high.cell_eta, np.float64)[fine], _flat(high.cell_phi, np.float64)[fine]
-        f_energy = _flat(high.cell_e, np.float32)[fine] / MEV_PER_GEV
         f_ieta, f_iphi = geometry.cell_at(f_layer, f_eta, f_phi)
+        # block order: children grouped by parent, parents in stored order, each parent's children by (ieta, iphi)
+        # as Geometry.children orders them (COCOA files and graphsr's simulator store them so already)
+        order = np.argsort(parent * factor**2 + (f_ieta % factor) * factor + f_iphi % factor, kind="stable")
+        parent, fine, f_layer, f_eta, f_phi, f_ieta, f_iphi = (
+            a[order] for a in (parent, fine, f_layer, f_eta, f_phi, f_ieta, f_iphi))
+        f_energy = _flat(high.cell_e, np.float32)[fine] / MEV_PER_GEV
     else:
         if factor is None:
             raise ValueError("factor is required to build fine cells from coarse cells alone")
@@ -173,12 +234,14 @@ def build_storage(
     t = lambda a, dtype=torch.float32: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
     c_event_t, f_event_t = t(c_event, torch.long), t(f_event, torch.long)
     c_ptr_t, f_ptr_t = t(nc_ptr, torch.long), t(nf_ptr, torch.long)
-    coarse_edges, coarse_edge_ptr = _local_edges(
-        neighbour_edges(t(c_eta), t(c_phi), t(c_layer, torch.long), c_event_t, options), c_event_t, c_ptr_t,
-        num_events)
-    fine_edges, fine_edge_ptr = _local_edges(
-        neighbour_edges(t(f_eta), t(f_phi), t(f_layer, torch.long), f_event_t, options), f_event_t, f_ptr_t,
-        num_events)
+    if options.edges == "grid":
+        _check_children(c_event, c_ieta, c_iphi, f_ieta, f_iphi, factor, first_event)
+        coarse_edges, fine_edges = grid_edges(c_event, c_layer, c_ieta, c_iphi, geometry, factor, options)
+    else:
+        coarse_edges = neighbour_edges(t(c_eta), t(c_phi), t(c_layer, torch.long), c_event_t, options)
+        fine_edges = neighbour_edges(t(f_eta), t(f_phi), t(f_layer, torch.long), f_event_t, options)
+    coarse_edges, coarse_edge_ptr = _local_edges(coarse_edges, c_event_t, c_ptr_t, num_events)
+    fine_edges, fine_edge_ptr = _local_edges(fine_edges, f_event_t, f_ptr_t, num_events)
 
     data = PairData(
         coarse_pos=t(np.stack([c_eta, c_phi], axis=1)),
