@@ -130,35 +130,37 @@ def neighbours(layer: np.ndarray, ieta: np.ndarray, iphi: np.ndarray, geometry: 
 
 def neighbour_table(event: np.ndarray, layer: np.ndarray, ieta: np.ndarray, iphi: np.ndarray, geometry: Geometry,
                     *, reach: int = 1, between: bool = True) -> np.ndarray:
-    """Each cell's neighbour at every slot of :func:`slot_layout`, among the given cells.
+    """Each cell's neighbour at every slot of :func:`slot_layout`, among the cells of its event.
 
     Args:
-        event, layer, ieta, iphi: ``[C]`` int cells, each (event, cell) at most once, in any order (sorted by
-            (event, layer, ieta, iphi), the lookups are faster).
+        event, layer, ieta, iphi: ``[C]`` int cells, sorted by event (events numbered from 0), each cell at most once
+            per event; sorted by (event, layer, ieta, iphi), the lookups are faster.
         geometry: their geometry.
         reach, between: the neighbourhood (module docstring). A grid with no more than ``2 * reach`` cells per side
             wraps phi offsets onto one cell, which then fills several slots (or is its own neighbour).
 
     Returns:
-        ``[C, S]`` int64: index of the neighbour, -1 where that cell is not among the given ones.
+        ``[C, S]`` int32: position of the neighbour among its event's cells, -1 where it is not among them.
     """
     event = np.asarray(event, dtype=np.int64)
     keys = cell_keys(event, layer, ieta, iphi, geometry)
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
-    table = np.full((slot_layout(geometry, reach, between)[2], len(keys)), -1, dtype=np.int64)
+    local = order - np.searchsorted(event, event[order])  # position of each sorted cell in its event
+    table = np.full((slot_layout(geometry, reach, between)[2], len(keys)), -1, dtype=np.int32)
     for slot, rows, *neighbour, back in candidates(layer, ieta, iphi, geometry, reach=reach, between=between,
                                                    forward=True):
         pos = lookup(sorted_keys, cell_keys(event[rows], *neighbour, geometry))
         found = pos >= 0
-        cell, other = rows[found], order[pos[found]]
-        table[slot, cell] = other
-        table[back if np.isscalar(back) else back[found], other] = cell
+        cell, pos = rows[found], pos[found]
+        table[slot, cell] = local[pos]
+        table[back if np.isscalar(back) else back[found], order[pos]] = cell - (order[pos] - local[pos])
     return np.ascontiguousarray(table.T)
 
 
-def children_neighbour_table(table: np.ndarray, layer: np.ndarray, ieta: np.ndarray, iphi: np.ndarray,
-                             geometry: Geometry, factor: int, *, reach: int = 1, between: bool = True) -> np.ndarray:
+def children_neighbour_table(table: np.ndarray, event: np.ndarray, layer: np.ndarray, ieta: np.ndarray,
+                             iphi: np.ndarray, geometry: Geometry, factor: int, *, reach: int = 1,
+                             between: bool = True) -> np.ndarray:
     """:func:`neighbour_table` of all the children of some cells, from the cells' own table.
 
     A neighbour of a child lies in the child's parent or in one of the parent's neighbours (in-layer within
@@ -168,34 +170,36 @@ def children_neighbour_table(table: np.ndarray, layer: np.ndarray, ieta: np.ndar
     Args:
         table: ``[P, S]`` :func:`neighbour_table` of the parent cells, on ``geometry.coarsen(factor)``, with the
             same ``reach`` and ``between``.
-        layer, ieta, iphi: ``[P]`` int parent cells (on the coarse geometry).
+        event, layer, ieta, iphi: ``[P]`` int parent cells (on the coarse geometry), sorted by event.
         geometry: the children's (fine) geometry.
         factor: children per parent per side.
 
     Returns:
-        ``[P * factor^2, S]`` int64: the table of the children in the order of :meth:`Geometry.children` (parent by
+        ``[P * factor^2, S]`` int32: the table of the children in the order of :meth:`Geometry.children` (parent by
         parent, each parent's children by (ieta, iphi)); a negative entry where there is no neighbour.
     """
-    layer, ieta, iphi = (np.asarray(a, dtype=np.int64) for a in (layer, ieta, iphi))
+    event, layer, ieta, iphi = (np.asarray(a, dtype=np.int64) for a in (event, layer, ieta, iphi))
     f, f2 = int(factor), int(factor) ** 2
     num_parents, num_slots = table.shape
     offsets, first, _ = slot_layout(geometry, reach, between)
-    # child q * f2 + place of parent q: columns of the parents' neighbours scaled, then the parent itself, then none
+    # child j of parent q is child q * f2 + j of their event: the parents' neighbours scaled, the parent itself
+    # (its position in its event), and a column for none
     itself, nothing = num_slots, num_slots + 1
-    scaled = np.concatenate([np.where(table >= 0, table * f2, -f2), (np.arange(num_parents) * f2)[:, None],
-                             np.full((num_parents, 1), -f2)], axis=1)
+    scaled = np.empty((num_parents, num_slots + 2), dtype=np.int32)
+    scaled[:, :num_slots] = np.where(table >= 0, table * f2, -f2)
+    scaled[:, itself] = (np.arange(num_parents) - np.searchsorted(event, event)) * f2
+    scaled[:, nothing] = -f2
     parent_slot = {tuple(offset): slot for slot, offset in enumerate(offsets.tolist())}
     parent_slot[(0, 0)] = itself
     a, b = np.divmod(np.arange(f2), f)  # each child's place (ieta, iphi) in its parent
-    # via[child, slot]: the column of ``scaled`` that holds the neighbour's parent; place: where in that parent
-    in_layer_via, in_layer_place = np.full((f2, num_slots), nothing), np.zeros((f2, num_slots), dtype=np.int64)
-    for slot, (d_eta, d_phi) in enumerate(offsets):
-        e, p = a + d_eta, b + d_phi
-        in_layer_via[:, slot] = [parent_slot[key] for key in zip((e // f).tolist(), (p // f).tolist())]
-        in_layer_place[:, slot] = (e % f) * f + p % f
-    out = np.empty((num_parents, f2, num_slots), dtype=np.int64)
+    out = np.empty((num_parents, f2, num_slots), dtype=np.int32)
     for this in np.unique(layer):
-        via, place = in_layer_via.copy(), in_layer_place.copy()
+        # via[child, slot]: the column of ``scaled`` that holds the neighbour's parent; place: where in that parent
+        via, place = np.full((f2, num_slots), nothing), np.zeros((f2, num_slots), dtype=np.int32)
+        for slot, (d_eta, d_phi) in enumerate(offsets):
+            e, p = a + d_eta, b + d_phi
+            via[:, slot] = [parent_slot[key] for key in zip((e // f).tolist(), (p // f).tolist())]
+            place[:, slot] = (e % f) * f + p % f
         coarser = []
         for direction, base in first.items():
             other = this + direction
@@ -207,15 +211,8 @@ def children_neighbour_table(table: np.ndarray, layer: np.ndarray, ieta: np.ndar
                 via[:, base + s] = base + (e // f) * ratio + p // f
                 place[:, base + s] = (e % f) * f + p % f
         rows = np.flatnonzero(layer == this)
-        out[rows] = scaled[rows][:, via] + place
+        out[rows] = np.take(scaled[rows], via, axis=1) + place
         for base, ratio in coarser:  # the one overlapping child of a coarser layer; its place depends on the parent
-            e = (ieta[rows, None] * f + a) // ratio
-            p = (iphi[rows, None] * f + b) // ratio
+            e, p = (ieta[rows, None] * f + a) // ratio, (iphi[rows, None] * f + b) // ratio
             out[rows, :, base] = scaled[rows, base, None] + (e % f) * f + p % f
     return out.reshape(num_parents * f2, num_slots)
-
-
-def table_edges(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(cell, neighbour)`` index pairs of a neighbour table (entries >= 0), sorted by cell."""
-    cell, slot = np.nonzero(table >= 0)
-    return cell, table[cell, slot]

@@ -103,18 +103,21 @@ def neighbour_edges(eta, phi, layer, event, options: GraphOptions) -> torch.Tens
     return coalesce(torch.cat(parts, dim=1), num_nodes=len(eta))
 
 
-def grid_edges(event, layer, ieta, iphi, geometry: Geometry, factor: int, options: GraphOptions):
-    """The ``"grid"`` edges of coarse cells and of their children (:class:`GraphOptions`).
+def grid_edges(event, layer, ieta, iphi, ptr, geometry: Geometry, factor: int, options: GraphOptions):
+    """The ``"grid"`` edges (:class:`GraphOptions`) of coarse cells and of their children, with indices local to
+    each event.
 
     Args:
         event, layer, ieta, iphi: ``[Nc]`` coarse cells on ``geometry.coarsen(factor)``, sorted by ``event``.
+        ptr: ``[num_events + 1]`` offsets of each event's coarse cells.
         geometry: the fine geometry.
         factor: fine cells per coarse cell per side.
-        options: ``reach`` and ``k_between`` (0: no links between layers).
+        options: ``layers``, ``reach`` and ``k_between`` (0: no links between layers).
 
     Returns:
-        ``(coarse_edges, fine_edges)``: [2, E] edge_index (source, target), sorted by source, over the coarse cells
-        and over their ``factor^2`` children each, in the order of :meth:`~graphsr.detector.Geometry.children`.
+        ``((coarse_edges, coarse_edge_ptr), (fine_edges, fine_edge_ptr))``: [2, E] edge_index (source, target) sorted
+        by source, over the coarse cells and over their ``factor^2`` children each (in the order of
+        :meth:`~graphsr.detector.Geometry.children`), and the offsets of each event's edges.
     """
     coarse = geometry.coarsen(factor)
     smallest = int(coarse.n[list(options.layers)].min())
@@ -123,8 +126,22 @@ def grid_edges(event, layer, ieta, iphi, geometry: Geometry, factor: int, option
                          f"(coarse geometry, factor {factor}): use a smaller reach")
     shape = {"reach": options.reach, "between": options.k_between > 0}
     table = neighbours.neighbour_table(event, layer, ieta, iphi, coarse, **shape)
-    children = neighbours.children_neighbour_table(table, layer, ieta, iphi, geometry, factor, **shape)
-    return tuple(torch.from_numpy(np.stack(neighbours.table_edges(t))) for t in (table, children))
+    children = neighbours.children_neighbour_table(table, event, layer, ieta, iphi, geometry, factor, **shape)
+    local = np.arange(len(event)) - ptr[event]
+    fine_local = (local[:, None] * factor**2 + np.arange(factor**2)).reshape(-1)
+    return _table_edges(table, local, ptr), _table_edges(children, fine_local, ptr * factor**2)
+
+
+def _table_edges(table: np.ndarray, local: np.ndarray, ptr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edges (cell -> neighbour: the relation is symmetric) of a neighbour table whose rows are cells sorted by
+    event (``local``: their positions in their events; ``ptr``: each event's first row), and each event's first
+    edge."""
+    valid = table >= 0
+    count = valid.sum(axis=1)
+    edges = np.empty((2, int(count.sum())), dtype=np.int64)
+    edges[0] = np.repeat(local, count)
+    edges[1] = table[valid]
+    return torch.from_numpy(edges), torch.from_numpy(_offsets(count)[ptr])
 
 
 def _check_children(c_event, c_ieta, c_iphi, f_ieta, f_iphi, factor: int, first_event: int) -> None:
@@ -236,12 +253,15 @@ def build_storage(
     c_ptr_t, f_ptr_t = t(nc_ptr, torch.long), t(nf_ptr, torch.long)
     if options.edges == "grid":
         _check_children(c_event, c_ieta, c_iphi, f_ieta, f_iphi, factor, first_event)
-        coarse_edges, fine_edges = grid_edges(c_event, c_layer, c_ieta, c_iphi, geometry, factor, options)
+        (coarse_edges, coarse_edge_ptr), (fine_edges, fine_edge_ptr) = grid_edges(
+            c_event, c_layer, c_ieta, c_iphi, nc_ptr, geometry, factor, options)
     else:
-        coarse_edges = neighbour_edges(t(c_eta), t(c_phi), t(c_layer, torch.long), c_event_t, options)
-        fine_edges = neighbour_edges(t(f_eta), t(f_phi), t(f_layer, torch.long), f_event_t, options)
-    coarse_edges, coarse_edge_ptr = _local_edges(coarse_edges, c_event_t, c_ptr_t, num_events)
-    fine_edges, fine_edge_ptr = _local_edges(fine_edges, f_event_t, f_ptr_t, num_events)
+        coarse_edges, coarse_edge_ptr = _local_edges(
+            neighbour_edges(t(c_eta), t(c_phi), t(c_layer, torch.long), c_event_t, options), c_event_t, c_ptr_t,
+            num_events)
+        fine_edges, fine_edge_ptr = _local_edges(
+            neighbour_edges(t(f_eta), t(f_phi), t(f_layer, torch.long), f_event_t, options), f_event_t, f_ptr_t,
+            num_events)
 
     data = PairData(
         coarse_pos=t(np.stack([c_eta, c_phi], axis=1)),
@@ -278,22 +298,28 @@ def build_storage(
     return data, slices
 
 
-def _segment_index(ptr: torch.Tensor, events: torch.Tensor):
+def _segment_index(ptr: np.ndarray, events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions (along the cat dim) of the given events' segments, and each segment's length."""
     start, count = ptr[events], ptr[events + 1] - ptr[events]
-    owner = torch.repeat_interleave(torch.arange(len(events), device=ptr.device), count)
-    exclusive = torch.cumsum(count, 0) - count
-    return start[owner] + torch.arange(int(count.sum()), device=ptr.device) - exclusive[owner], count
+    return np.arange(count.sum()) + np.repeat(start - (np.cumsum(count) - count), count), count
 
 
-def select_events(data: PairData, slices: dict[str, torch.Tensor], events: torch.Tensor):
-    """The collated storage of a subset of events (indices stay local to their events)."""
-    out, out_slices = PairData(), {}
+def select_events(data: PairData, slices: dict[str, torch.Tensor], events):
+    """The collated storage of a subset of events (indices stay local to their events).
+
+    Gathers with numpy (single-threaded: many small gathers, where torch's threads cost more than they save) and
+    computes the positions once for all keys that share their offsets.
+    """
+    events = torch.as_tensor(events).numpy()
+    out, out_slices, positions = PairData(), {}, {}
     for key, ptr in slices.items():
+        shared = (ptr.data_ptr(), ptr.numel())
+        if shared not in positions:
+            positions[shared] = _segment_index(ptr.numpy(), events)
+        index, count = positions[shared]
         value = data[key]
-        index, count = _segment_index(ptr, events)
-        out[key] = value.index_select(data.__cat_dim__(key, value) % value.dim(), index)
-        out_slices[key] = torch.cat([count.new_zeros(1), count.cumsum(0)])
+        out[key] = torch.from_numpy(np.take(value.numpy(), index, axis=data.__cat_dim__(key, value)))
+        out_slices[key] = torch.from_numpy(_offsets(count))
     return out, out_slices
 
 

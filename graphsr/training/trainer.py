@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -40,7 +40,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def graph_options(config: Config) -> GraphOptions:
-    return GraphOptions(layers=tuple(config.data.layers), k=config.data.k, k_between=config.data.k_between)
+    d = config.data
+    return GraphOptions(layers=tuple(d.layers), edges=d.edges, k=d.k, k_between=d.k_between, reach=d.reach)
 
 
 def load_splits(config: Config, log: bool = False):
@@ -224,6 +225,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     record = provenance("train", config=config.to_dict(), inputs=config.data.train, seed=tc.seed)
     history = History(out_dir, resume_step=step if state else None)
 
+    pin = device.type == "cuda"  # page-locked batches copy to the GPU while it computes
     val_loader = GraphLoader(val_set, tc.batch_size)
     use_amp = tc.amp and device.type == "cuda"
     started, events_seen, first_step = time.perf_counter(), 0, step
@@ -240,8 +242,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
             "scheduler": scheduler.state_dict(), "noise_generator": noise.get_state(), "noise_device": device.type,
             "rng_state": torch.get_rng_state(), **cuda_rng, "step": step,
             "epoch": epoch, "position": position, "config": config.to_dict(), "energy_model": energy_model.state(),
-            "graph_options": {"layers": list(config.data.layers), "k": config.data.k,
-                              "k_between": config.data.k_between},
+            "graph_options": {**asdict(graph_options(config)), "layers": list(config.data.layers)},
             "factor": factor, "val_loss": val_loss, "events": seen, "training_range": data_range,
             "calibration": calibration, "seconds": seconds_before + time.perf_counter() - started,
             "provenance": record,
@@ -251,12 +252,12 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     bar = tqdm(total=tc.steps, initial=step, disable=None if progress else True, desc="training", unit="step")
     while step < tc.steps:
         loader = GraphLoader(train_set, tc.batch_size, shuffle=True, drop_last=len(train_set) >= tc.batch_size,
-                             generator=torch.Generator().manual_seed(tc.seed + epoch))
+                             generator=torch.Generator().manual_seed(tc.seed + epoch), pin_memory=pin)
         for i, batch in enumerate(loader):
             if i < position:  # resuming mid-epoch: skip the batches already trained on
                 continue
             denoiser.train()
-            batch = batch.to(device)
+            batch = batch.to(device, non_blocking=pin)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = _loss(loss_fn, denoiser, batch, energy_model, noise, factor, coarse_weight)
             optimizer.zero_grad(set_to_none=True)
