@@ -76,7 +76,8 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
 
 
 def neighbour_edges(eta, phi, layer, event, options: GraphOptions) -> torch.Tensor:
-    """Edges among cells of many events: neighbours within each layer plus links between adjacent kept layers.
+    """``"knn"`` or ``"radius"`` edges among cells of many events: neighbours within each layer plus links between
+    adjacent kept layers.
 
     Cells must be sorted by ``event``. Distances are taken on (eta, cos phi, sin phi), which wraps phi.
 
