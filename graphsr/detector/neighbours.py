@@ -133,8 +133,8 @@ def neighbour_table(event: np.ndarray, layer: np.ndarray, ieta: np.ndarray, iphi
     """Each cell's neighbour at every slot of :func:`slot_layout`, among the cells of its event.
 
     Args:
-        event, layer, ieta, iphi: ``[C]`` int cells, sorted by event (events numbered from 0), each cell at most once
-            per event; sorted by (event, layer, ieta, iphi), the lookups are faster.
+        event, layer, ieta, iphi: ``[C]`` int cells, sorted by event, each cell at most once per event; sorted
+            by (event, layer, ieta, iphi), the lookups are faster.
         geometry: their geometry.
         reach, between: the neighbourhood (module docstring). A grid with no more than ``2 * reach`` cells per side
             wraps phi offsets onto one cell, which then fills several slots (or is its own neighbour).
