@@ -42,6 +42,20 @@ def test_fine_energies_follow_the_mapping(toy_chunk):
     assert torch.allclose(first.fine_energy[order], stored_energy)
 
 
+def test_the_order_of_the_mapping_does_not_matter(toy_chunk):
+    low, high = toy_chunk
+    shuffled = ak.to_list(low)
+    for event in shuffled:  # list each event's (coarse, fine) pairs in another order
+        order = np.random.default_rng(1).permutation(len(event["low_cell_to_high_cell_edge"]))
+        for key in ("low_cell_to_high_cell_edge", "high_cell_to_low_cell_edge"):
+            event[key] = [event[key][i] for i in order]
+    for edges in ("grid", "knn"):
+        expected, slices = build_storage(low, high, GraphOptions(edges=edges))
+        data, _ = build_storage(ak.Array(shuffled), high, GraphOptions(edges=edges))
+        for key, value in expected:
+            assert torch.equal(value, data[key]), (edges, key)
+
+
 def test_coarse_only_input_builds_the_same_fine_cells(toy_chunk):
     low, high = toy_chunk
     with_fine = build_storage(low, high)[0]

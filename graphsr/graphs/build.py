@@ -216,10 +216,12 @@ def build_storage(
         f_eta, f_phi = _flat(high.cell_eta, np.float64)[fine], _flat(high.cell_phi, np.float64)[fine]
         f_ieta, f_iphi = geometry.cell_at(f_layer, f_eta, f_phi)
         # block order: children grouped by parent, parents in stored order, each parent's children by (ieta, iphi)
-        # as Geometry.children orders them (COCOA files and graphsr's simulator store them so already)
-        order = np.argsort(parent * factor**2 + (f_ieta % factor) * factor + f_iphi % factor, kind="stable")
-        parent, fine, f_layer, f_eta, f_phi, f_ieta, f_iphi = (
-            a[order] for a in (parent, fine, f_layer, f_eta, f_phi, f_ieta, f_iphi))
+        # as Geometry.children orders them (graphsr's simulator stores them so already)
+        block = parent * factor**2 + (f_ieta % factor) * factor + f_iphi % factor
+        if np.any(block[1:] < block[:-1]):
+            order = np.argsort(block, kind="stable")
+            parent, fine, f_layer, f_eta, f_phi, f_ieta, f_iphi = (
+                a[order] for a in (parent, fine, f_layer, f_eta, f_phi, f_ieta, f_iphi))
         f_energy = _flat(high.cell_e, np.float32)[fine] / MEV_PER_GEV
     else:
         if factor is None:
