@@ -36,21 +36,22 @@ from graphsr.simulation import SingleElectronGun, simulate_events
 
 
 def timed(fn, repeat: int = 1):
-    """``(result, seconds)``: the best of ``repeat`` calls."""
-    best = float("inf")
+    """``(result, (wall, cpu))``: the least wall-clock and CPU (process) seconds of ``repeat`` calls."""
+    wall = cpu = float("inf")
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         out = fn()
-        best = min(best, time.perf_counter() - start)
-    return out, best
+        wall, cpu = min(wall, time.perf_counter() - start), min(cpu, time.process_time() - start_cpu)
+    return out, (wall, cpu)
 
 
 def _timing(fn, spent: list[float]):
-    """``fn`` adding the seconds of each call to ``spent[0]``."""
+    """``fn`` adding the wall-clock and CPU seconds of each call to ``spent``."""
     def wrapper(*args, **kwargs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         out = fn(*args, **kwargs)
         spent[0] += time.perf_counter() - start
+        spent[1] += time.process_time() - start_cpu
         return out
     return wrapper
 
@@ -85,7 +86,7 @@ def main():
 
     builds = {}
     for edges in args.edges:
-        edge_time = [0.0]
+        edge_time = [0.0, 0.0]
         originals = {name: getattr(build_module, name) for name in ("grid_edges", "neighbour_edges")}
         for name, original in originals.items():
             setattr(build_module, name, _timing(original, edge_time))
@@ -96,7 +97,7 @@ def main():
         for name, original in originals.items():
             setattr(build_module, name, original)
         edges_per_cell = storage[0].fine_edge_index.size(1) / storage[0].fine_layer.numel()
-        builds[edges] = storage, t_build, edge_time[0] / args.repeat, edges_per_cell
+        builds[edges] = storage, t_build, tuple(t / args.repeat for t in edge_time), edges_per_cell
 
     storage, t_build = builds[args.edges[0]][:2]
 
@@ -111,22 +112,22 @@ def main():
     _, t_pyg = timed(lambda: sum(b.num_graphs for b in DataLoader(events, batch_size=args.batch_size,
                                                                   shuffle=True)), args.repeat)
 
-    total = t_read + t_build + t_batch
+    total = tuple(sum(t) for t in zip(t_read, t_build, t_batch))
     print(f"events: {n} from {args.file or 'simulated single electrons (2x)'}, torch threads "
           f"{torch.get_num_threads()}, torch_cluster {'yes' if ops.has_torch_cluster() else 'no (pure torch)'}, "
           f"best of {args.repeat}")
-    print(f"{'stage':<46}{'seconds':>9}{'events/s':>11}")
+    print(f"{'stage':<46}{'seconds':>9}{'events/s':>11}{'CPU s':>8}")
     rows = [("raw uproot read (same branches)", t_raw), ("graphsr read + validation", t_read)]
     for edges, (_, t, t_edges, per_cell) in builds.items():
-        rows += [(f"graph building, {edges} edges ({per_cell:.1f}/fine cell)", t), ("  of which edges", t_edges)]
+        rows += [(f"graph building, {edges} edges ({per_cell:.1f}/fine cell)", t), ("  of which edges (mean)", t_edges)]
     rows += [(f"batching, GraphLoader ({args.batch_size} events)", t_batch),
-             ("batching, PyG DataLoader: separate + collate", t_separate + t_pyg), ("  of which collate", t_pyg),
-             (f"graphsr total: file -> batches ({args.edges[0]})", total)]
-    for name, t in rows:
-        print(f"{name:<46}{t:>9.3f}{n / t:>11.0f}")
-    print(f"ratio graphsr total / raw uproot read: {total / t_raw:.1f}x the time")
-    print(f"ratio PyG DataLoader / GraphLoader batching: {(t_separate + t_pyg) / t_batch:.1f}x "
-          f"(collate alone {t_pyg / t_batch:.1f}x)")
+             ("batching, PyG DataLoader: separate + collate", tuple(map(sum, zip(t_separate, t_pyg)))),
+             ("  of which collate", t_pyg), (f"graphsr total: file -> batches ({args.edges[0]})", total)]
+    for name, (wall, cpu) in rows:
+        print(f"{name:<46}{wall:>9.3f}{n / wall:>11.0f}{cpu:>8.3f}")
+    print(f"ratio graphsr total / raw uproot read: {total[0] / t_raw[0]:.1f}x the time")
+    print(f"ratio PyG DataLoader / GraphLoader batching: {(t_separate[0] + t_pyg[0]) / t_batch[0]:.1f}x "
+          f"(collate alone {t_pyg[0] / t_batch[0]:.1f}x)")
 
 
 if __name__ == "__main__":
