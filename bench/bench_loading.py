@@ -77,8 +77,13 @@ def main():
         with uproot.open(path) as f:
             n = min(args.events, f["Low_Tree"].num_entries)
             raw_low = [b for b in f["Low_Tree"].keys() if b in GRAPH_BRANCHES_LOW]
-            _, t_raw = timed(lambda: (f["Low_Tree"].arrays(raw_low, entry_stop=n),
-                                      f["High_Tree"].arrays(list(GRAPH_BRANCHES_HIGH), entry_stop=n)), args.repeat)
+
+        def raw_read():  # a fresh file each time: uproot caches what an open file has read
+            with uproot.open(path) as f:
+                return (f["Low_Tree"].arrays(raw_low, entry_stop=n),
+                        f["High_Tree"].arrays(list(GRAPH_BRANCHES_HIGH), entry_stop=n))
+
+        _, t_raw = timed(raw_read, args.repeat)
 
         chunks, t_read = timed(lambda: list(iter_cocoa([path], low_branches=GRAPH_BRANCHES_LOW,
                                                        high_branches=GRAPH_BRANCHES_HIGH, step_size=args.step,
@@ -86,18 +91,24 @@ def main():
 
     builds = {}
     for edges in args.edges:
-        edge_time = [0.0, 0.0]
+        options = GraphOptions(edges=edges)
+        spent = [0.0, 0.0]
         originals = {name: getattr(build_module, name) for name in ("grid_edges", "neighbour_edges")}
         for name, original in originals.items():
-            setattr(build_module, name, _timing(original, edge_time))
-        options = GraphOptions(edges=edges)
-        storage, t_build = timed(lambda: concat_storages([
-            build_storage(c.low, c.high, options, factor=c.factor, first_event=c.entry_start) for c in chunks]),
-            args.repeat)
+            setattr(build_module, name, _timing(original, spent))
+
+        def build():
+            spent[:] = [0.0, 0.0]
+            storage = concat_storages([build_storage(c.low, c.high, options, factor=c.factor,
+                                                     first_event=c.entry_start) for c in chunks])
+            return storage, tuple(spent)
+
+        runs = [timed(build) for _ in range(args.repeat)]
+        (storage, t_edges), t_build = min(runs, key=lambda run: run[1][0])  # the fastest run, with its edges
         for name, original in originals.items():
             setattr(build_module, name, original)
         edges_per_cell = storage[0].fine_edge_index.size(1) / storage[0].fine_layer.numel()
-        builds[edges] = storage, t_build, tuple(t / args.repeat for t in edge_time), edges_per_cell
+        builds[edges] = storage, t_build, t_edges, edges_per_cell
 
     storage, t_build = builds[args.edges[0]][:2]
 
@@ -119,7 +130,7 @@ def main():
     print(f"{'stage':<46}{'seconds':>9}{'events/s':>11}{'CPU s':>8}")
     rows = [("raw uproot read (same branches)", t_raw), ("graphsr read + validation", t_read)]
     for edges, (_, t, t_edges, per_cell) in builds.items():
-        rows += [(f"graph building, {edges} edges ({per_cell:.1f}/fine cell)", t), ("  of which edges (mean)", t_edges)]
+        rows += [(f"graph building, {edges} edges ({per_cell:.1f}/fine cell)", t), ("  of which edges", t_edges)]
     rows += [(f"batching, GraphLoader ({args.batch_size} events)", t_batch),
              ("batching, PyG DataLoader: separate + collate", tuple(map(sum, zip(t_separate, t_pyg)))),
              ("  of which collate", t_pyg), (f"graphsr total: file -> batches ({args.edges[0]})", total)]

@@ -211,7 +211,9 @@ def children_neighbour_table(table: np.ndarray, event: np.ndarray, layer: np.nda
                 via[:, base + s] = base + (e // f) * ratio + p // f
                 place[:, base + s] = (e % f) * f + p % f
         rows = np.flatnonzero(layer == this)
-        out[rows] = np.take(scaled[rows], via, axis=1) + place
+        found = np.take(scaled[rows], via, axis=1)
+        found += place
+        out[rows] = found
         for base, ratio in coarser:  # the one overlapping child of a coarser layer; its place depends on the parent
             e, p = (ieta[rows, None] * f + a) // ratio, (iphi[rows, None] * f + b) // ratio
             out[rows, :, base] = scaled[rows, base, None] + (e % f) * f + p % f
