@@ -192,14 +192,15 @@ def children_neighbour_table(table: np.ndarray, event: np.ndarray, layer: np.nda
     parent_slot = {tuple(offset): slot for slot, offset in enumerate(offsets.tolist())}
     parent_slot[(0, 0)] = itself
     a, b = np.divmod(np.arange(f2), f)  # each child's place (ieta, iphi) in its parent
+    # via[child, slot]: the column of ``scaled`` that holds the neighbour's parent; place: where in that parent
+    in_layer_via, in_layer_place = np.full((f2, num_slots), nothing), np.zeros((f2, num_slots), dtype=np.int32)
+    for slot, (d_eta, d_phi) in enumerate(offsets):
+        e, p = a + d_eta, b + d_phi
+        in_layer_via[:, slot] = [parent_slot[key] for key in zip((e // f).tolist(), (p // f).tolist())]
+        in_layer_place[:, slot] = (e % f) * f + p % f
     out = np.empty((num_parents, f2, num_slots), dtype=np.int32)
     for this in np.unique(layer):
-        # via[child, slot]: the column of ``scaled`` that holds the neighbour's parent; place: where in that parent
-        via, place = np.full((f2, num_slots), nothing), np.zeros((f2, num_slots), dtype=np.int32)
-        for slot, (d_eta, d_phi) in enumerate(offsets):
-            e, p = a + d_eta, b + d_phi
-            via[:, slot] = [parent_slot[key] for key in zip((e // f).tolist(), (p // f).tolist())]
-            place[:, slot] = (e % f) * f + p % f
+        via, place = in_layer_via.copy(), in_layer_place.copy()
         coarser = []
         for direction, base in first.items():
             other = this + direction
