@@ -192,30 +192,27 @@ def children_neighbour_table(table: np.ndarray, event: np.ndarray, layer: np.nda
     parent_slot = {tuple(offset): slot for slot, offset in enumerate(offsets.tolist())}
     parent_slot[(0, 0)] = itself
     a, b = np.divmod(np.arange(f2), f)  # each child's place (ieta, iphi) in its parent
-    # via[child, slot]: the column of ``scaled`` that holds the neighbour's parent; place: where in that parent
-    in_layer_via, in_layer_place = np.full((f2, num_slots), nothing), np.zeros((f2, num_slots), dtype=np.int32)
+    # via[child, slot]: the column of ``scaled`` that holds the neighbour's parent; place: where in that parent.
+    # In-layer slots are the same in every layer: gathered for all parents at once (no temporaries, which cost
+    # more than the arithmetic); the slots between layers, by layer, below
+    via, place = np.full((f2, num_slots), nothing), np.zeros((f2, num_slots), dtype=np.int32)
     for slot, (d_eta, d_phi) in enumerate(offsets):
         e, p = a + d_eta, b + d_phi
-        in_layer_via[:, slot] = [parent_slot[key] for key in zip((e // f).tolist(), (p // f).tolist())]
-        in_layer_place[:, slot] = (e % f) * f + p % f
-    out = np.empty((num_parents, f2, num_slots), dtype=np.int32)
-    for this in np.unique(layer):
-        via, place = in_layer_via.copy(), in_layer_place.copy()
-        coarser = []
-        for direction, base in first.items():
+        via[:, slot] = [parent_slot[key] for key in zip((e // f).tolist(), (p // f).tolist())]
+        place[:, slot] = (e % f) * f + p % f
+    out = np.take(scaled, via, axis=1)
+    out += place
+    for direction, base in first.items():
+        for this in np.unique(layer):
             other = this + direction
             ratio = _ratio(geometry, this, other) if 0 <= other < geometry.num_layers else 0
-            if ratio < 0:
-                coarser.append((base, -ratio))
-            for s in range(max(ratio, 0) ** 2):  # the overlapped children of a finer layer, in overlapped parents
-                e, p = a * ratio + s // ratio, b * ratio + s % ratio
-                via[:, base + s] = base + (e // f) * ratio + p // f
-                place[:, base + s] = (e % f) * f + p % f
-        rows = np.flatnonzero(layer == this)
-        found = np.take(scaled[rows], via, axis=1)
-        found += place
-        out[rows] = found
-        for base, ratio in coarser:  # the one overlapping child of a coarser layer; its place depends on the parent
-            e, p = (ieta[rows, None] * f + a) // ratio, (iphi[rows, None] * f + b) // ratio
-            out[rows, :, base] = scaled[rows, base, None] + (e % f) * f + p % f
+            rows = np.flatnonzero(layer == this)
+            if ratio > 0:  # the overlapped children of a finer layer, in the parent's overlapped parents
+                s = np.arange(ratio * ratio)
+                e, p = a[:, None] * ratio + s // ratio, b[:, None] * ratio + s % ratio
+                found = np.take(scaled[rows], base + (e // f) * ratio + p // f, axis=1)
+                out[rows, :, base:base + ratio * ratio] = found + (e % f) * f + p % f
+            elif ratio < 0:  # the one overlapping child of a coarser layer: its place depends on the parent's
+                e, p = (ieta[rows, None] * f + a) // -ratio, (iphi[rows, None] * f + b) // -ratio
+                out[rows, :, base] = scaled[rows, base, None] + (e % f) * f + p % f
     return out.reshape(num_parents * f2, num_slots)
