@@ -9,8 +9,9 @@ Compares, on the same file and branches, in one run (each stage the best of ``--
   PyG batches      torch_geometric's DataLoader on the same events: separating the storage into one Data object per
                    event (what InMemoryDataset does on first access, cached after) and collating them
 
-Measured on 2 shared CPU cores (5,000 single-electron 2x events, torch_cluster installed), before grid edges:
-838 events/s file -> batches, 71x a raw read, 80% of it kNN. Target (issue 13): >= 5,000 events/s.
+Measured on 2 CPU cores, nothing else running (5,000 single-electron 2x events, torch_cluster installed; README):
+before grid edges 850 events/s file -> batches, 56x a raw read, 88% of it kNN; with grid edges 5,500 events/s,
+8.7x a raw read; GraphLoader 6x faster than PyG's DataLoader (2x its collation alone). Target (issue 13): >= 5,000.
 
 Usage: python bench/bench_loading.py [--events 5000] [--file data/single_electron_2x.root] [--edges grid knn]
 """

@@ -64,7 +64,7 @@ class GraphLoader:
         pin_memory: put each batch in page-locked memory, so that ``batch.to("cuda", non_blocking=True)`` copies
             while the GPU computes (CUDA only).
 
-    No worker processes: a batch is gathered in about a millisecond (64 single-electron events), less than sending
+    No worker processes: a batch is gathered in about 2 ms (64 single-electron events), less than sending
     it from a worker would cost.
     """
 
