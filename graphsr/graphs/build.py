@@ -36,7 +36,8 @@ class GraphOptions:
       Only cells present in the event are linked: unlike kNN, a cell at the rim of its cluster has fewer neighbours
       (at least its siblings in a fine graph, which always holds all children of a coarse cell) and an isolated cell
       none in its layer, instead of distant ones, so an edge always means "next to each other" and its relative
-      position takes a few fixed values. Needs the regular grids of :class:`~graphsr.detector.Geometry`.
+      position takes a few fixed values. Needs the regular grids of :class:`~graphsr.detector.Geometry`; cells
+      known by their positions alone (:func:`neighbour_edges`) get kNN edges instead.
     - ``"knn"``: the ``k`` nearest cells of the same layer and, for each cell, the ``k_between`` nearest of each
       adjacent kept layer (linked both ways), in (eta, cos phi, sin phi): every cell gets ``k`` neighbours in its
       layer however far; works for irregular cell positions. The graphs of checkpoints written before "grid".
@@ -76,10 +77,12 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
 
 
 def neighbour_edges(eta, phi, layer, event, options: GraphOptions) -> torch.Tensor:
-    """``"knn"`` or ``"radius"`` edges among cells of many events: neighbours within each layer plus links between
-    adjacent kept layers.
+    """``"knn"`` or ``"radius"`` edges among cells of many events known by their positions alone: neighbours within
+    each layer plus links between adjacent kept layers.
 
-    Cells must be sorted by ``event``. Distances are taken on (eta, cos phi, sin phi), which wraps phi.
+    Cells must be sorted by ``event``. Distances are taken on (eta, cos phi, sin phi), which wraps phi. Grid edges
+    need the cells' grid indices (:func:`grid_edges`): from positions alone, ``"grid"`` options give kNN edges
+    (``k``, ``k_between``), as for the cell subsets of :mod:`graphsr.graphs.cells` and the pyramid's hit cells.
 
     Returns:
         [2, E] edge_index (source, target) over the given cells, coalesced and sorted by source.
@@ -88,10 +91,10 @@ def neighbour_edges(eta, phi, layer, event, options: GraphOptions) -> torch.Tens
     # segments = (event, layer); torch_cluster wants them sorted
     segment = event * (max(options.layers) + 1) + layer
     order = torch.argsort(segment, stable=True)
-    if options.edges == "knn":
-        within = ops.knn_graph(points[order], options.k, segment[order])
-    else:
+    if options.edges == "radius":
         within = ops.radius_graph(points[order], options.radius, segment[order], max_num_neighbors=options.k)
+    else:
+        within = ops.knn_graph(points[order], options.k, segment[order])
     parts = [order[within]]
     for inner, outer in zip(options.layers[:-1], options.layers[1:]):
         if outer != inner + 1 or options.k_between == 0:
