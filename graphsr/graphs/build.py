@@ -328,11 +328,11 @@ def select_events(data: PairData, slices: dict[str, torch.Tensor], events):
     for key, ptr in slices.items():
         shared = (ptr.data_ptr(), ptr.numel())
         if shared not in positions:
-            positions[shared] = _segment_index(ptr.numpy(), events)
-        index, count = positions[shared]
+            index, count = _segment_index(ptr.numpy(), events)
+            positions[shared] = index, torch.from_numpy(_offsets(count))
+        index, out_slices[key] = positions[shared]
         value = data[key]
         out[key] = torch.from_numpy(np.take(value.numpy(), index, axis=data.__cat_dim__(key, value)))
-        out_slices[key] = torch.from_numpy(_offsets(count))
     return out, out_slices
 
 

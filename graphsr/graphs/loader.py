@@ -25,8 +25,7 @@ def collate_events(data: PairData, slices: dict[str, torch.Tensor], events) -> B
     sub, sub_slices = select_events(data, slices, events)
     num_graphs = len(sub_slices["event"]) - 1
     graphs = np.arange(num_graphs)
-    count = {key: np.diff(ptr.numpy()) for key, ptr in sub_slices.items()}
-    num_fine, num_coarse = count["fine_layer"], count["coarse_layer"]
+    num_fine, num_coarse = (np.diff(sub_slices[key].numpy()) for key in ("fine_layer", "coarse_layer"))
     per_graph_inc = {
         "fine_edge_index": _exclusive_cumsum(num_fine),
         "coarse_edge_index": _exclusive_cumsum(num_coarse),
@@ -34,15 +33,15 @@ def collate_events(data: PairData, slices: dict[str, torch.Tensor], events) -> B
         "coarse_batch": graphs,
     }
     batch = Batch(_base_cls=PairData)
-    inc_dict = {}
+    # PyG keeps one increment per graph for to_data_list(): the amount added to that graph's rows
+    inc_dict, no_increment = {}, torch.zeros(num_graphs, dtype=torch.long)
     for key in sub_slices:
         value = sub[key]
         inc = per_graph_inc.get(key)
-        if inc is not None:
-            value.numpy()[...] += np.repeat(inc, count[key])  # numpy: torch's threads cost more here
+        if inc is not None:  # numpy: torch's threads cost more than they save here
+            value.numpy()[...] += np.repeat(inc, np.diff(sub_slices[key].numpy()))
         batch[key] = value
-        # PyG keeps one increment per graph for to_data_list(): the amount added to that graph's rows
-        inc_dict[key] = torch.from_numpy(inc) if inc is not None else torch.zeros(num_graphs, dtype=torch.long)
+        inc_dict[key] = torch.from_numpy(inc) if inc is not None else no_increment
     batch.batch = torch.from_numpy(np.repeat(graphs, num_fine))
     batch.ptr = sub_slices["fine_layer"]
     batch._slice_dict = sub_slices
