@@ -10,8 +10,9 @@ Compares, on the same file and branches, in one run (each stage the best of ``--
                    event (what InMemoryDataset does on first access, cached after) and collating them
 
 Measured on 2 CPU cores, nothing else running (5,000 single-electron 2x events, torch_cluster installed; README):
-before grid edges 850 events/s file -> batches, 56x a raw read, 88% of it kNN; with grid edges 5,500 events/s,
-8.7x a raw read; GraphLoader 6x faster than PyG's DataLoader (2x its collation alone). Target (issue 13): >= 5,000.
+before grid edges 850 events/s file -> batches, 56x a raw read, 88% of it kNN; with grid edges 4,500 events/s,
+9-10x a raw read (5,500 before the reader's validation grew); GraphLoader 6x faster than PyG's DataLoader (2x its
+collation alone). Target (issue 13): >= 5,000.
 
 Usage: python bench/bench_loading.py [--events 5000] [--file data/single_electron_2x.root] [--edges grid knn]
 """
