@@ -28,8 +28,10 @@ class DataConfig:
     test_fraction: float = 0.1                # held out for evaluation (never trained on)
     split_seed: int = 0                       # seed of the train / val / test split
     layers: list[int] = field(default_factory=lambda: [0, 1, 2])  # calorimeter layers super-resolved
+    edges: str = "grid"                       # graph edges: "grid" (neighbouring cells), "knn" or "radius"
+    reach: int = 1                            # grid: in-layer neighbours within this many cells
     k: int = 8                                # kNN neighbours within a layer
-    k_between: int = 4                        # kNN neighbours in each adjacent layer
+    k_between: int = 4                        # kNN neighbours in each adjacent layer (0: no links between layers)
 
 
 @dataclass

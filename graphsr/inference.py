@@ -67,8 +67,9 @@ class SuperResolver:
         self.calibration: dict | None = state.get("calibration")
         self.training_range: dict | None = state.get("training_range")
         self.events: dict = state.get("events", {})
+        # checkpoints written before grid edges have no "edges": their models were trained on kNN graphs
         self.graph_options = GraphOptions(**{k: tuple(v) if isinstance(v, list) else v
-                                             for k, v in state["graph_options"].items()})
+                                             for k, v in {"edges": "knn", **state["graph_options"]}.items()})
         self.step, self.factor = state["step"], state["factor"]
         # a distilled student samples on the grid it was trained for (graphsr.training.distill)
         self.sampling_sigmas = state.get("sampling_sigmas")

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import awkward as ak
 import numpy as np
 import pytest
+import torch
+
+# one thread per process, here and in the subprocesses tests start: torch's default of one per core spins badly
+# when cores are shared (measured: a tiny training step 10-25x slower on a loaded 2-core machine)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 from graphsr.detector import Geometry
 

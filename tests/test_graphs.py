@@ -1,3 +1,4 @@
+import awkward as ak
 import numpy as np
 import pytest
 import torch
@@ -41,6 +42,20 @@ def test_fine_energies_follow_the_mapping(toy_chunk):
     assert torch.allclose(first.fine_energy[order], stored_energy)
 
 
+def test_the_order_of_the_mapping_does_not_matter(toy_chunk):
+    low, high = toy_chunk
+    shuffled = ak.to_list(low)
+    for event in shuffled:  # list each event's (coarse, fine) pairs in another order
+        order = np.random.default_rng(1).permutation(len(event["low_cell_to_high_cell_edge"]))
+        for key in ("low_cell_to_high_cell_edge", "high_cell_to_low_cell_edge"):
+            event[key] = [event[key][i] for i in order]
+    for edges in ("grid", "knn"):
+        expected, slices = build_storage(low, high, GraphOptions(edges=edges))
+        data, _ = build_storage(ak.Array(shuffled), high, GraphOptions(edges=edges))
+        for key, value in expected:
+            assert torch.equal(value, data[key]), (edges, key)
+
+
 def test_coarse_only_input_builds_the_same_fine_cells(toy_chunk):
     low, high = toy_chunk
     with_fine = build_storage(low, high)[0]
@@ -52,7 +67,7 @@ def test_coarse_only_input_builds_the_same_fine_cells(toy_chunk):
         build_storage(low, None)
 
 
-@pytest.mark.parametrize("edges", ["knn", "radius"])
+@pytest.mark.parametrize("edges", ["grid", "knn", "radius"])
 def test_edges_stay_inside_events_and_adjacent_layers(toy_chunk, edges):
     low, high = toy_chunk
     options = GraphOptions(edges=edges, k=3, k_between=2, radius=0.05)
@@ -74,10 +89,48 @@ def test_edges_stay_inside_events_and_adjacent_layers(toy_chunk, edges):
 def test_knn_wraps_phi():
     # cells 63 and 64 sit at phi = +-(pi - 0.025): nearest to each other only if phi wraps (cell 0 is at phi 0.025)
     low, high = make_toy_events([[(0, 60, 63), (0, 60, 64), (0, 60, 0)]])
-    event = events_of(build_storage(low, high, GraphOptions(k=1, k_between=0)))[0]
+    event = events_of(build_storage(low, high, GraphOptions(edges="knn", k=1, k_between=0)))[0]
     src, dst = event.coarse_edge_index
     pairs = set(zip(src.tolist(), dst.tolist()))
     assert (0, 1) in pairs and (1, 0) in pairs
+
+
+def undirected(edge_index):
+    return {tuple(sorted(pair)) for pair in edge_index.t().tolist()}
+
+
+def test_grid_edges_link_neighbouring_cells(toy_chunk):
+    low, high = toy_chunk
+    first, empty, last = events_of(build_storage(low, high))
+    # first event, 2x grid (128 x 128 in ECAL1-2): 0 = (0, 60, 0), 1 = (0, 60, 1), 2 = (0, 61, 127) next to 0 across
+    # the phi wrap, 3 = (1, 60, 0) under 0, 4 = (1, 61, 0) next to 3; each pair both ways
+    assert undirected(first.coarse_edge_index) == {(0, 1), (0, 2), (0, 3), (3, 4)}
+    assert first.coarse_edge_index.size(1) == 8
+    # last event: ECAL3 (2, 30, 5) is over ECAL2 (60..61, 10..11), which holds (1, 60, 10) and (1, 60, 11)
+    assert undirected(last.coarse_edge_index) == {(0, 1), (0, 2), (1, 2)}
+    # fine ECAL1 cells: 0-3 = (120, 0) (120, 1) (121, 0) (121, 1), children of (0, 60, 0); 4-7 = (120, 2) (120, 3)
+    # (121, 2) (121, 3); 8-11 = (122, 254) (122, 255) (123, 254) (123, 255), of which (122, 255) touches (121, 0)
+    fine = first.fine_edge_index
+    same = first.fine_layer[fine[0]] == first.fine_layer[fine[1]]
+    in_layer = torch.bincount(fine[1][same], minlength=first.num_nodes)
+    assert in_layer[:12].tolist() == [3, 5, 4, 5, 5, 3, 5, 3, 3, 4, 3, 3]
+    # between layers: ECAL1 children of (0, 60, 0) over those of (1, 60, 0), one each
+    between = {(int(a), int(b)) for a, b in fine.t() if first.fine_layer[a] != first.fine_layer[b]}
+    assert between == {(i, 12 + i) for i in range(4)} | {(12 + i, i) for i in range(4)}
+    assert empty.fine_edge_index.numel() == 0
+
+
+def test_grid_needs_the_children_of_coarse_cells(toy_chunk):
+    low, high = toy_chunk
+    moved = ak.to_list(high)
+    moved[2]["cell_eta"][0] += 0.1  # a fine cell of the last event now lies outside its coarse cell
+    with pytest.raises(ValueError, match="event 2: fine cells do not lie inside their coarse cells"):
+        build_storage(low, ak.Array(moved))
+    build_storage(low, ak.Array(moved), GraphOptions(edges="knn"))
+    with pytest.raises(ValueError, match="edges must be one of"):
+        GraphOptions(edges="delaunay")
+    with pytest.raises(ValueError, match="wraps around"):
+        build_storage(low, high, GraphOptions(reach=16, layers=(0, 1, 2, 3, 4, 5)), factor=2)
 
 
 def test_layers_option_and_drop_empty(toy_chunk):

@@ -79,7 +79,8 @@ def test_self_conditioning_feeds_the_previous_estimate():
 
 def test_stage_two_graph_holds_only_the_hit_children(toy_chunk):
     low, high = toy_chunk
-    batch = collate_events(*build_storage(*toy_chunk), torch.tensor([0, 2]))  # two events in one batch
+    # two events in one batch, kNN graphs (the coarse edges below count on k = 8 and k_between = 4)
+    batch = collate_events(*build_storage(*toy_chunk, GraphOptions(edges="knn")), torch.tensor([0, 2]))
     parents = measured_parents(batch, 2)
     layer, ieta, iphi = FINE.coarsen(2).cell_index(parents.coarse_cell)
     chosen = {(0, 0, 60, 0): [0, 3], (0, 0, 60, 1): [1], (0, 1, 61, 0): [2], (1, 1, 60, 10): [0, 1, 2, 3]}

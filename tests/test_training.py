@@ -22,9 +22,10 @@ from graphsr.eval.evaluate import compute_metrics, generate
 from graphsr.inference import SuperResolver
 from graphsr.io import open_cocoa, read_cocoa, write_cocoa
 from graphsr.simulation import SingleElectronGun, simulate_events
-from graphsr.training.checkpoint import load_checkpoint
+from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
 from graphsr.training.trainer import _loss, build_denoiser, build_loss, fit_energy_model, load_splits, train
-from graphsr.graphs import collate_events
+from graphsr.datasets import CocoaDataset
+from graphsr.graphs import GraphOptions, collate_events
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +208,25 @@ def test_sampling_is_seeded_and_conserving_mode_holds_parents(trained):
     batch = c["batch"]
     sums = torch.zeros_like(batch.coarse_energy).index_add_(0, batch.fine_parent, c["samples"][0])
     assert torch.allclose(sums, batch.coarse_energy, rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoints_carry_their_graph_options(trained, tmp_path):
+    config, result = trained
+    state = load_checkpoint(result.checkpoint)
+    assert SuperResolver(result.checkpoint).graph_options == GraphOptions()  # grid edges, the default
+    # written before grid edges: no "edges" in graph_options, and a model trained on kNN graphs, which sampling
+    # rebuilds (every fine cell gets k = 8 neighbours in its layer, which grid edges give only inside showers)
+    del state["graph_options"]["edges"], state["graph_options"]["reach"], state["graph_options"]["radius"]
+    save_checkpoint(state, tmp_path / "old.pt")
+    resolver = SuperResolver(tmp_path / "old.pt", device="cpu")
+    assert resolver.graph_options == GraphOptions(edges="knn", k=8, k_between=4)
+    dataset = CocoaDataset(config.data.train, root=tmp_path / "cache", options=resolver.graph_options, log=False)
+    out = resolver(dataset.storage(), torch.arange(2), seed=0)
+    assert torch.isfinite(out["mean"]).all()
+    batch = out["batch"]
+    src, dst = batch.fine_edge_index
+    in_layer = torch.bincount(dst[batch.fine_layer[src] == batch.fine_layer[dst]], minlength=batch.num_nodes)
+    assert (in_layer == 8).all()
 
 
 def test_sampler_calls_are_chunked_by_fine_cells(trained):

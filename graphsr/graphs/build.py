@@ -16,34 +16,55 @@ import torch
 from torch_geometric.utils import coalesce
 
 from graphsr import ops
-from graphsr.detector import NUM_ECAL_LAYERS, Geometry
+from graphsr.detector import NUM_ECAL_LAYERS, Geometry, neighbours
 from graphsr.graphs.data import PairData
 
 MEV_PER_GEV = 1000.0
+EDGES = ("grid", "knn", "radius")
 
 
 @dataclass(frozen=True)
 class GraphOptions:
     """What goes into a graph; every option changes processing, so its ``repr`` keys processed caches.
 
+    Edges join cells of one event, within a layer and between adjacent kept layers, in both directions; the coarse
+    and the fine graph are built the same way, each on its own grid.
+
+    - ``"grid"`` (default): the cells of the same layer within a square of ``reach`` cells (``reach=1``: the 8
+      around it, phi wrapping) and the cells of the adjacent kept layers that overlap the cell (one or, in a finer
+      layer, ratio^2), found by index arithmetic on the (layer, ieta, iphi) grid (:mod:`graphsr.detector.neighbours`).
+      Only cells present in the event are linked: unlike kNN, a cell at the rim of its cluster has fewer neighbours
+      (at least its siblings in a fine graph, which always holds all children of a coarse cell) and an isolated cell
+      none in its layer, instead of distant ones, so an edge always means "next to each other" and its relative
+      position takes a few fixed values. Needs the regular grids of :class:`~graphsr.detector.Geometry`; cells
+      known by their positions alone (:func:`neighbour_edges`) get kNN edges instead.
+    - ``"knn"``: the ``k`` nearest cells of the same layer and, for each cell, the ``k_between`` nearest of each
+      adjacent kept layer (linked both ways), in (eta, cos phi, sin phi): every cell gets ``k`` neighbours in its
+      layer however far; works for irregular cell positions. The graphs of checkpoints written before "grid".
+    - ``"radius"``: the cells of the same layer within ``radius`` in (eta, phi) units, at most ``k`` of them, and
+      kNN links between layers.
+
     Args:
         layers: calorimeter layers to keep (default: the three ECAL layers, as the published study).
-        edges: ``"knn"`` (k nearest cells of the same layer) or ``"radius"`` (cells within ``radius`` in
-            (eta, phi) units, at most ``k`` of them).
-        k: neighbours per cell within its layer.
-        k_between: neighbours per cell in each adjacent kept layer (links both ways).
+        edges: ``"grid"``, ``"knn"`` or ``"radius"``.
+        k: neighbours per cell within its layer (knn, radius).
+        k_between: neighbours per cell in each adjacent kept layer (knn, radius); 0 links no layers, also for grid.
         radius: neighbourhood radius in (eta, phi) for ``edges="radius"``.
+        reach: in-layer reach in cells for ``edges="grid"``.
     """
 
     layers: tuple[int, ...] = tuple(range(NUM_ECAL_LAYERS))
-    edges: str = "knn"
+    edges: str = "grid"
     k: int = 8
     k_between: int = 4
     radius: float = 0.1
+    reach: int = 1
 
     def __post_init__(self):
-        if self.edges not in ("knn", "radius"):
-            raise ValueError(f"edges must be 'knn' or 'radius', got {self.edges!r}")
+        if self.edges not in EDGES:
+            raise ValueError(f"edges must be one of {EDGES}, got {self.edges!r}")
+        if self.reach < 1:
+            raise ValueError(f"reach must be a positive number of cells, got {self.reach}")
         object.__setattr__(self, "layers", tuple(sorted(int(la) for la in self.layers)))
 
 
@@ -56,9 +77,12 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
 
 
 def neighbour_edges(eta, phi, layer, event, options: GraphOptions) -> torch.Tensor:
-    """Edges among cells of many events: neighbours within each layer plus links between adjacent kept layers.
+    """``"knn"`` or ``"radius"`` edges among cells of many events known by their positions alone: neighbours within
+    each layer plus links between adjacent kept layers.
 
-    Cells must be sorted by ``event``. Distances are taken on (eta, cos phi, sin phi), which wraps phi.
+    Cells must be sorted by ``event``. Distances are taken on (eta, cos phi, sin phi), which wraps phi. Grid edges
+    need the cells' grid indices (:func:`grid_edges`): from positions alone, ``"grid"`` options give kNN edges
+    (``k``, ``k_between``), as for the cell subsets of :mod:`graphsr.graphs.cells` and the pyramid's hit cells.
 
     Returns:
         [2, E] edge_index (source, target) over the given cells, coalesced and sorted by source.
@@ -67,10 +91,10 @@ def neighbour_edges(eta, phi, layer, event, options: GraphOptions) -> torch.Tens
     # segments = (event, layer); torch_cluster wants them sorted
     segment = event * (max(options.layers) + 1) + layer
     order = torch.argsort(segment, stable=True)
-    if options.edges == "knn":
-        within = ops.knn_graph(points[order], options.k, segment[order])
-    else:
+    if options.edges == "radius":
         within = ops.radius_graph(points[order], options.radius, segment[order], max_num_neighbors=options.k)
+    else:
+        within = ops.knn_graph(points[order], options.k, segment[order])
     parts = [order[within]]
     for inner, outer in zip(options.layers[:-1], options.layers[1:]):
         if outer != inner + 1 or options.k_between == 0:
@@ -81,6 +105,69 @@ def neighbour_edges(eta, phi, layer, event, options: GraphOptions) -> torch.Tens
             parts.append(torch.stack([found[f], query[q]]))
             parts.append(torch.stack([query[q], found[f]]))
     return coalesce(torch.cat(parts, dim=1), num_nodes=len(eta))
+
+
+def grid_edges(event, layer, ieta, iphi, ptr, geometry: Geometry, factor: int, options: GraphOptions):
+    """The ``"grid"`` edges (:class:`GraphOptions`) of coarse cells and of their children, with indices local to
+    each event.
+
+    Args:
+        event, layer, ieta, iphi: ``[Nc]`` coarse cells on ``geometry.coarsen(factor)``, sorted by ``event``.
+        ptr: ``[num_events + 1]`` offsets of each event's coarse cells.
+        geometry: the fine geometry.
+        factor: fine cells per coarse cell per side.
+        options: ``layers``, ``reach`` and ``k_between`` (0: no links between layers).
+
+    Returns:
+        ``((coarse_edges, coarse_edge_ptr), (fine_edges, fine_edge_ptr))``: [2, E] edge_index (source, target) sorted
+        by source, over the coarse cells and over their ``factor^2`` children each (in the order of
+        :meth:`~graphsr.detector.Geometry.children`), and the offsets of each event's edges.
+    """
+    coarse = geometry.coarsen(factor)
+    smallest = int(coarse.n[list(options.layers)].min())
+    if 2 * options.reach >= smallest:
+        raise ValueError(f"grid reach {options.reach} wraps around a layer of {smallest} cells per side "
+                         f"(coarse geometry, factor {factor}): use a smaller reach")
+    shape = {"reach": options.reach, "between": options.k_between > 0}
+    table = neighbours.neighbour_table(event, layer, ieta, iphi, coarse, **shape)
+    children = neighbours.children_neighbour_table(table, event, layer, ieta, iphi, geometry, factor, **shape)
+    local = np.arange(len(event)) - ptr[event]
+    fine_local = (local[:, None] * factor**2 + np.arange(factor**2)).reshape(-1)
+    return _table_edges(table, local, ptr), _table_edges(children, fine_local, ptr * factor**2)
+
+
+def _table_edges(table: np.ndarray, local: np.ndarray, ptr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edges (cell -> neighbour: the relation is symmetric) of a neighbour table whose rows are cells sorted by
+    event (``local``: their positions in their events; ``ptr``: each event's first row), and each event's first
+    edge."""
+    valid = table >= 0
+    count = valid.sum(axis=1)
+    first = _offsets(count)
+    edges = np.empty((2, int(first[-1])), dtype=np.int64)
+    # sources: each row's position, count times; written as steps and summed in place, as fresh memory for a
+    # temporary (np.repeat) costs more than the arithmetic
+    rows = np.flatnonzero(count)
+    source = edges[0]
+    source.fill(0)
+    source[first[rows]] = np.diff(local[rows], prepend=0)
+    np.cumsum(source, out=source)
+    edges[1] = table[valid]
+    return torch.from_numpy(edges), torch.from_numpy(first[ptr])
+
+
+def _check_children(c_event, c_ieta, c_iphi, f_ieta, f_iphi, factor: int, first_event: int) -> None:
+    """Grid edges derive the fine graph from the coarse one: the fine cells must be all children of every coarse
+    cell, in block order."""
+    n = factor**2
+    if len(f_ieta) != n * len(c_ieta):
+        raise ValueError(f"{len(f_ieta)} fine cells under {len(c_ieta)} coarse cells: grid edges need the {n} "
+                         "children of every coarse cell (GraphOptions(edges='knn') does not)")
+    place_eta, place_phi = np.divmod(np.arange(n), factor)
+    bad = ((f_ieta.reshape(-1, n) != c_ieta[:, None] * factor + place_eta)
+           | (f_iphi.reshape(-1, n) != c_iphi[:, None] * factor + place_phi)).any(axis=1)
+    if bad.any():
+        raise ValueError(f"event {first_event + int(c_event[np.argmax(bad)])}: fine cells do not lie inside their "
+                         "coarse cells; grid edges need them to (GraphOptions(edges='knn') does not)")
 
 
 def _local_edges(edges: torch.Tensor, node_event: torch.Tensor, node_ptr: torch.Tensor, num_events: int):
@@ -133,15 +220,19 @@ def build_storage(
         pair_f = _flat(low.high_cell_to_low_cell_edge, np.int64) + _offsets(ak.num(high.cell_layer, axis=1))[pair_event]
         if factor is None:
             factor = int(round(np.sqrt(len(pair_c) / max(len(c_layer), 1)))) or 1
-        # block order: children grouped by parent, parents in stored order
-        order = np.argsort(pair_c, kind="stable")
-        pair_c, pair_f = pair_c[order], pair_f[order]
         keep_pair = keep_c[pair_c]
         parent, fine = pair_c[keep_pair], pair_f[keep_pair]
         f_layer = _flat(high.cell_layer, np.int64)[fine]
         f_eta, f_phi = _flat(high.cell_eta, np.float64)[fine], _flat(high.cell_phi, np.float64)[fine]
-        f_energy = _flat(high.cell_e, np.float32)[fine] / MEV_PER_GEV
         f_ieta, f_iphi = geometry.cell_at(f_layer, f_eta, f_phi)
+        # block order: children grouped by parent, parents in stored order, each parent's children by (ieta, iphi)
+        # as Geometry.children orders them (graphsr's simulator stores them so already)
+        block = parent * factor**2 + (f_ieta % factor) * factor + f_iphi % factor
+        if np.any(block[1:] < block[:-1]):
+            order = np.argsort(block, kind="stable")
+            parent, fine, f_layer, f_eta, f_phi, f_ieta, f_iphi = (
+                a[order] for a in (parent, fine, f_layer, f_eta, f_phi, f_ieta, f_iphi))
+        f_energy = _flat(high.cell_e, np.float32)[fine] / MEV_PER_GEV
     else:
         if factor is None:
             raise ValueError("factor is required to build fine cells from coarse cells alone")
@@ -173,12 +264,17 @@ def build_storage(
     t = lambda a, dtype=torch.float32: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
     c_event_t, f_event_t = t(c_event, torch.long), t(f_event, torch.long)
     c_ptr_t, f_ptr_t = t(nc_ptr, torch.long), t(nf_ptr, torch.long)
-    coarse_edges, coarse_edge_ptr = _local_edges(
-        neighbour_edges(t(c_eta), t(c_phi), t(c_layer, torch.long), c_event_t, options), c_event_t, c_ptr_t,
-        num_events)
-    fine_edges, fine_edge_ptr = _local_edges(
-        neighbour_edges(t(f_eta), t(f_phi), t(f_layer, torch.long), f_event_t, options), f_event_t, f_ptr_t,
-        num_events)
+    if options.edges == "grid":
+        _check_children(c_event, c_ieta, c_iphi, f_ieta, f_iphi, factor, first_event)
+        (coarse_edges, coarse_edge_ptr), (fine_edges, fine_edge_ptr) = grid_edges(
+            c_event, c_layer, c_ieta, c_iphi, nc_ptr, geometry, factor, options)
+    else:
+        coarse_edges, coarse_edge_ptr = _local_edges(
+            neighbour_edges(t(c_eta), t(c_phi), t(c_layer, torch.long), c_event_t, options), c_event_t, c_ptr_t,
+            num_events)
+        fine_edges, fine_edge_ptr = _local_edges(
+            neighbour_edges(t(f_eta), t(f_phi), t(f_layer, torch.long), f_event_t, options), f_event_t, f_ptr_t,
+            num_events)
 
     data = PairData(
         coarse_pos=t(np.stack([c_eta, c_phi], axis=1)),
@@ -215,22 +311,28 @@ def build_storage(
     return data, slices
 
 
-def _segment_index(ptr: torch.Tensor, events: torch.Tensor):
+def _segment_index(ptr: np.ndarray, events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions (along the cat dim) of the given events' segments, and each segment's length."""
     start, count = ptr[events], ptr[events + 1] - ptr[events]
-    owner = torch.repeat_interleave(torch.arange(len(events), device=ptr.device), count)
-    exclusive = torch.cumsum(count, 0) - count
-    return start[owner] + torch.arange(int(count.sum()), device=ptr.device) - exclusive[owner], count
+    return np.arange(count.sum()) + np.repeat(start - (np.cumsum(count) - count), count), count
 
 
-def select_events(data: PairData, slices: dict[str, torch.Tensor], events: torch.Tensor):
-    """The collated storage of a subset of events (indices stay local to their events)."""
-    out, out_slices = PairData(), {}
+def select_events(data: PairData, slices: dict[str, torch.Tensor], events):
+    """The collated storage of a subset of events (indices stay local to their events).
+
+    Gathers with numpy (single-threaded: many small gathers, where torch's threads cost more than they save) and
+    computes the positions once for all keys that share their offsets.
+    """
+    events = torch.as_tensor(events).numpy()
+    out, out_slices, positions = PairData(), {}, {}
     for key, ptr in slices.items():
+        shared = (ptr.data_ptr(), ptr.numel())
+        if shared not in positions:
+            index, count = _segment_index(ptr.numpy(), events)
+            positions[shared] = index, torch.from_numpy(_offsets(count))
+        index, out_slices[key] = positions[shared]
         value = data[key]
-        index, count = _segment_index(ptr, events)
-        out[key] = value.index_select(data.__cat_dim__(key, value) % value.dim(), index)
-        out_slices[key] = torch.cat([count.new_zeros(1), count.cumsum(0)])
+        out[key] = torch.from_numpy(np.take(value.numpy(), index, axis=data.__cat_dim__(key, value)))
     return out, out_slices
 
 

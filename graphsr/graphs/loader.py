@@ -2,11 +2,13 @@
 
 PyG's ``DataLoader`` works on graphsr datasets too, but it separates every event into its own ``Data`` object and
 collates them again in Python. :class:`GraphLoader` gathers the chosen events' rows with index arithmetic on the
-storage and offsets the index keys in one go, which is several times faster for events of a few hundred cells.
+storage and offsets the index keys in one go: measured by ``bench/bench_loading.py`` on 5,000 single-electron
+events, about twice as fast as PyG's collation alone and several times faster with the separation it needs.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch_geometric.data import Batch
 
@@ -14,17 +16,16 @@ from graphsr.graphs.build import select_events
 from graphsr.graphs.data import PairData
 
 
-def _exclusive_cumsum(count: torch.Tensor) -> torch.Tensor:
-    return torch.cumsum(count, 0) - count
+def _exclusive_cumsum(count: np.ndarray) -> np.ndarray:
+    return np.cumsum(count) - count
 
 
-def collate_events(data: PairData, slices: dict[str, torch.Tensor], events: torch.Tensor) -> Batch:
+def collate_events(data: PairData, slices: dict[str, torch.Tensor], events) -> Batch:
     """A PyG ``Batch`` of the given events of a collated storage, identical to ``Batch.from_data_list``."""
     sub, sub_slices = select_events(data, slices, events)
-    num_graphs = len(events)
-    graphs = torch.arange(num_graphs)
-    count = {key: ptr[1:] - ptr[:-1] for key, ptr in sub_slices.items()}
-    num_fine, num_coarse = count["fine_layer"], count["coarse_layer"]
+    num_graphs = len(sub_slices["event"]) - 1
+    graphs = np.arange(num_graphs)
+    num_fine, num_coarse = (np.diff(sub_slices[key].numpy()) for key in ("fine_layer", "coarse_layer"))
     per_graph_inc = {
         "fine_edge_index": _exclusive_cumsum(num_fine),
         "coarse_edge_index": _exclusive_cumsum(num_coarse),
@@ -32,16 +33,16 @@ def collate_events(data: PairData, slices: dict[str, torch.Tensor], events: torc
         "coarse_batch": graphs,
     }
     batch = Batch(_base_cls=PairData)
-    inc_dict = {}
+    # PyG keeps one increment per graph for to_data_list(): the amount added to that graph's rows
+    inc_dict, no_increment = {}, torch.zeros(num_graphs, dtype=torch.long)
     for key in sub_slices:
         value = sub[key]
         inc = per_graph_inc.get(key)
-        if inc is not None:
-            value = value + inc.repeat_interleave(count[key])
+        if inc is not None:  # numpy: torch's threads cost more than they save here
+            value.numpy()[...] += np.repeat(inc, np.diff(sub_slices[key].numpy()))
         batch[key] = value
-        # PyG keeps one increment per graph for to_data_list(): the amount added to that graph's rows
-        inc_dict[key] = inc if inc is not None else torch.zeros(num_graphs, dtype=torch.long)
-    batch.batch = graphs.repeat_interleave(num_fine)
+        inc_dict[key] = torch.from_numpy(inc) if inc is not None else no_increment
+    batch.batch = torch.from_numpy(np.repeat(graphs, num_fine))
     batch.ptr = sub_slices["fine_layer"]
     batch._slice_dict = sub_slices
     batch._inc_dict = inc_dict
@@ -59,12 +60,17 @@ class GraphLoader:
         shuffle: draw events in a random order each epoch, from ``generator``.
         drop_last: skip the last incomplete batch.
         generator: torch.Generator for reproducible shuffling.
+        pin_memory: put each batch in page-locked memory, so that ``batch.to("cuda", non_blocking=True)`` copies
+            while the GPU computes (CUDA only).
         part: ``(rank, world_size)``: yield only this rank's consecutive share of every batch (distributed
             training; ``batch_size`` is then the global batch, a multiple of ``world_size``).
+
+    No worker processes: a batch is gathered in about 2 ms (64 single-electron events), less than sending
+    it from a worker would cost.
     """
 
     def __init__(self, dataset, batch_size: int = 32, shuffle: bool = False, drop_last: bool = False,
-                 generator: torch.Generator | None = None, part: tuple[int, int] = (0, 1)):
+                 generator: torch.Generator | None = None, pin_memory: bool = False, part: tuple[int, int] = (0, 1)):
         if batch_size % part[1]:
             raise ValueError(f"a batch of {batch_size} events does not split into {part[1]} equal shares")
         if isinstance(dataset, tuple):
@@ -73,7 +79,7 @@ class GraphLoader:
             self.data, self.slices, self.transform = dataset._data, dataset.slices, dataset.transform
             self.indices = torch.as_tensor(dataset.indices()) if dataset._indices is not None else None
         self.batch_size, self.shuffle, self.drop_last, self.generator = batch_size, shuffle, drop_last, generator
-        self.part = part
+        self.pin_memory, self.part = pin_memory, part
 
     def __len__(self) -> int:
         n = self._num_events()
@@ -110,4 +116,5 @@ class GraphLoader:
             for key, count in (("fine", fine_count[events]), ("coarse", coarse_count[events])):
                 share[key] = (int(count[:first].sum()), int(count[:stop].sum()), int(count.sum()))
             batch = collate_events(self.data, self.slices, events[first:stop])
-            yield (self.transform(batch) if self.transform is not None else batch), share
+            batch = self.transform(batch) if self.transform is not None else batch
+            yield (batch.pin_memory() if self.pin_memory else batch), share

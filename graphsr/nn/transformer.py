@@ -7,7 +7,7 @@ fine cells or super-resolved cells), e.g. for particle reconstruction.
 Per fine block (pre-norm, each sub-layer gated, DiT-style adaptive LayerNorm "adaLN-zero" from a conditioning
 vector per event, e.g. the noise level):
 
-1. self-attention over the fine kNN graph (neighbours within a layer and in adjacent layers);
+1. self-attention over the fine graph (neighbours within a layer and in adjacent layers);
 2. cross-attention to the coarse cells: the fine cell's parent and the parent's coarse neighbours;
 3. event context: attention to a few learned pooled tokens of the whole event (long range, linear cost);
 4. an MLP.

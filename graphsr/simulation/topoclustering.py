@@ -27,67 +27,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from graphsr.detector.geometry import Geometry
+from graphsr.detector.neighbours import cell_keys, neighbours
+from graphsr.detector.neighbours import lookup as _lookup
 
 SEED_THRESHOLD = 4.6
 GROW_THRESHOLD = 2.0
 BOUNDARY_THRESHOLD = 0.0
-
-
-def cell_keys(event: np.ndarray, layer: np.ndarray, ieta: np.ndarray, iphi: np.ndarray,
-              geometry: Geometry) -> np.ndarray:
-    """One int64 per (event, cell), increasing in (event, layer, ieta, iphi)."""
-    return np.asarray(event, dtype=np.int64) * geometry.num_cells + geometry.cell_id(layer, ieta, iphi)
-
-
-def neighbours(layer: np.ndarray, ieta: np.ndarray, iphi: np.ndarray, geometry: Geometry, *,
-               in_layer: int = 1) -> tuple[np.ndarray, ...]:
-    """Every neighbour of every cell: in-layer cells within ``in_layer`` steps, and overlapping adjacent-layer cells.
-
-    Args:
-        layer, ieta, iphi: ``[C]`` int cells.
-        geometry: their geometry.
-        in_layer: in-layer reach (1: the 8 surrounding cells; 2: the 24 cells of the 5 x 5 square).
-
-    Returns:
-        ``(row, layer, ieta, iphi)``, ``[M]`` int64 each: neighbour cell of cell ``row``; cells outside the eta range
-        are left out, phi wraps.
-    """
-    layer, ieta, iphi = (np.asarray(a, dtype=np.int64) for a in (layer, ieta, iphi))
-    n = geometry.n
-    rows = np.arange(len(layer))
-    out = []
-    steps = np.arange(-in_layer, in_layer + 1)
-    d_eta, d_phi = (a.ravel() for a in np.meshgrid(steps, steps, indexing="ij"))
-    centre = (d_eta == 0) & (d_phi == 0)
-    d_eta, d_phi = d_eta[~centre], d_phi[~centre]
-    n_cell = n[layer]
-    out.append((np.repeat(rows, len(d_eta)), np.repeat(layer, len(d_eta)),
-                (ieta[:, None] + d_eta).ravel(), np.mod(iphi[:, None] + d_phi, n_cell[:, None]).ravel()))
-    for this in range(geometry.num_layers):
-        mine = np.flatnonzero(layer == this)
-        for other in (this - 1, this + 1):
-            if not 0 <= other < geometry.num_layers or not len(mine):
-                continue
-            if n[other] >= n[this]:
-                ratio = int(n[other] // n[this])
-                sub = np.arange(ratio)
-                e = (ieta[mine, None, None] * ratio + sub[None, :, None]) + 0 * sub[None, None, :]
-                p = (iphi[mine, None, None] * ratio + sub[None, None, :]) + 0 * sub[None, :, None]
-                out.append((np.repeat(mine, ratio * ratio), np.full(e.size, other), e.ravel(), p.ravel()))
-            else:
-                ratio = int(n[this] // n[other])
-                out.append((mine, np.full(len(mine), other), ieta[mine] // ratio, iphi[mine] // ratio))
-    row, nb_layer, nb_eta, nb_phi = (np.concatenate(parts) for parts in zip(*out))
-    ok = (nb_eta >= 0) & (nb_eta < n[nb_layer])
-    return row[ok], nb_layer[ok], nb_eta[ok], nb_phi[ok]
-
-
-def _lookup(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Position of each key in ``sorted_keys``, -1 where absent."""
-    if not len(sorted_keys):
-        return np.full(len(keys), -1, dtype=np.int64)
-    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
-    return np.where(sorted_keys[pos] == keys, pos, -1)
 
 
 def neighbour_edges(event: np.ndarray, layer: np.ndarray, ieta: np.ndarray, iphi: np.ndarray,

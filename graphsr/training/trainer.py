@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -41,7 +41,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def graph_options(config: Config) -> GraphOptions:
-    return GraphOptions(layers=tuple(config.data.layers), k=config.data.k, k_between=config.data.k_between)
+    d = config.data
+    return GraphOptions(layers=tuple(d.layers), edges=d.edges, k=d.k, k_between=d.k_between, reach=d.reach)
 
 
 def load_splits(config: Config, log: bool = False):
@@ -269,6 +270,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
 
         model = DistributedDataParallel(denoiser, device_ids=[device.index] if device.type == "cuda" else None)
 
+    pin = device.type == "cuda"  # page-locked batches copy to the GPU while it computes
     val_loader = GraphLoader(val_set, tc.batch_size)
     use_amp = tc.amp and device.type == "cuda"
     started, events_seen, first_step = time.perf_counter(), 0, step
@@ -285,8 +287,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
             "scheduler": scheduler.state_dict(), "noise_generator": noise.get_state(), "noise_device": device.type,
             "rng_state": torch.get_rng_state(), **cuda_rng, "step": step,
             "epoch": epoch, "position": position, "config": config.to_dict(), "energy_model": energy_model.state(),
-            "graph_options": {"layers": list(config.data.layers), "k": config.data.k,
-                              "k_between": config.data.k_between},
+            "graph_options": {**asdict(graph_options(config)), "layers": list(config.data.layers)},
             "factor": factor, "val_loss": val_loss, "events": seen, "training_range": data_range,
             "calibration": calibration, "seconds": seconds_before + time.perf_counter() - started,
             "provenance": record,
@@ -297,12 +298,13 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
                unit="step")
     while step < tc.steps:
         loader = GraphLoader(train_set, tc.batch_size, shuffle=True, drop_last=len(train_set) >= tc.batch_size,
-                             generator=torch.Generator().manual_seed(tc.seed + epoch), part=(rank, world))
+                             generator=torch.Generator().manual_seed(tc.seed + epoch), pin_memory=pin,
+                             part=(rank, world))
         for i, (batch, share) in enumerate(loader.shares()):
             if i < position:  # resuming mid-epoch: skip the batches already trained on
                 continue
             denoiser.train()
-            batch = batch.to(device)
+            batch = batch.to(device, non_blocking=pin)
             draws = {} if isinstance(denoiser, Pyramid) else \
                 dict(zip(("sigma", "noise"), _share_of_draws(loss_fn, share, noise, device)))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
