@@ -112,10 +112,7 @@ def main():
         figures["seconds"] = time.perf_counter() - started
         (out / "gpu_metrics.json").write_text(json.dumps(figures, indent=2, default=float))
 
-    if torch.device(args.device).type == "cuda":
-        figures["gpu"] = torch.cuda.get_device_name()
-    log(f"graphsr GPU run: device {args.device} ({figures.get('gpu', 'cpu')}), torch {torch.__version__}, "
-        f"{args.workers} CPU workers")
+    log(f"graphsr GPU run: device {args.device}, torch {torch.__version__}, {args.workers} CPU workers")
     started = time.perf_counter()
 
     # 1. simulate on the CPU cores, one file per worker
@@ -127,6 +124,10 @@ def main():
     figures["simulation_events_per_s"] = args.events / (time.perf_counter() - t)
     log(f"simulated {args.events} events in {time.perf_counter() - t:.1f} s "
         f"({figures['simulation_events_per_s']:.0f} events/s on {len(jobs)} processes)")
+
+    if torch.device(args.device).type == "cuda":  # CUDA only after the workers have forked
+        figures["gpu"] = torch.cuda.get_device_name()
+        log(f"GPU: {figures['gpu']}")
 
     # 2. graphs, then training (bf16 autocast on CUDA); the rate is the trainer's own, graph building excluded
     config = load_config(args.config)
