@@ -51,7 +51,7 @@ $(DATA)/multi_particle_4x.root: | $(STAMP)
 
 # events for the particle-flow models: simulated apart from the SR model's (another seed), so that the SR output
 # the reconstruction learns from is what the SR model gives on events it never saw (graphsr/reco/training.py)
-RECO_EVENTS ?= 2000
+RECO_EVENTS ?= 1000
 $(DATA)/multi_particle_4x_reco.root: | $(STAMP)
 	$(GRAPHSR) simulate --gun multi-particle --factor 4 --events $(RECO_EVENTS) --seed $$(( $(SEED) + 1000 )) --output $@
 
