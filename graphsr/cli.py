@@ -175,22 +175,26 @@ def _shifted_inputs(resolver, args, seed: int = 7) -> dict:
 def _evaluate(args):
     import torch
 
-    from graphsr.datasets import CocoaDataset
+    from graphsr.datasets import read_events
     from graphsr.eval.evaluate import compute_metrics, generate, write_report
-    from graphsr.inference import SuperResolver, load_resolver, unseen_events
+    from graphsr.inference import SuperResolver, load_resolver, seen_entries
+    from graphsr.io import open_cocoa
     from graphsr.plotting import event_display
 
     resolver = _resolver(args)
     config = resolver.config
-    dataset = CocoaDataset([args.input], root=config.data.cache, options=resolver.graph_options)
-    events, where = unseen_events(resolver, dataset, args.split)
     other = load_resolver(args.compare, device=args.device) if args.compare else None
-    if other is not None:  # only events neither model saw
-        events = events[torch.isin(events, unseen_events(other, dataset, args.split)[0])]
-        where += f", unseen by {args.compare} too"
-    events = events[:args.events] if args.events else events
+    seen = [seen_entries(r, args.input, args.split) for r in (resolver, other) if r is not None]
+    seen = torch.cat([s for s in seen if s is not None] or [torch.zeros(0, dtype=torch.long)]).unique()  # by either
+    # reads only the events it scores, chunk by chunk: memory grows with --events, not with the file
+    storage = read_events(args.input, resolver.graph_options, exclude=seen, max_events=args.events,
+                          factor=resolver.factor)
+    events = torch.arange(len(storage[1]["event"]) - 1)
+    entries = open_cocoa(args.input).num_events
+    where = (f"the {entries - len(seen)} events of {args.input} the model neither trained nor validated on"
+             if args.split == "test" else f"all {entries} events of {args.input} (a file the model never saw)")
+    where = f"{where}, unseen by {args.compare} too" if other is not None else where
     print(f"evaluating {resolver.step}-step checkpoint on {len(events)} events ({where})")
-    storage = dataset.storage()
     resolver.warn_if_outside(storage, events, args.input)
     regression = SuperResolver(args.regression, device=args.device) if args.regression else None
     calibrated = not args.uncalibrated
