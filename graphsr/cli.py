@@ -137,13 +137,20 @@ def _resolver(args):
 
 
 def _sample(args):
-    from graphsr.inference import super_resolve_file
+    import glob
 
+    from graphsr.inference import expand_inputs, super_resolve_file, super_resolve_files
+
+    inputs = expand_inputs(args.input)
+    # several inputs (or a pattern, or a directory as --output): --output is a directory, one file per input
+    sharded = len(args.input) > 1 or any(map(glob.has_magic, args.input)) or Path(args.output).is_dir()
     resolver = _resolver(args)
-    n = super_resolve_file(resolver, args.input, args.output, overwrite=args.overwrite, max_events=args.max_events,
-                           sampler=args.sampler, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
-                           mode=args.mode, calibrated=not args.uncalibrated)
-    print(f"wrote {n} super-resolved events to {args.output}")
+    options = dict(overwrite=args.overwrite, max_events=args.max_events, sampler=args.sampler, steps=args.steps,
+                   ensemble=args.ensemble, seed=args.seed, mode=args.mode, calibrated=not args.uncalibrated)
+    written = super_resolve_files(resolver, inputs, args.output, **options) if sharded else \
+        {args.output: super_resolve_file(resolver, inputs[0], args.output, **options)}
+    for path, n in written.items():
+        print(f"wrote {n} super-resolved events to {path}")
 
 
 def _shifted_inputs(resolver, args, seed: int = 7) -> dict:
@@ -395,8 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "used, and the coarse -> fine mapping. Warns about events outside the model's training "
                              "range.")
     _add_sampling_options(sa)
-    sa.add_argument("--input", required=True, help="COCOA ROOT file with the coarse cells")
-    sa.add_argument("--output", required=True, help="ROOT file to write (refused if it exists)")
+    sa.add_argument("--input", required=True, nargs="+", help="COCOA ROOT file(s) with the coarse cells, or glob "
+                    "patterns (quoted: 'data/run_*.root')")
+    sa.add_argument("--output", required=True, help="ROOT file to write (refused if it exists); with several inputs "
+                    "or a pattern, a directory (created if missing) that gets one file per input, of the same name")
     sa.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     sa.add_argument("--max-events", type=int, help="super-resolve only the first events")
     sa.set_defaults(run=_sample)
