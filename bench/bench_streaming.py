@@ -3,7 +3,7 @@ growing with the file.
 
 Each command runs as a subprocess while a thread samples the resident memory (RSS) of it and its children every
 0.2 s (psutil). Reported per command: the peak RSS and the RSS at 10%, 50% and 90% of its run time, in a table and in
-JSON. The commands:
+JSON, and the peak in each fifth of the run (a growth over time would show there). The commands:
 
 1. ``graphsr simulate`` of ``--events`` single electrons (default 1,000,000; ``--no-neighbour-branches``, as
    graphsr reads no neighbour branches; chunks of 1,000 events) -> the large file; and of ``--small-events``
@@ -78,8 +78,10 @@ def run_sampled(name: str, command: list[str], interval: float = 0.2) -> dict:
     def at(fraction):
         return mb(min(trace, key=lambda s: abs(s[0] - fraction * seconds))[1]) if trace else None
 
+    fifths = [[r for t, r in trace if k * seconds / 5 <= t < (k + 1) * seconds / 5] for k in range(5)]
     return {"command": " ".join(command[2:]), "seconds": round(seconds, 1), "samples": len(trace),
             "peak_mb": mb(max(r for _, r in trace)) if trace else None,
+            "peak_by_fifth_mb": [mb(max(f)) if f else None for f in fifths],  # a trend would show here
             "rss_10_mb": at(0.1), "rss_50_mb": at(0.5), "rss_90_mb": at(0.9),
             "trace_mb": [(round(t, 1), mb(r)) for t, r in trace[::max(1, len(trace) // 200)]],
             "last_line": output.strip().splitlines()[-1] if output.strip() else ""}
@@ -146,6 +148,8 @@ def main() -> None:
               f"{r['rss_50_mb']:>8.0f}{r['rss_90_mb']:>8.0f}{r['peak_mb']:>9.0f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"events": events, "checkpoint": checkpoint, "runs": runs}, indent=1))
+    print("\npeak RSS (MB) in each fifth of the run: " + "; ".join(
+        f"{name} {', '.join(f'{v:.0f}' for v in r['peak_by_fifth_mb'] if v is not None)}" for name, r in runs.items()))
     growth = (runs["evaluate large 5x"]["peak_mb"] - runs["evaluate large"]["peak_mb"]) / (4 * args.eval_events)
     print(f"evaluate: peak RSS grows by {1024 * growth:.0f} kB per scored event (ensemble {args.ensemble})")
     print(f"\n{args.json}")

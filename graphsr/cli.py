@@ -194,7 +194,7 @@ def _evaluate(args):
     seen = [seen_entries(r, args.input, args.split) for r in (resolver, other) if r is not None]
     seen = torch.cat([s for s in seen if s is not None] or [torch.zeros(0, dtype=torch.long)]).unique()  # by either
     # reads only the events it scores, chunk by chunk: memory grows with --events, not with the file
-    storage = read_events(args.input, resolver.graph_options, exclude=seen, max_events=args.events,
+    storage = read_events(args.input, resolver.graph_options, exclude=seen, max_events=args.events or None,
                           factor=resolver.factor)
     events = torch.arange(len(storage[1]["event"]) - 1)
     entries = open_cocoa(args.input).num_events
@@ -405,7 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--input", required=True, nargs="+", help="COCOA ROOT file(s) with the coarse cells, or glob "
                     "patterns (quoted: 'data/run_*.root')")
     sa.add_argument("--output", required=True, help="ROOT file to write (refused if it exists); with several inputs "
-                    "or a pattern, a directory (created if missing) that gets one file per input, of the same name")
+                    "or a pattern (or an existing directory), a directory (created if missing) that gets one file per "
+                    "input, of the same name; nothing is written if any output exists (without --overwrite)")
     sa.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     sa.add_argument("--max-events", type=int, help="super-resolve only the first events")
     sa.set_defaults(run=_sample)

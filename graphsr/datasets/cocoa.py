@@ -3,7 +3,8 @@
 :class:`CocoaDataset` reads the files once, builds every event's paired graphs and caches them; the cache
 directory is keyed by every option that changes processing and by each file's size and modification time, so a
 changed option or file is never served from a stale cache. :class:`CocoaStream` builds graphs chunk by chunk for
-files that do not fit in memory.
+files that do not fit in memory; :func:`read_events` collects some events of a file (those to evaluate) the same
+way.
 """
 
 from __future__ import annotations
