@@ -408,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "or a pattern (or an existing directory), a directory (created if missing) that gets one file per "
                     "input, of the same name; nothing is written if any output exists (without --overwrite)")
     sa.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    sa.add_argument("--max-events", type=int, help="super-resolve only the first events")
+    sa.add_argument("--max-events", type=int, help="super-resolve only the first events (of each input)")
     sa.set_defaults(run=_sample)
 
     ev = commands.add_parser("evaluate", help="evaluate a model against the fine truth and baselines",
