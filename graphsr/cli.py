@@ -137,13 +137,20 @@ def _resolver(args):
 
 
 def _sample(args):
-    from graphsr.inference import super_resolve_file
+    import glob
 
+    from graphsr.inference import expand_inputs, super_resolve_file, super_resolve_files
+
+    inputs = expand_inputs(args.input)
+    # several inputs (or a pattern, or a directory as --output): --output is a directory, one file per input
+    sharded = len(args.input) > 1 or any(map(glob.has_magic, args.input)) or Path(args.output).is_dir()
     resolver = _resolver(args)
-    n = super_resolve_file(resolver, args.input, args.output, overwrite=args.overwrite, max_events=args.max_events,
-                           sampler=args.sampler, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
-                           mode=args.mode, calibrated=not args.uncalibrated)
-    print(f"wrote {n} super-resolved events to {args.output}")
+    options = dict(overwrite=args.overwrite, max_events=args.max_events, sampler=args.sampler, steps=args.steps,
+                   ensemble=args.ensemble, seed=args.seed, mode=args.mode, calibrated=not args.uncalibrated)
+    written = super_resolve_files(resolver, inputs, args.output, **options) if sharded else \
+        {args.output: super_resolve_file(resolver, inputs[0], args.output, **options)}
+    for path, n in written.items():
+        print(f"wrote {n} super-resolved events to {path}")
 
 
 def _shifted_inputs(resolver, args, seed: int = 7) -> dict:
@@ -175,22 +182,26 @@ def _shifted_inputs(resolver, args, seed: int = 7) -> dict:
 def _evaluate(args):
     import torch
 
-    from graphsr.datasets import CocoaDataset
+    from graphsr.datasets import read_events
     from graphsr.eval.evaluate import compute_metrics, generate, write_report
-    from graphsr.inference import SuperResolver, load_resolver, unseen_events
+    from graphsr.inference import SuperResolver, load_resolver, seen_entries
+    from graphsr.io import open_cocoa
     from graphsr.plotting import event_display
 
     resolver = _resolver(args)
     config = resolver.config
-    dataset = CocoaDataset([args.input], root=config.data.cache, options=resolver.graph_options)
-    events, where = unseen_events(resolver, dataset, args.split)
     other = load_resolver(args.compare, device=args.device) if args.compare else None
-    if other is not None:  # only events neither model saw
-        events = events[torch.isin(events, unseen_events(other, dataset, args.split)[0])]
-        where += f", unseen by {args.compare} too"
-    events = events[:args.events] if args.events else events
+    seen = [seen_entries(r, args.input, args.split) for r in (resolver, other) if r is not None]
+    seen = torch.cat([s for s in seen if s is not None] or [torch.zeros(0, dtype=torch.long)]).unique()  # by either
+    # reads only the events it scores, chunk by chunk: memory grows with --events, not with the file
+    storage = read_events(args.input, resolver.graph_options, exclude=seen, max_events=args.events or None,
+                          factor=resolver.factor)
+    events = torch.arange(len(storage[1]["event"]) - 1)
+    entries = open_cocoa(args.input).num_events
+    where = (f"the {entries - len(seen)} events of {args.input} the model neither trained nor validated on"
+             if args.split == "test" else f"all {entries} events of {args.input} (a file the model never saw)")
+    where = f"{where}, unseen by {args.compare} too" if other is not None else where
     print(f"evaluating {resolver.step}-step checkpoint on {len(events)} events ({where})")
-    storage = dataset.storage()
     resolver.warn_if_outside(storage, events, args.input)
     regression = SuperResolver(args.regression, device=args.device) if args.regression else None
     calibrated = not args.uncalibrated
@@ -391,10 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "used, and the coarse -> fine mapping. Warns about events outside the model's training "
                              "range.")
     _add_sampling_options(sa)
-    sa.add_argument("--input", required=True, help="COCOA ROOT file with the coarse cells")
-    sa.add_argument("--output", required=True, help="ROOT file to write (refused if it exists)")
+    sa.add_argument("--input", required=True, nargs="+", help="COCOA ROOT file(s) with the coarse cells, or glob "
+                    "patterns (quoted: 'data/run_*.root')")
+    sa.add_argument("--output", required=True, help="ROOT file to write (refused if it exists); with several inputs "
+                    "or a pattern (or an existing directory), a directory (created if missing) that gets one file per "
+                    "input, of the same name; nothing is written if any output exists (without --overwrite)")
     sa.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
-    sa.add_argument("--max-events", type=int, help="super-resolve only the first events")
+    sa.add_argument("--max-events", type=int, help="super-resolve only the first events (of each input)")
     sa.set_defaults(run=_sample)
 
     ev = commands.add_parser("evaluate", help="evaluate a model against the fine truth and baselines",

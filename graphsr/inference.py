@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import warnings
 from pathlib import Path
 
@@ -263,35 +264,43 @@ def load_resolver(checkpoint: str | Path, device: str | torch.device = "auto", *
     return (PyramidResolver if trained == "pyramid" else SuperResolver)(checkpoint, device, **kwargs)
 
 
+def seen_entries(resolver: SuperResolver, path: str | Path, split: str = "test") -> torch.Tensor | None:
+    """The entries of one file that the model trained or validated (calibrated) on, once ``split`` may score the
+    file at all; None for a file the model never saw.
+
+    ``test``: the file must be one the model trained on (same content hash, whatever its name); ``all``: one it
+    never saw. Anything else is refused (ValueError), so that training events are never scored as held-out ones.
+    """
+    digest = file_digest(path)
+    used = {part: next((f["entries"] for f in resolver.events.get(part, []) if f["sha256"] == digest), None)
+            for part in ("train", "val")}
+    if used["train"] is None:
+        if split == "test":
+            raise ValueError(f"{path} is not a file this model trained on (no file with its content hash in "
+                             "the checkpoint), so it has no held-out test events: pass --split all to score all "
+                             "its events")
+        return None
+    seen = torch.cat([used["train"], used["val"] if used["val"] is not None else used["train"][:0]])
+    if split == "all":
+        raise ValueError(f"{path} holds {len(used['train'])} training and {len(seen) - len(used['train'])} "
+                         "validation events of this model: --split all would score them; use --split test")
+    return seen
+
+
 def unseen_events(resolver: SuperResolver, dataset, split: str = "test") -> tuple[torch.Tensor, str]:
     """The events of a :class:`~graphsr.datasets.CocoaDataset` (whole, any number of files) that ``split`` may
-    score, and a sentence saying which.
-
-    ``test``: every file must be one the model trained on (same content hash, whatever its name): its events the
-    model neither trained nor validated (calibrated) on. ``all``: every event, of files the model never saw.
-    Anything else is refused (ValueError), so that training events are never scored as held-out ones.
-    """
+    score (:func:`seen_entries`), and a sentence saying which."""
     data = dataset.storage()[0]
     files, entries = data.file, data.event
     keep = torch.zeros(len(entries), dtype=torch.bool)
     said = []
     for i, path in enumerate(dataset.files):
-        digest = file_digest(path)
-        used = {part: next((f["entries"] for f in resolver.events.get(part, []) if f["sha256"] == digest), None)
-                for part in ("train", "val")}
+        seen = seen_entries(resolver, path, split)
         mine = files == i
-        if used["train"] is None:
-            if split == "test":
-                raise ValueError(f"{path} is not a file this model trained on (no file with its content hash in "
-                                 "the checkpoint), so it has no held-out test events: pass --split all to score all "
-                                 "its events")
+        if seen is None:
             keep |= mine
             said.append(f"all {int(mine.sum())} events of {path} (a file the model never saw)")
             continue
-        seen = torch.cat([used["train"], used["val"] if used["val"] is not None else used["train"][:0]])
-        if split == "all":
-            raise ValueError(f"{path} holds {len(used['train'])} training and {len(seen) - len(used['train'])} "
-                             "validation events of this model: --split all would score them; use --split test")
         unseen = mine & ~torch.isin(entries, seen)
         keep |= unseen
         said.append(f"the {int(unseen.sum())} events of {path} the model neither trained nor validated on")
@@ -496,3 +505,55 @@ def super_resolve_file(resolver: SuperResolver, input_path: str | Path, output_p
                                       inputs=chunk.low, layers=resolver.graph_options.layers))
             written += len(chunk)
     return written
+
+
+def expand_inputs(patterns) -> list[Path]:
+    """Files named by paths and glob patterns (``data/run_*.root``), in the order given, each pattern's matches
+    sorted, each file once. FileNotFoundError names a missing file or a pattern that matches nothing."""
+    files, resolved = [], set()
+    for pattern in map(str, patterns):
+        magic = glob.has_magic(pattern)
+        matches = [m for m in sorted(glob.glob(pattern)) if Path(m).is_file()] if magic else [pattern]
+        if not matches or not Path(matches[0]).is_file():
+            raise FileNotFoundError(f"no file matches {pattern}" if magic else f"no file {pattern}")
+        for path in map(Path, matches):
+            if path.resolve() not in resolved:
+                files.append(path)
+                resolved.add(path.resolve())
+    return files
+
+
+def shard_outputs(inputs, output_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """The output of each input in ``output_dir``: a file of the same name. Refuses (ValueError or
+    FileExistsError, naming the files) two inputs of the same name, an output that is one of the inputs, and,
+    without ``overwrite``, an output that exists, so that a refused call writes nothing."""
+    inputs = [Path(p) for p in inputs]
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"{output_dir} is a file: with several inputs, the output must be a directory")
+    outputs, named = [], {}
+    for path in inputs:
+        if path.name in named:
+            raise ValueError(f"{named[path.name]} and {path} would both be written to {output_dir / path.name}")
+        named[path.name] = path
+        outputs.append(output_dir / path.name)
+    for path, out in zip(inputs, outputs):
+        if out.exists() and out.resolve() in {p.resolve() for p in inputs}:
+            raise ValueError(f"{out} is an input: its output would replace it; choose another output directory")
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} (the output of {path}) exists; pass --overwrite to replace it")
+    return outputs
+
+
+def super_resolve_files(resolver: SuperResolver, inputs, output_dir: str | Path, *, overwrite: bool = False,
+                        **kwargs) -> dict[Path, int]:
+    """Super-resolve several COCOA files, one output each in ``output_dir`` (:func:`shard_outputs`; created if
+    missing), one file at a time (:func:`super_resolve_file`, with ``kwargs``). Every input is opened and every
+    output checked before anything is written. Returns the events written per output."""
+    inputs = [Path(p) for p in inputs]
+    outputs = shard_outputs(inputs, output_dir, overwrite=overwrite)
+    for path in inputs:
+        open_cocoa(path)  # a missing or malformed input is refused before any output exists
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    return {out: super_resolve_file(resolver, path, out, overwrite=overwrite, **kwargs)
+            for path, out in zip(inputs, outputs)}

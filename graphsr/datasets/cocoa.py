@@ -3,7 +3,8 @@
 :class:`CocoaDataset` reads the files once, builds every event's paired graphs and caches them; the cache
 directory is keyed by every option that changes processing and by each file's size and modification time, so a
 changed option or file is never served from a stale cache. :class:`CocoaStream` builds graphs chunk by chunk for
-files that do not fit in memory.
+files that do not fit in memory; :func:`read_events` collects some events of a file (those to evaluate) the same
+way.
 """
 
 from __future__ import annotations
@@ -170,3 +171,41 @@ class CocoaStream(IterableDataset):
                 for begin in range(0, n, self.batch_size):
                     batch = collate_events(data, slices, order[begin:begin + self.batch_size])
                     yield self.transform(batch) if self.transform is not None else batch
+
+
+def read_events(path: str | Path, options: GraphOptions = GraphOptions(), *, exclude=None,
+                max_events: int | None = None, factor: int | None = None, drop_empty: bool = True,
+                step_size: int = 2000, geometry: Geometry | None = None):
+    """The collated graphs ``(data, slices)`` of the events of one COCOA file, in entry order, without caching.
+
+    Reads chunk by chunk and stops once it has ``max_events``, so memory grows with the events kept, not with the
+    file (:class:`CocoaDataset` builds and holds every event of its files).
+
+    Args:
+        path: the file.
+        options, factor, drop_empty, geometry, step_size: as :class:`CocoaDataset`.
+        exclude: entries to leave out (e.g. those a model trained on: :func:`graphsr.inference.seen_entries`).
+        max_events: keep at most this many events (the first ones, in entry order, not excluded).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise _missing_files_error([path])
+    exclude = torch.as_tensor([] if exclude is None else exclude, dtype=torch.long)
+    parts, kept = [], 0
+    for chunk in iter_cocoa(path, low_branches=GRAPH_BRANCHES_LOW, high_branches=GRAPH_BRANCHES_HIGH,
+                            step_size=step_size, factor=factor):
+        data, slices = build_storage(chunk.low, chunk.high, options, factor=factor or chunk.factor,
+                                     geometry=geometry or Geometry.cocoa(), first_event=chunk.entry_start,
+                                     drop_empty=drop_empty)
+        wanted = torch.nonzero(~torch.isin(data.event, exclude)).squeeze(1)
+        if max_events is not None:
+            wanted = wanted[:max_events - kept]
+        if len(wanted):
+            parts.append(select_events(data, slices, wanted))
+            kept += len(wanted)
+        if max_events is not None and kept >= max_events:
+            break
+    if not parts:
+        raise ValueError(f"no events to read in {path}: every entry is excluded or has no cell in the layers "
+                         f"{options.layers}")
+    return concat_storages(parts)

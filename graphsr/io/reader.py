@@ -207,7 +207,7 @@ def _open(path: str | PathLike):
     if not path.is_file():
         raise FileNotFoundError(f"COCOA file not found: {path}")
     try:
-        file = uproot.open(path)
+        file = uproot.open(path, array_cache=None)  # chunks are read once: a cache only grows RSS
     except Exception as exc:  # uproot raises assorted types for foreign or damaged files
         raise CocoaFormatError(f"not a readable ROOT file ({type(exc).__name__}: {exc})", file=path) from exc
     try:
