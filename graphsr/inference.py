@@ -271,6 +271,9 @@ def seen_entries(resolver: SuperResolver, path: str | Path, split: str = "test")
     ``test``: the file must be one the model trained on (same content hash, whatever its name); ``all``: one it
     never saw. Anything else is refused (ValueError), so that training events are never scored as held-out ones.
     """
+    if split not in ("test", "all"):
+        raise ValueError(f"unknown split {split!r}: 'test' (a training file's held-out events) or 'all' (a file "
+                         "the model never saw)")
     digest = file_digest(path)
     used = {part: next((f["entries"] for f in resolver.events.get(part, []) if f["sha256"] == digest), None)
             for part in ("train", "val")}

@@ -142,3 +142,5 @@ def test_evaluation_reads_the_first_unseen_entries(checkpoint):
     assert data.event.tolist() == sorted(set(range(40)) - used)[:3]
     with pytest.raises(ValueError, match="--split test"):
         seen_entries(resolver, data_file, "all")
+    with pytest.raises(ValueError, match="unknown split 'events.root'"):  # a typo never scores training events
+        seen_entries(resolver, data_file, "events.root")
