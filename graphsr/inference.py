@@ -349,17 +349,29 @@ def central_coverage(samples: torch.Tensor, truth: torch.Tensor, level: float = 
     return float(((truth >= lo) & (truth <= hi)).float().mean())
 
 
-def _solve_increasing(function, target: float, low: float = 0.25, high: float = 16.0, rounds: int = 12) -> float:
-    """x in [low, high] where the increasing ``function`` crosses ``target``, by bisection in log x (an end of
-    the range if it does not cross)."""
-    if function(low) >= target:
-        return low
-    if function(high) <= target:
-        return high
+def _smallest_reaching(function, target: float, low: float = 0.25, high: float = 16.0, rounds: int = 8) -> float:
+    """The smallest x in [low, high] where ``function`` reaches ``target``: scanned on a grid of steps of sqrt(2),
+    then bisected in log x inside the first step that reaches it. Coverage need not grow for ever with the factor
+    (members pushed far apart all land on a parent's extremes), so a plain bisection over the whole range can run
+    off to its end; where nothing reaches ``target``, the x of the highest value, with a warning."""
+    grid = np.geomspace(low, high, int(round(2 * np.log2(high / low))) + 1)
+    values = []
+    for x in grid:
+        values.append(function(float(x)))
+        if values[-1] >= target:
+            break
+    else:
+        best = float(grid[int(np.argmax(values))])
+        warnings.warn(f"calibration: no factor in [{low}, {high}] reaches coverage {target:.2f} (at best "
+                      f"{max(values):.3f}, at {best:.2f}); using that one", stacklevel=3)
+        return best
+    if len(values) == 1:
+        return float(grid[0])
+    below, above = float(grid[len(values) - 2]), float(grid[len(values) - 1])
     for _ in range(rounds):
-        middle = float(np.sqrt(low * high))
-        low, high = (middle, high) if function(middle) < target else (low, middle)
-    return float(np.sqrt(low * high))
+        middle = float(np.sqrt(below * above))
+        below, above = (middle, above) if function(middle) < target else (below, middle)
+    return above
 
 
 def fit_calibration(resolver: SuperResolver, storage, events: torch.Tensor, *, ensemble: int | None = None,
@@ -370,8 +382,9 @@ def fit_calibration(resolver: SuperResolver, storage, events: torch.Tensor, *, e
     (:func:`spread_totals`) and one for the fine shares (:func:`inflate` in log space): the coarse factor is chosen
     so that the central
     ``level`` interval of the event ECAL energy covers ``level`` of the validation events, then the fine factor so
-    that the same holds for the hit fine cells (truth above 1 MeV); coverage grows with the factor, so each is found
-    by bisection (between 0.25 and 16). Both apply to ensembles of the size they were fitted with (the interval of a
+    that the same holds for the hit fine cells (truth above 1 MeV); each is the smallest factor between 0.25 and 16
+    that reaches the level (:func:`_smallest_reaching`): the smallest widening keeps single members most like the
+    truth (a fine factor of 16 made members put each parent's energy in one child). Both apply to ensembles of the size they were fitted with (the interval of a
     few members is itself narrower than the distribution's). The means barely move; the intervals get the width
     they should have.
 
@@ -408,8 +421,8 @@ def fit_calibration(resolver: SuperResolver, storage, events: torch.Tensor, *, e
             count += int(hit.sum())
         return inside / max(count, 1)
 
-    coarse = _solve_increasing(event_coverage, level)
-    fine = _solve_increasing(lambda f: cell_coverage(coarse, f), level)
+    coarse = _smallest_reaching(event_coverage, level)
+    fine = _smallest_reaching(lambda f: cell_coverage(coarse, f), level)
     return {"coarse": coarse, "fine": fine, "events": len(events), "ensemble": ensemble, "level": level,
             "coverage": {"event_before": event_coverage(1.0), "event_after": event_coverage(coarse),
                          "cells_before": cell_coverage(1.0, 1.0), "cells_after": cell_coverage(coarse, fine)}}

@@ -457,6 +457,20 @@ def test_calibration_widens_or_narrows_around_the_mean(trained):
                           resolver.decode(raw, calibrated=False))
 
 
+def test_calibration_takes_the_smallest_factor_that_reaches_the_level():
+    from graphsr.inference import _smallest_reaching
+
+    # coverage that rises to 0.70 at x = 4 and falls beyond (members pushed apart land on a parent's extremes):
+    # 0.70 - 0.05 (log2 x - 2)^2 = 0.68 at log2 x = 2 - sqrt(0.4), x = 2.583; a bisection over [0.25, 16] ran to 16
+    def hump(x, top=0.70):
+        return top - 0.05 * (np.log2(x) - 2) ** 2
+
+    assert _smallest_reaching(hump, 0.68) == pytest.approx(2 ** (2 - 0.4 ** 0.5), rel=0.01)
+    assert _smallest_reaching(lambda x: 0.9, 0.68) == 0.25  # over-dispersed already: narrowed as far as allowed
+    with pytest.warns(UserWarning, match="no factor"):  # never reaches: the best one, said aloud
+        assert _smallest_reaching(lambda x: hump(x, top=0.6), 0.68) == pytest.approx(4.0)
+
+
 def test_the_shipped_pretrained_model_improves_on_the_coarse_energy(tmp_path):
     """The GPU-trained model in graphsr/pretrained (README, "Pretrained model") loads on the CPU and, on events it
     never saw (another seed), estimates the event ECAL energy closer to the fine truth than the coarse cells do."""
