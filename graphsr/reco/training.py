@@ -170,7 +170,7 @@ def train_reco(config: RecoConfig, input_type: str, out_dir: str | Path, progres
             "input_type": input_type, "source_files": list(config.data.train), "events": seen,
             "factor": data_factor(train_set), "val_loss": val_loss, "val_accuracy": val_accuracy}, out_dir / CHECKPOINT)
 
-    bar = tqdm(total=tc.steps, disable=not progress, desc=f"training reco ({input_type})", unit="step")
+    bar = tqdm(total=tc.steps, disable=None if progress else True, desc=f"training reco ({input_type})", unit="step")
     while step < tc.steps:
         loader = GraphLoader(train_set, tc.batch_size, shuffle=True, drop_last=len(train_set) >= tc.batch_size,
                              generator=torch.Generator().manual_seed(tc.seed + epoch))
