@@ -9,7 +9,6 @@ import torch
 
 import graphsr.datasets.cocoa as cocoa
 from graphsr.cli import main
-from graphsr.config import config_from_dict
 from graphsr.datasets import read_events
 from graphsr.inference import SuperResolver, seen_entries
 from graphsr.io import read_cocoa, write_cocoa
@@ -17,17 +16,17 @@ from graphsr.simulation import SingleElectronGun, simulate_events
 from graphsr.training.checkpoint import load_checkpoint
 from graphsr.training.trainer import train
 
+from test_training import tiny_config
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("stream")
     data = root / "train.root"
     write_cocoa(data, simulate_events(SingleElectronGun(), 40, factor=2, seed=3, neighbour_branches=False))
-    config = config_from_dict({
-        "data": {"train": [str(data)], "cache": str(root / "cache")},
-        "model": {"width": 16, "depth": 1, "coarse_depth": 1, "heads": 2, "context_tokens": 2},
-        "train": {"steps": 2, "batch_size": 8, "warmup": 1, "val_every": 2},
-        "sample": {"sampler": "ddim", "steps": 2, "ensemble": 2, "calibration_events": 4}})
+    config = tiny_config(data, root / "cache", steps=2, warmup=1, val_every=2)
+    config.sample.sampler, config.sample.steps, config.sample.ensemble = "ddim", 2, 2
+    config.sample.calibration_events = 4
     return train(config, root / "run", progress=False).checkpoint, data
 
 
