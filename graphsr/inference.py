@@ -195,16 +195,17 @@ class SuperResolver:
                 [steps, Nf]).
 
         Returns:
-            dict with ``batch`` (the events, one copy), ``samples`` ([K, Nf] GeV), ``mean`` and ``spread`` ([Nf]:
-            ensemble mean and standard deviation per fine cell), ``estimate`` ([Nf]: :func:`point_estimate`),
-            ``mode`` and optionally ``trajectory``.
+            dict with ``batch`` (the events, one copy), ``samples`` ([K, Nf] GeV, calibrated), ``spread`` ([Nf]:
+            their standard deviation per fine cell), ``mean`` and ``estimate`` ([Nf]: ensemble mean and
+            :func:`point_estimate` of the members before calibration, :func:`ensemble_summary`), ``mode`` and
+            optionally ``trajectory``.
         """
         mode = mode or self.config.sample.mode
         generated = self.generate(storage, events, sampler=sampler, steps=steps, ensemble=ensemble, seed=seed,
                                   eta=eta, record_steps=record_steps)
         samples = self.decode(generated, mode, calibrated)
         batch = generated["batch"]
-        out = ensemble_summary(samples, batch, mode)
+        out = ensemble_summary(samples, batch, mode, self.decode(generated, mode, calibrated=False))
         if record_steps:
             nf = batch.num_nodes
             out["trajectory"] = torch.stack([self.energy_model.decode(batch, t[:nf], t[nf:], mode)
@@ -212,12 +213,15 @@ class SuperResolver:
         return out
 
 
-def ensemble_summary(samples: torch.Tensor, batch, mode: str) -> dict:
-    """What a resolver returns for an ensemble ``[K, Nf]`` (GeV) of the events of ``batch``: the samples, their mean,
-    spread and :func:`point_estimate`."""
-    return {"batch": batch, "samples": samples, "mode": mode, "mean": samples.mean(0),
+def ensemble_summary(samples: torch.Tensor, batch, mode: str, raw: torch.Tensor | None = None) -> dict:
+    """What a resolver returns for an ensemble ``[K, Nf]`` (GeV) of the events of ``batch``: the samples and their
+    spread; the mean and :func:`point_estimate` of ``raw``, the same members before the spread calibration (default:
+    ``samples``). The calibration widens the intervals and must not move the estimate: widened log-shares average to
+    a smeared mean with more, fainter hits (on multi-particle events, false local maxima)."""
+    raw = samples if raw is None else raw
+    return {"batch": batch, "samples": samples, "mode": mode, "mean": raw.mean(0),
             "spread": samples.std(0) if samples.size(0) > 1 else torch.zeros_like(samples[0]),
-            "estimate": point_estimate(samples, batch)}
+            "estimate": point_estimate(raw, batch)}
 
 
 class PyramidResolver(SuperResolver):

@@ -202,8 +202,10 @@ def test_sampling_is_seeded_and_conserving_mode_holds_parents(trained):
     b = resolver(storage, events, seed=1)
     assert torch.equal(a["samples"], b["samples"]) and a["samples"].shape[0] == 3
     assert not torch.equal(a["samples"], resolver(storage, events, seed=2)["samples"])
-    # ensemble members differ; mean and spread agree with them
-    assert torch.allclose(a["mean"], a["samples"].mean(0)) and a["spread"].max() > 0
+    # ensemble members differ; the spread is theirs, the mean that of the members before calibration
+    raw = resolver(storage, events, seed=1, calibrated=False)["samples"]
+    assert torch.allclose(a["mean"], raw.mean(0)) and torch.allclose(a["spread"], a["samples"].std(0))
+    assert a["spread"].max() > 0
     c = resolver(storage, events, seed=1, mode="conserving")
     batch = c["batch"]
     sums = torch.zeros_like(batch.coarse_energy).index_add_(0, batch.fine_parent, c["samples"][0])
@@ -455,6 +457,11 @@ def test_calibration_widens_or_narrows_around_the_mean(trained):
     assert torch.allclose(calibrated, expected)
     assert torch.allclose(resolver(storage, torch.arange(3), seed=4, calibrated=False)["samples"],
                           resolver.decode(raw, calibrated=False))
+    # the calibration widens the spread but never moves the mean or the point estimate written to files
+    wide, narrow = resolver(storage, torch.arange(3), seed=4), resolver(storage, torch.arange(3), seed=4,
+                                                                        calibrated=False)
+    assert torch.equal(wide["mean"], narrow["mean"]) and torch.equal(wide["estimate"], narrow["estimate"])
+    assert float(wide["spread"].mean()) > float(narrow["spread"].mean())
 
 
 def test_calibration_takes_the_smallest_factor_that_reaches_the_level():

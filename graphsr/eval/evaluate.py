@@ -64,6 +64,7 @@ class Generated:
     particle_e: np.ndarray | None = None  # [P] true particle energy (GeV), particles of an event consecutive
     particle_eta: np.ndarray | None = None
     particle_phi: np.ndarray | None = None
+    center: np.ndarray | None = None      # [Nf] ensemble mean before the spread calibration (SuperResolver "mean")
 
     def ensemble_sums(self, size: int) -> np.ndarray:
         """[E] event sums of the mean of the first ``size`` members."""
@@ -79,7 +80,8 @@ class Generated:
 
     @property
     def mean(self) -> np.ndarray:
-        return self.samples.mean(0)
+        """[Nf] the ensemble mean (before the spread calibration, which widens intervals but does not move it)."""
+        return self.samples.mean(0) if self.center is None else self.center
 
 
 def generate(resolver, storage, events, *, ensemble: int = 10, sampler: str | None = None, steps: int | None = None,
@@ -103,6 +105,7 @@ def generate(resolver, storage, events, *, ensemble: int = 10, sampler: str | No
                        mode=mode, calibrated=calibrated)
         b = out["batch"].cpu()
         parts.append(dict(truth=b.fine_energy, samples=out["samples"].cpu(), estimate=out["estimate"].cpu(),
+                          center=out["mean"].cpu(),
                           layer=b.fine_layer, eta=b.fine_pos[:, 0], phi=b.fine_pos[:, 1], event=b.batch + i,
                           parent=b.fine_parent + coarse_offset, coarse_energy=b.coarse_energy,
                           coarse_layer=b.coarse_layer, coarse_event=b.coarse_batch + i, fine_cell=b.fine_cell,
@@ -116,7 +119,7 @@ def generate(resolver, storage, events, *, ensemble: int = 10, sampler: str | No
         coarse_offset += b.coarse_energy.numel()
     seconds = time.perf_counter() - start
     cat = {k: torch.cat([p[k] for p in parts], dim=-1).numpy().astype(np.float64 if k in ("truth", "samples",
-           "estimate", "coarse_energy", "eta", "phi", "regression", "particle_e", "particle_eta", "particle_phi")
+           "estimate", "center", "coarse_energy", "eta", "phi", "regression", "particle_e", "particle_eta", "particle_phi")
            else np.int64) for k in parts[0]}
     return Generated(even_split=m.even_split(cat["coarse_energy"], cat["parent"]), num_events=len(events),
                      seconds=seconds, mode=out["mode"], factor=resolver.factor, **cat)
