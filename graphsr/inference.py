@@ -66,6 +66,12 @@ class SuperResolver:
         self.denoiser.load_state_dict(weights)
         self.energy_model = EnergyModel(**state["energy_model"])
         self.calibration: dict | None = state.get("calibration")
+        if self.calibration and self.calibration.get("fine", 0) >= 16.0:
+            # checkpoints calibrated before the search of fit_calibration took the smallest factor that reaches
+            # the level: their bisection ran off to the end of its range
+            warnings.warn(f"{checkpoint}: its spread calibration sits at the end of its range (share factor "
+                          f"{self.calibration['fine']:.0f}), which makes single samples unrealistic; refit it with "
+                          f"`graphsr calibrate --checkpoint {checkpoint}`", stacklevel=2)
         self.training_range: dict | None = state.get("training_range")
         self.events: dict = state.get("events", {})
         # checkpoints written before grid edges have no "edges": their models were trained on kNN graphs

@@ -464,6 +464,15 @@ def test_calibration_widens_or_narrows_around_the_mean(trained):
     assert float(wide["spread"].mean()) > float(narrow["spread"].mean())
 
 
+def test_a_calibration_at_the_end_of_its_range_is_flagged(trained, tmp_path):
+    _, result = trained
+    state = load_checkpoint(result.checkpoint)
+    state["calibration"] = {**(state.get("calibration") or {}), "coarse": 3.0, "fine": 16.0}
+    save_checkpoint(state, tmp_path / "old_calibration.pt")
+    with pytest.warns(UserWarning, match="graphsr calibrate --checkpoint"):
+        SuperResolver(tmp_path / "old_calibration.pt", device="cpu")
+
+
 def test_calibration_takes_the_smallest_factor_that_reaches_the_level():
     from graphsr.inference import _smallest_reaching
 
