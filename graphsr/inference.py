@@ -209,9 +209,10 @@ class SuperResolver:
         mode = mode or self.config.sample.mode
         generated = self.generate(storage, events, sampler=sampler, steps=steps, ensemble=ensemble, seed=seed,
                                   eta=eta, record_steps=record_steps)
-        samples = self.decode(generated, mode, calibrated)
+        raw = self.decode(generated, mode, calibrated=False)
+        samples = self.decode(generated, mode) if calibrated else raw
         batch = generated["batch"]
-        out = ensemble_summary(samples, batch, mode, self.decode(generated, mode, calibrated=False))
+        out = ensemble_summary(samples, batch, mode, raw)
         if record_steps:
             nf = batch.num_nodes
             out["trajectory"] = torch.stack([self.energy_model.decode(batch, t[:nf], t[nf:], mode)
