@@ -67,9 +67,9 @@ demo: $(STAMP) $(DATA)/single_electron_2x.root
 	  --regression $(RUN)_regression/checkpoint.pt
 	@echo "demo done: report in $(REPORT)/report.md"
 
-# the multi-particle 4x setup on CPU (an electron plus 0-3 photons; ~35 min on 2 cores): simulate, train ~8 min (+ the regression
-# baseline, 3 min), the particle-flow models (3 x ~4 min), evaluate with the downstream particle reconstruction
-# (hand-written and learned); reports/multi_particle_4x/report.md
+# the multi-particle 4x setup on CPU (an electron plus 0-3 photons; ~35 min on 2 cores): simulate, train ~8 min
+# (+ the regression baseline, 3 min), the particle-flow models (3 x ~4 min), evaluate with the downstream particle
+# reconstruction (hand-written and learned); reports/multi_particle_4x/report.md
 demo-multi: $(STAMP) $(DATA)/multi_particle_4x.root $(DATA)/multi_particle_4x_reco.root
 	$(GRAPHSR) train --config configs/multi_particle_4x_cpu.yaml --out runs/multi_particle_4x
 	$(GRAPHSR) train --config configs/multi_particle_4x_cpu_regression.yaml --out runs/multi_particle_4x_regression

@@ -391,13 +391,12 @@ def fit_calibration(resolver: SuperResolver, storage, events: torch.Tensor, *, e
 
     The ensemble members are moved away from (or towards) their mean by one factor for the coarse totals
     (:func:`spread_totals`) and one for the fine shares (:func:`inflate` in log space): the coarse factor is chosen
-    so that the central
-    ``level`` interval of the event ECAL energy covers ``level`` of the validation events, then the fine factor so
-    that the same holds for the hit fine cells (truth above 1 MeV); each is the smallest factor between 0.25 and 16
-    that reaches the level (:func:`_smallest_reaching`): the smallest widening keeps single members most like the
-    truth (a fine factor of 16 made members put each parent's energy in one child). Both apply to ensembles of the size they were fitted with (the interval of a
-    few members is itself narrower than the distribution's). The means barely move; the intervals get the width
-    they should have.
+    so that the central ``level`` interval of the event ECAL energy covers ``level`` of the validation events, then
+    the fine factor so that the same holds for the hit fine cells (truth above 1 MeV). Each is the smallest factor
+    between 0.25 and 16 that reaches the level (:func:`_smallest_reaching`): the smallest widening keeps single
+    members most like the truth (a fine factor of 16 made members put each parent's energy in one child). Both
+    apply to ensembles of the size they were fitted with (the interval of a few members is itself narrower than the
+    distribution's). The means barely move; the intervals get the width they should have.
 
     Returns ``{"coarse", "fine", "events", "ensemble", "level", "coverage": {before / after}}``, what
     :class:`SuperResolver` applies (the trainer stores it in the checkpoint).

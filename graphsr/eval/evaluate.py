@@ -118,9 +118,8 @@ def generate(resolver, storage, events, *, ensemble: int = 10, sampler: str | No
             parts[-1]["regression"] = regression(storage, chunk, ensemble=1)["mean"].cpu()
         coarse_offset += b.coarse_energy.numel()
     seconds = time.perf_counter() - start
-    cat = {k: torch.cat([p[k] for p in parts], dim=-1).numpy().astype(np.float64 if k in ("truth", "samples",
-           "estimate", "center", "coarse_energy", "eta", "phi", "regression", "particle_e", "particle_eta", "particle_phi")
-           else np.int64) for k in parts[0]}
+    cat = {k: torch.cat([p[k] for p in parts], dim=-1).numpy() for k in parts[0]}
+    cat = {k: v.astype(np.float64 if np.issubdtype(v.dtype, np.floating) else np.int64) for k, v in cat.items()}
     return Generated(even_split=m.even_split(cat["coarse_energy"], cat["parent"]), num_events=len(events),
                      seconds=seconds, mode=out["mode"], factor=resolver.factor, **cat)
 
