@@ -9,10 +9,10 @@ Compares, on the same file and branches, in one run (each stage the best of ``--
   PyG batches      torch_geometric's DataLoader on the same events: separating the storage into one Data object per
                    event (what InMemoryDataset does on first access, cached after) and collating them
 
-Measured on 2 CPU cores, nothing else running (5,000 single-electron 2x events, torch_cluster installed; README):
-before grid edges 850 events/s file -> batches, 56x a raw read, 88% of it kNN; with grid edges 4,500 events/s,
-9-10x a raw read (5,500 before the reader's validation grew); GraphLoader 6x faster than PyG's DataLoader (2x its
-collation alone). Target (issue 13): >= 5,000.
+Measured on 2 CPU cores (5,000 single-electron 2x events, torch_cluster installed; README): before grid edges
+850 events/s file -> batches, 56x a raw read, 88% of it kNN; with grid edges 7,250-7,570 events/s on a quiet
+machine (8.1-8.6x a raw read) and ~4,500 with other jobs running (9-10x); GraphLoader 9x faster than PyG's
+DataLoader (2.7x its collation alone). Target (issue 13): >= 5,000. The machine is shared: compare the ratios.
 
 Usage: python bench/bench_loading.py [--events 5000] [--file data/single_electron_2x.root] [--edges grid knn]
 """
