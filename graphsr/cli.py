@@ -23,7 +23,9 @@ def _simulate(args):
     # one independent, reproducible stream per chunk: the file does not depend on the chunk size's timing
     seeds = np.random.SeedSequence(args.seed).spawn(-(-args.events // args.chunk))
     settings = {"gun": args.gun, "factor": args.factor, "events": args.events, "chunk": args.chunk,
-                "neighbour_branches": not args.no_neighbour_branches, "coarse_noise": args.coarse_noise}
+                "neighbour_branches": not args.no_neighbour_branches}
+    if args.coarse_noise is not None:
+        settings["coarse_noise"] = args.coarse_noise
     with CocoaWriter(args.output, overwrite=args.overwrite,
                      provenance=provenance("simulate", config=settings, seed=args.seed)) as writer, \
             tqdm(total=args.events, unit="event", desc=f"simulating {args.gun} x{args.factor}",
