@@ -24,6 +24,8 @@ def _simulate(args):
     seeds = np.random.SeedSequence(args.seed).spawn(-(-args.events // args.chunk))
     settings = {"gun": args.gun, "factor": args.factor, "events": args.events, "chunk": args.chunk,
                 "neighbour_branches": not args.no_neighbour_branches}
+    if args.coarse_noise is not None:
+        settings["coarse_noise"] = args.coarse_noise
     with CocoaWriter(args.output, overwrite=args.overwrite,
                      provenance=provenance("simulate", config=settings, seed=args.seed)) as writer, \
             tqdm(total=args.events, unit="event", desc=f"simulating {args.gun} x{args.factor}",
@@ -31,9 +33,17 @@ def _simulate(args):
         for i, seed in enumerate(seeds):
             n = min(args.chunk, args.events - i * args.chunk)
             writer.write(simulate_events(gun, n, factor=args.factor, seed=np.random.default_rng(seed),
-                                         neighbour_branches=not args.no_neighbour_branches))
+                                         neighbour_branches=not args.no_neighbour_branches,
+                                         coarse_noise=args.coarse_noise))
             bar.update(n)
     print(f"wrote {args.events} events to {args.output}")
+
+
+def _noise_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--coarse-noise takes comma-separated MeV values, got {text!r}") from None
 
 
 def _summary(args):
@@ -340,6 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     sim.add_argument("--no-neighbour-branches", action="store_true",
                      help="leave out cell_to_cell_edge_start/_end (graphsr does not read them; ~2x faster)")
+    sim.add_argument("--coarse-noise", type=_noise_list, default=None, metavar="MEV,...",
+                     help="noise sigma of the coarse cells, one per layer (default: the fine sigma x --factor, as "
+                     "COCOA's SR configs; the published single-electron set looks made with 13,34,41,75,50,25: "
+                     "data/README.md)")
     sim.set_defaults(run=_simulate)
 
     summary = commands.add_parser("summary", help="build the graphs of a file and summarise them",

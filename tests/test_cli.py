@@ -34,3 +34,9 @@ def test_simulate_records_its_provenance_and_readers_ignore_it(tmp_path):
                                 "neighbour_branches": True}
     assert record["versions"]["graphsr"] == importlib.metadata.version("graphsr")
     assert set(read_cocoa(path)) == {"Low_Tree", "High_Tree"} and info.mode == "super-resolution"
+    # another coarse noise is recorded, and bad values are refused before any file is written
+    noisy = tmp_path / "fine_noise.root"
+    assert main(["simulate", "--events", "3", "--coarse-noise", "13,34,41,75,50,25", "--output", str(noisy)]) == 0
+    assert open_cocoa(noisy).provenance["config"]["coarse_noise"] == [13, 34, 41, 75, 50, 25]
+    assert main(["simulate", "--events", "3", "--coarse-noise", "13,34", "--output", str(tmp_path / "bad.root")]) == 1
+    assert not (tmp_path / "bad.root").exists()

@@ -262,12 +262,35 @@ def test_single_electron_statistics_match_cocoa(electrons):
     assert 0.003 < ((coarse - energy) / energy).std() < 0.03
 
 
-@pytest.mark.xfail(strict=True, reason="COCOA's single electrons keep 254 fine ECAL cells per event; with the "
-                   "selection now as COCOA's and physical lateral profiles ours keep ~155 (data/README.md)")
+@pytest.mark.xfail(strict=True, reason="COCOA's single electrons keep 254 fine ECAL cells per event; ours keep ~155 "
+                   "with COCOA's 2x config noise and ~197 with the fine sigmas the published set's energy residual "
+                   "points to; the rest is not understood (data/README.md)")
 def test_single_electron_cluster_size_matches_cocoa(electrons):
     high = electrons["High_Tree"]
     fine_cells = ak.num(high.cell_e[high.cell_layer < 3]).to_numpy()
     assert fine_cells.mean() == pytest.approx(254, rel=0.20)
+
+
+def _coarse_minus_fine(events):
+    low, high = events["Low_Tree"], events["High_Tree"]
+    return ak.sum(low.cell_e[low.cell_layer < 3], axis=1).to_numpy() - \
+        ak.sum(high.cell_e[high.cell_layer < 3], axis=1).to_numpy()
+
+
+def test_published_single_electron_set_has_the_fine_noise(electrons):
+    # the published single-electron test set (SuperResolutionHEP, performance_single_electron.ipynb): coarse minus
+    # fine ECAL energy per event, i.e. the noise summed over the stored coarse cells, has mean 0.58 GeV and sd
+    # 0.28 GeV. COCOA's 2x config noise (fine sigma x 2) gives far more; the fine sigmas unscaled reproduce it.
+    fine_noise = _coarse_minus_fine(simulate_events(SingleElectronGun(), 300, factor=2, seed=5,
+                                                    coarse_noise=FINE.noise))
+    assert fine_noise.mean() == pytest.approx(580, rel=0.2) and fine_noise.std() == pytest.approx(280, rel=0.2)
+    config_noise = _coarse_minus_fine(electrons)
+    assert config_noise.mean() > 1.3 * 580 and config_noise.std() > 1.3 * 280
+
+
+def test_coarse_noise_needs_one_sigma_per_layer():
+    with pytest.raises(ValueError, match="one positive sigma"):
+        simulate_events(SingleElectronGun(), 2, coarse_noise=[13.0, 34.0, 41.0])
 
 
 def test_multi_particle_statistics_match_cocoa(multi):

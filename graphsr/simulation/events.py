@@ -3,8 +3,8 @@
 The steps follow COCOA's super-resolution mode (see ``shared/reference/cocoa.md``):
 
 1. the gun draws the particles, :mod:`graphsr.simulation.showers` deposits their energy in fine cells (noise-free);
-2. coarse cells are sums of ``factor x factor`` fine cells; Gaussian noise (fine sigma x factor) is added to the
-   coarse cells around the signal (:func:`~graphsr.simulation.topoclustering.signal_halo`);
+2. coarse cells are sums of ``factor x factor`` fine cells; Gaussian noise (fine sigma x factor unless given) is
+   added to the coarse cells around the signal (:func:`~graphsr.simulation.topoclustering.signal_halo`);
 3. 4-2-0 topoclustering of the coarse cells decides which coarse cells are stored;
 4. the fine tree holds every child of every stored coarse cell, zero-energy children included.
 
@@ -15,6 +15,8 @@ particles above 1% of the cell's noise-free energy. Topocluster summary branches
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import awkward as ak
 import numpy as np
@@ -114,7 +116,8 @@ def _contributions(keys, energy, particle):
 
 def simulate_events(gun, num_events: int, *, factor: int = 2,
                     seed: int | np.random.Generator | None = None, model: ShowerModel | None = None,
-                    geometry: Geometry | None = None, neighbour_branches: bool = True) -> dict[str, ak.Array]:
+                    geometry: Geometry | None = None, neighbour_branches: bool = True,
+                    coarse_noise: Sequence[float] | None = None) -> dict[str, ak.Array]:
     """Simulate events in COCOA's super-resolution format.
 
     Args:
@@ -127,14 +130,25 @@ def simulate_events(gun, num_events: int, *, factor: int = 2,
         geometry: the fine geometry (default COCOA's).
         neighbour_branches: write ``cell_to_cell_edge_start/_end`` (COCOA's cell neighbour graph). graphsr builds
             its own edges and does not read them; leaving them out makes simulation about twice as fast.
+        coarse_noise: noise sigma of the coarse cells per layer, MeV. Default: the fine sigma x ``factor``, as
+            COCOA's super-resolution configs set it (``config_superres.json``, ``config_superres_4x.json``). The
+            published single-electron set's coarse-minus-fine energy looks made with the fine sigmas unscaled
+            (``geometry.noise``; data/README.md).
 
     Returns:
         ``{"Low_Tree": ..., "High_Tree": ...}``: awkward records, one per event, with COCOA's branches (MeV, mm,
         rad), ready for :func:`graphsr.io.write_cocoa`.
+
+    Raises:
+        ValueError: if ``coarse_noise`` does not hold one positive sigma per layer.
     """
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     geometry = geometry or Geometry.cocoa()
     coarse = geometry.coarsen(factor)
+    noise = coarse.noise if coarse_noise is None else np.asarray(coarse_noise, dtype=np.float64)
+    if noise.shape != (coarse.num_layers,) or not np.all(noise > 0):
+        raise ValueError(f"coarse_noise must hold one positive sigma (MeV) per layer ({coarse.num_layers}), "
+                         f"got {coarse_noise!r}")
     particles: Particles = gun.sample(num_events, rng)
     deposits = simulate_showers(particles, rng, model, geometry)
 
@@ -152,7 +166,7 @@ def simulate_events(gun, num_events: int, *, factor: int = 2,
     c_event, c_layer, c_ieta, c_iphi = signal_halo(hit_event, *coarse.cell_index(hit_cell), coarse, num_events)
     c_keys = c_event * coarse.num_cells + coarse.cell_id(c_layer, c_ieta, c_iphi)
     c_pos_of_hit = np.searchsorted(c_keys, c_keys_hit)
-    sigma = coarse.noise[c_layer]
+    sigma = noise[c_layer]
     charged = particles.pdgid[f_particle] != PHOTON
     c_che = np.bincount(c_pos_of_hit[c_row_of_fine[f_row]], weights=f_energy * charged, minlength=len(c_keys))
     c_nue = np.bincount(c_pos_of_hit[c_row_of_fine[f_row]], weights=f_energy * ~charged, minlength=len(c_keys))
