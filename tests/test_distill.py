@@ -39,7 +39,7 @@ def test_distill_command_makes_a_one_step_student(tmp_path, capsys):
     state = load_checkpoint(out / "checkpoint.pt")
     # two rounds, 4 -> 2 -> 1 steps, on every other level of the teacher's grid, recalibrated
     assert [r["to_steps"] for r in state["distillation"]] == [2, 1]
-    assert state["sampling_sigmas"] == [pytest.approx(80.0), 0.0] and state["calibration"] is not None
+    assert state["sampling_sigmas"] == [pytest.approx(config.diffusion.sigma_max), 0.0] and state["calibration"] is not None
     seen = load_checkpoint(teacher)["events"]["train"][0]
     assert torch.equal(state["events"]["train"][0]["entries"], seen["entries"])  # what the teacher saw, it saw
     resolver = SuperResolver(out / "checkpoint.pt", device="cpu")
