@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from graphsr.config import Config, config_from_dict
+from graphsr.datasets.cocoa import warn_if_noise_differs
 from graphsr.diffusion import get_sampler, karras_sigmas
 from graphsr.detector import Geometry
 from graphsr.graphs import GraphOptions, build_storage, collate_events
@@ -503,6 +504,7 @@ def super_resolve_file(resolver: SuperResolver, input_path: str | Path, output_p
     events lie outside the model's training range (:meth:`SuperResolver.warn_if_outside`).
     """
     info = open_cocoa(input_path)
+    warn_if_noise_differs(input_path)
     high_branches = GRAPH_BRANCHES_HIGH if info.high_tree else None
     written = 0
     # the generated High_Tree is no noise-free truth (graphsr.io.reader accepts its negative energies)

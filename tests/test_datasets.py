@@ -1,9 +1,10 @@
 import os
+import warnings
 
 import pytest
 import torch
 
-from graphsr.datasets import CocoaDataset, CocoaStream
+from graphsr.datasets import CocoaDataset, CocoaStream, read_events
 from graphsr.graphs import GraphLoader, GraphOptions, build_storage
 from graphsr.io import write_cocoa
 
@@ -70,3 +71,17 @@ def test_stream_workers_split_the_chunks(toy_file):
     stream = CocoaStream([toy_file], batch_size=8, step_size=3)
     events = [b.event.tolist() for b in DataLoader(stream, batch_size=None, num_workers=2)]
     assert sorted(sum(events, [])) == [0, 2, 3, 5, 6, 8]
+
+
+def test_a_file_simulated_with_another_coarse_noise_is_flagged(tmp_path):
+    # graphsr's models take the coarse noise as COCOA's fine sigma x factor (26, 68, 82 MeV in ECAL at 2x)
+    from graphsr.cli import main as cli
+
+    odd, usual = tmp_path / "odd.root", tmp_path / "usual.root"
+    assert cli(["simulate", "--events", "4", "--output", str(odd), "--coarse-noise", "13,34,41,75,50,25"]) == 0
+    assert cli(["simulate", "--events", "4", "--output", str(usual), "--coarse-noise", "26,68,82,150,100,50"]) == 0
+    with pytest.warns(UserWarning, match=r"odd.root was simulated with coarse noise \[13.0, 34.0"):
+        read_events(odd)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_events(usual)  # the same noise as assumed, given explicitly: no warning

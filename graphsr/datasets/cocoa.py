@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from torch_geometric.data import InMemoryDataset
@@ -25,6 +27,22 @@ from graphsr.io import GRAPH_BRANCHES_HIGH, GRAPH_BRANCHES_LOW, iter_cocoa, open
 
 # Bump when the graph layout changes, so old caches are rebuilt.
 CACHE_VERSION = 2  # 2: events carry the index of their file
+
+
+def warn_if_noise_differs(path: str | Path) -> None:
+    """Warn when ``graphsr simulate --coarse-noise`` made ``path`` (its provenance says so) with a coarse noise other
+    than COCOA's fine sigma x factor, which graphsr's models take as the noise of every coarse cell
+    (:func:`graphsr.models.sr3.noise_sigma`): their posterior of the true totals would be wrong."""
+    record = open_cocoa(path).provenance or {}
+    settings = record.get("config") or {}
+    if record.get("command") != "simulate" or settings.get("coarse_noise") is None:
+        return
+    assumed = Geometry.cocoa().coarsen(int(settings["factor"])).noise
+    if not np.allclose(settings["coarse_noise"], assumed):
+        warnings.warn(f"{path} was simulated with coarse noise {settings['coarse_noise']} MeV per layer (graphsr "
+                      f"simulate --coarse-noise); graphsr's models assume COCOA's fine sigma x {settings['factor']}, "
+                      f"{assumed.tolist()} MeV: train and evaluate on files with that noise (data/README.md)",
+                      stacklevel=2)
 
 
 def _missing_files_error(paths: list[Path]) -> FileNotFoundError:
@@ -57,6 +75,8 @@ class CocoaDataset(InMemoryDataset):
         self.options, self.factor, self.max_events, self.drop_empty = options, factor, max_events, drop_empty
         self.step_size, self.geometry = step_size, geometry or Geometry.cocoa()
         self.key = self.cache_key()  # fixed now: a file changing later must not redirect this dataset
+        for path in self.files:
+            warn_if_noise_differs(path)
         super().__init__(str(root), transform, log=log)
         data, slices = torch.load(self.processed_paths[0], weights_only=True)
         self._data, self.slices = PairData.from_dict(data), slices
@@ -140,6 +160,8 @@ class CocoaStream(IterableDataset):
         missing = [f for f in self.files if not f.exists()]
         if missing:
             raise _missing_files_error(missing)
+        for path in self.files:
+            warn_if_noise_differs(path)
         self.options, self.factor, self.drop_empty = options, factor, drop_empty
         self.batch_size, self.shuffle, self.seed, self.step_size = batch_size, shuffle, seed, step_size
         self.geometry, self.transform = geometry or Geometry.cocoa(), transform
@@ -190,6 +212,7 @@ def read_events(path: str | Path, options: GraphOptions = GraphOptions(), *, exc
     path = Path(path)
     if not path.exists():
         raise _missing_files_error([path])
+    warn_if_noise_differs(path)
     exclude = torch.as_tensor([] if exclude is None else exclude, dtype=torch.long)
     parts, kept = [], 0
     for chunk in iter_cocoa(path, low_branches=GRAPH_BRANCHES_LOW, high_branches=GRAPH_BRANCHES_HIGH,
