@@ -1,8 +1,10 @@
 """Pyramid against dense generation: cost against occupancy, and quality on the same held-out events.
 
 Cost: peak memory and time of one sampler call (the whole ensemble) for events of 1, 4, 16 and 64 electrons spread
-over the detector and for one full-detector event in which every ECAL coarse cell is a candidate (the showers'
-measured cells plus the layer's noise everywhere else: 36,864 coarse and 147,456 fine cells at 2x). Memory: peak RSS,
+over the detector, for 16 electrons diluted to 30% occupancy (their measured cells, about 80% of whose children are
+hit in truth, plus noise-only coarse cells drawn uniformly in the kept layers until 30% of the candidate fine cells
+are hit: :func:`diluted_event`) and for one full-detector event in which every ECAL coarse cell is a candidate (the
+showers' measured cells plus the layer's noise everywhere else: 36,864 coarse and 147,456 fine cells at 2x). Memory: peak RSS,
 each measurement in a fresh process (the rise of the process's peak during its first sampler call, over its peak
 with the event and the model loaded), and on CUDA the rise of the peak allocated; time: a second call. Occupancy: the
 fraction of candidate fine cells that are hit in truth, and that each generator fills (energy above zero).
@@ -36,6 +38,7 @@ from graphsr.inference import load_resolver
 from graphsr.simulation import simulate_events
 
 FULL = "full"
+DILUTED = "occ"
 
 
 def full_detector_event(factor: int, showers: int = 4, seed: int = 0) -> dict:
@@ -57,12 +60,47 @@ def full_detector_event(factor: int, showers: int = 4, seed: int = 0) -> dict:
             "cell_phi": [phi.astype(np.float32)], "cell_e": [energy.astype(np.float32)]}
 
 
+def diluted_event(factor: int, options, occupancy: float, showers: int = 16, seed: int = 0):
+    """Storage of one event whose candidate fine cells are ``occupancy`` hit in truth: ``showers`` electrons'
+    measured coarse cells (about 80% of their children hit) plus as many noise-only coarse cells (the layer's sigma;
+    every child empty in truth) as it takes, drawn uniformly among the other cells of the kept layers, as the
+    full-detector event adds them. The children of every coarse cell are the candidates; the fine truth is the
+    simulated one under the showers' cells, zero elsewhere."""
+    trees = simulate_events(SpreadElectrons(showers), 1, factor=factor, seed=seed, neighbour_branches=False)
+    data = build_storage(trees["Low_Tree"], trees["High_Tree"], options)[0]
+    hits, candidates = int((data.fine_energy > 0).sum()), data.fine_energy.numel()
+    extra = max(0, int(np.ceil((hits / occupancy - candidates) / factor**2)))
+    coarse = Geometry.cocoa().coarsen(factor)
+    taken = set(data.coarse_cell.tolist())
+    cells = np.concatenate([coarse.cell_id(np.full(coarse.n[la] ** 2, la), *np.divmod(np.arange(coarse.n[la] ** 2),
+                                                                                       coarse.n[la]))
+                            for la in options.layers])
+    rng = np.random.default_rng(seed)
+    noise = rng.choice(np.setdiff1d(cells, list(taken)), extra, replace=False)
+    layer, ieta, iphi = coarse.cell_index(noise)
+    eta, phi = coarse.cell_center(layer, ieta, iphi)
+    low = trees["Low_Tree"][0]
+    low = {"cell_layer": [np.concatenate([low.cell_layer.to_numpy(), layer]).astype(np.int32)],
+           "cell_eta": [np.concatenate([low.cell_eta.to_numpy(), eta]).astype(np.float32)],
+           "cell_phi": [np.concatenate([low.cell_phi.to_numpy(), phi]).astype(np.float32)],
+           "cell_e": [np.concatenate([low.cell_e.to_numpy(), rng.normal(0.0, coarse.noise[layer])]).astype(np.float32)]}
+    diluted, slices = build_storage(ak.Array(low), None, options, factor=factor)
+    keys, order = torch.sort(data.fine_cell)
+    position = torch.searchsorted(keys, diluted.fine_cell).clamp_max(len(keys) - 1)
+    found = keys[position] == diluted.fine_cell
+    diluted.fine_energy = torch.where(found, data.fine_energy[order][position], torch.zeros(()))
+    return diluted, slices
+
+
 def measure(checkpoint: str, case: str, device: str, ensemble: int, seed: int = 0) -> dict:
-    """One sampler call on one event (``case``: a number of showers, or ``full``), in this process."""
+    """One sampler call on one event (``case``: a number of showers, ``full``, or ``occ0.3``: a 30% occupied
+    event, :func:`diluted_event`), in this process."""
     resolver = load_resolver(checkpoint, device=device)
     if case == FULL:
         storage = build_storage(ak.Array(full_detector_event(resolver.factor)), None, resolver.graph_options,
                                 factor=resolver.factor)
+    elif case.startswith(DILUTED):
+        storage = diluted_event(resolver.factor, resolver.graph_options, float(case.removeprefix(DILUTED)))
     else:
         trees = simulate_events(SpreadElectrons(int(case)), 1, factor=resolver.factor, seed=int(case),
                                 neighbour_branches=False)
@@ -113,7 +151,7 @@ def cost_table(checkpoints: dict[str, str], cases: list[str], device: str, ensem
                        f"{result['rss_rise_mb']:>8.0f} {cuda:>8} {result['seconds'] / reference['seconds']:>6.2f} "
                        f"{result[memory] / max(reference[memory], 1e-9):>6.2f}")
             cells, truth = result["fine_cells"], result["truth_occupancy"]
-        label = "full ECAL" if case == FULL else f"{case} e-"
+        label = "full ECAL" if case == FULL else f"{case} e-" if case.isdigit() else f"16 e- {case}"
         print(f"{label:>10} {cells:>10} {'' if truth is None else f'{truth:.2f}':>9} | " + " | ".join(row), flush=True)
 
 
@@ -149,6 +187,8 @@ def main():
     parser.add_argument("--quality-ensemble", type=int, default=10)
     parser.add_argument("--showers", nargs="+", default=["1", "4", "16", "64"])
     parser.add_argument("--no-full", action="store_true", help="skip the full-detector event")
+    parser.add_argument("--occupancy", nargs="*", type=float, default=[0.3],
+                        help="truth occupancies of 16-electron events diluted with noise-only coarse cells")
     parser.add_argument("--ensemble", type=int, default=1, help="samples per event in the cost table")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed to one cost measurement")
@@ -160,8 +200,8 @@ def main():
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
     if not checkpoints:
         parser.error("give at least one --checkpoint NAME=PATH")
-    cost_table(checkpoints, args.showers + ([] if args.no_full else [FULL]), args.device, args.ensemble,
-               args.timeout)
+    cases = args.showers + [f"{DILUTED}{o:g}" for o in args.occupancy] + ([] if args.no_full else [FULL])
+    cost_table(checkpoints, cases, args.device, args.ensemble, args.timeout)
     if args.input:
         quality_table(checkpoints, args.input, args.events, args.quality_ensemble, args.device)
 
