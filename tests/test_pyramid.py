@@ -91,7 +91,7 @@ def test_stage_two_graph_holds_only_the_hit_children(toy_chunk):
     hits = torch.zeros(len(layer), 4, dtype=torch.bool)
     for i, key in enumerate(zip(parents.coarse_batch.tolist(), layer.tolist(), ieta.tolist(), iphi.tolist())):
         hits[i, chosen.get(key, [])] = True
-    graph = hit_graph(parents, hits, 2, 1, GraphOptions(k=8, k_between=4))
+    graph = hit_graph(parents, hits, 2, 1, GraphOptions(edges="knn", k=8, k_between=4))
     # the children by hand: slot s of parent (l, a, b) is (l, 2a + s // 2, 2b + s % 2)
     expected = [(0, 0, 120, 0), (0, 0, 121, 1), (0, 0, 120, 3), (0, 1, 123, 0),
                 (1, 1, 120, 20), (1, 1, 120, 21), (1, 1, 121, 20), (1, 1, 121, 21)]
@@ -316,3 +316,24 @@ def test_pyramid_log_shares_and_totals_give_its_energies(pyramid_4x):
     # a coarse cell's hits share at most its total (less where an intermediate hit got no hit child)
     shares = torch.zeros_like(out["totals"]).index_add_(0, batch.fine_parent[hit], out["log_shares"][hit].exp())
     assert torch.all(shares <= 1 + 1e-5)
+
+
+def test_grid_hit_graph_keeps_the_dense_grid_edges_among_the_hits():
+    """With grid edges, stage 2's fine graph is the dataset's grid graph of all the children restricted to the hits:
+    the same neighbours, none added where a hit's neighbours are empty (a kNN graph would reach further)."""
+    low, high = simulate_events(SingleElectronGun(), 3, factor=2, seed=7, neighbour_branches=False).values()
+    options = GraphOptions()  # grid, reach 1, links between layers
+    batch = collate_events(*build_storage(low, high, options), torch.arange(3))
+    parents = measured_parents(batch, 2)
+    hits = (torch.rand(parents.coarse_cell.numel(), 4, generator=torch.Generator().manual_seed(1)) < 0.5)
+    graph = hit_graph(parents, hits, 2, 1, options)
+    # the batch holds every child in block order: hit (parent, slot) is its fine node parent * 4 + slot
+    parent, slot = hits.nonzero(as_tuple=True)
+    node = parent * 4 + slot
+    assert torch.equal(batch.fine_cell[node], graph.fine_cell)
+    position = torch.full((batch.fine_cell.numel(),), -1).index_put_((node,), torch.arange(node.numel()))
+    src, dst = position[batch.fine_edge_index]
+    kept = (src >= 0) & (dst >= 0)
+    expected = {(int(a), int(b)) for a, b in zip(src[kept], dst[kept])}
+    assert set(map(tuple, graph.fine_edge_index.T.tolist())) == expected and 0 < len(expected)
+    assert graph.fine_edge_index.size(1) == len(expected)  # each edge once

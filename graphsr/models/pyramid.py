@@ -39,7 +39,7 @@ from graphsr.config import Config
 from graphsr.detector import Geometry
 from graphsr.diffusion import Denoiser, get_sampler
 from graphsr.graphs import GraphOptions
-from graphsr.graphs.build import neighbour_edges
+from graphsr.graphs.build import cell_grid_edges, neighbour_edges
 from graphsr.graphs.data import PairData
 from graphsr.models.occupancy import Occupancy
 from graphsr.models.sr3 import EnergyModel, SR3Network, add_inputs, node_weights, state_batch
@@ -70,7 +70,8 @@ def hit_graph(parents: PairData, hits: torch.Tensor, parent_factor: int, child_f
         parents: the level's parents (coarse nodes: positions, layers, cell ids, energies, edges, inputs).
         hits: ``[Np, scale**2]`` bool, which children of each parent are hit (:func:`candidates` order).
         parent_factor, child_factor: granularity of parents and children (fine cells per side).
-        options: how fine edges are built (as the dataset's graphs).
+        options: how fine edges are built (as the dataset's graphs): ``"grid"`` links the hits that are grid
+            neighbours (:func:`~graphsr.graphs.build.cell_grid_edges`), the others kNN among the hits.
 
     Returns:
         PairData with the hit children as fine nodes (``fine_parent``, ``fine_cell`` in the children's geometry,
@@ -91,7 +92,11 @@ def hit_graph(parents: PairData, hits: torch.Tensor, parent_factor: int, child_f
     graph.fine_layer, graph.fine_cell = layer, geometry.cell_id(layer, ieta, iphi)
     graph.fine_parent = (torch.cumsum(kept, 0) - 1)[parent]
     graph.batch = parents.coarse_batch[parent]
-    graph.fine_edge_index = neighbour_edges(graph.fine_pos[:, 0], graph.fine_pos[:, 1], layer, graph.batch, options)
+    if options.edges == "grid":  # the grid graph's edges among the hits: what the dense path's graph has
+        graph.fine_edge_index = cell_grid_edges(graph.batch, layer, ieta, iphi, geometry, options)
+    else:
+        graph.fine_edge_index = neighbour_edges(graph.fine_pos[:, 0], graph.fine_pos[:, 1], layer, graph.batch,
+                                                options)
     graph.num_graphs = parents.num_graphs
     return graph
 
