@@ -337,3 +337,20 @@ def test_grid_hit_graph_keeps_the_dense_grid_edges_among_the_hits():
     expected = {(int(a), int(b)) for a, b in zip(src[kept], dst[kept])}
     assert set(map(tuple, graph.fine_edge_index.T.tolist())) == expected and 0 < len(expected)
     assert graph.fine_edge_index.size(1) == len(expected)  # each edge once
+
+
+def test_stage_one_takes_its_own_steps(pyramid_4x, monkeypatch):
+    from graphsr.models.occupancy import Occupancy
+
+    _, pyramid, batch, _ = pyramid_4x
+    drawn, seen = Occupancy.sample, []
+
+    def recording(self, parents, sigmas, *args, **kwargs):
+        seen.append(sigmas.numel())
+        return drawn(self, parents, sigmas, *args, **kwargs)
+
+    monkeypatch.setattr(Occupancy, "sample", recording)
+    pyramid.sample(batch, 4, sigmas=karras_sigmas(4), generator=torch.Generator().manual_seed(0),
+                   occupancy_sigmas=karras_sigmas(1))
+    pyramid.sample(batch, 4, sigmas=karras_sigmas(4), generator=torch.Generator().manual_seed(0))
+    assert seen == [2, 2, 5, 5]  # both levels: one step (and the final 0), then the energies' four
