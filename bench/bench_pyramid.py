@@ -1,8 +1,10 @@
 """Pyramid against dense generation: cost against occupancy, and quality on the same held-out events.
 
 Cost: peak memory and time of one sampler call (the whole ensemble) for events of 1, 4, 16 and 64 electrons spread
-over the detector and for one full-detector event in which every ECAL coarse cell is a candidate (the showers'
-measured cells plus the layer's noise everywhere else: 36,864 coarse and 147,456 fine cells at 2x). Memory: peak RSS,
+over the detector, for 16 electrons diluted to 30% occupancy (their measured cells, about 80% of whose children are
+hit in truth, plus noise-only coarse cells drawn uniformly in the kept layers until 30% of the candidate fine cells
+are hit: :func:`diluted_event`) and for one full-detector event in which every ECAL coarse cell is a candidate (the
+showers' measured cells plus the layer's noise everywhere else: 36,864 coarse and 147,456 fine cells at 2x). Memory: peak RSS,
 each measurement in a fresh process (the rise of the process's peak during its first sampler call, over its peak
 with the event and the model loaded), and on CUDA the rise of the peak allocated; time: a second call. Occupancy: the
 fraction of candidate fine cells that are hit in truth, and that each generator fills (energy above zero).
@@ -24,18 +26,20 @@ import subprocess
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 
 import awkward as ak
 import numpy as np
 import torch
 
 from bench_denoiser import SpreadElectrons
-from graphsr.detector import NUM_ECAL_LAYERS, Geometry
+from graphsr.detector import NUM_ECAL_LAYERS, Geometry, neighbours
 from graphsr.graphs import build_storage
 from graphsr.inference import load_resolver
 from graphsr.simulation import simulate_events
 
 FULL = "full"
+DILUTED = "occ"
 
 
 def full_detector_event(factor: int, showers: int = 4, seed: int = 0) -> dict:
@@ -57,12 +61,91 @@ def full_detector_event(factor: int, showers: int = 4, seed: int = 0) -> dict:
             "cell_phi": [phi.astype(np.float32)], "cell_e": [energy.astype(np.float32)]}
 
 
+def diluted_event(factor: int, options, occupancy: float, layout: str = "around", showers: int = 16, seed: int = 0):
+    """Storage of one event whose candidate fine cells are ``occupancy`` hit in truth: ``showers`` electrons'
+    measured coarse cells (about 80% of their children hit) plus as many noise-only coarse cells (the layer's sigma;
+    every child empty in truth) as it takes. ``layout`` places them: ``around`` the showers, ring by ring of grid
+    neighbours (the last ring drawn at random), as a lower clustering threshold would add them; ``scattered``:
+    uniformly over the kept layers, as the full-detector event adds them (isolated cells, with few neighbours: the
+    cheapest empty candidates for the dense path). The children of every coarse cell are the candidates; the fine
+    truth is the simulated one under the showers' cells, zero elsewhere."""
+    trees = simulate_events(SpreadElectrons(showers), 1, factor=factor, seed=seed, neighbour_branches=False)
+    data = build_storage(trees["Low_Tree"], trees["High_Tree"], options)[0]
+    hits, candidates = int((data.fine_energy > 0).sum()), data.fine_energy.numel()
+    extra = max(0, int(np.ceil((hits / occupancy - candidates) / factor**2)))
+    coarse = Geometry.cocoa().coarsen(factor)
+    rng = np.random.default_rng(seed)
+    taken = data.coarse_cell.numpy()
+    if layout == "scattered":
+        cells = np.concatenate([coarse.cell_id(np.full(coarse.n[la] ** 2, la),
+                                               *np.divmod(np.arange(coarse.n[la] ** 2), coarse.n[la]))
+                                for la in options.layers])
+        noise = rng.choice(np.setdiff1d(cells, taken), extra, replace=False)
+    elif layout == "around":
+        noise, frontier = np.empty(0, dtype=np.int64), taken
+        while len(noise) < extra:
+            _, layer, ieta, iphi = neighbours.neighbours(*coarse.cell_index(frontier), coarse)
+            ring = np.setdiff1d(coarse.cell_id(layer, ieta, iphi)[np.isin(layer, options.layers)],
+                                np.concatenate([taken, noise]))
+            if len(ring) > extra - len(noise):
+                ring = rng.choice(ring, extra - len(noise), replace=False)
+            noise, frontier = np.concatenate([noise, ring]), ring
+    else:
+        raise ValueError(f"unknown layout {layout!r}: around or scattered")
+    layer, ieta, iphi = coarse.cell_index(noise)
+    eta, phi = coarse.cell_center(layer, ieta, iphi)
+    low = trees["Low_Tree"][0]
+    low = {"cell_layer": [np.concatenate([low.cell_layer.to_numpy(), layer]).astype(np.int32)],
+           "cell_eta": [np.concatenate([low.cell_eta.to_numpy(), eta]).astype(np.float32)],
+           "cell_phi": [np.concatenate([low.cell_phi.to_numpy(), phi]).astype(np.float32)],
+           "cell_e": [np.concatenate([low.cell_e.to_numpy(), rng.normal(0.0, coarse.noise[layer])]).astype(np.float32)]}
+    diluted, slices = build_storage(ak.Array(low), None, options, factor=factor)
+    keys, order = torch.sort(data.fine_cell)
+    position = torch.searchsorted(keys, diluted.fine_cell).clamp_max(len(keys) - 1)
+    found = keys[position] == diluted.fine_cell
+    diluted.fine_energy = torch.where(found, data.fine_energy[order][position], torch.zeros(()))
+    return diluted, slices
+
+
+@contextmanager
+def stage_timer(spent: dict):
+    """Add the seconds spent in the pyramid's stage 1 (occupancy sampling) and in building its hit graphs to
+    ``spent``; the rest of a pyramid call is stage 2 and the bookkeeping around it (on CUDA, without synchronising:
+    the time to launch them)."""
+    import graphsr.models.pyramid as pyramid
+    from graphsr.models.occupancy import Occupancy
+
+    patched = {"stage1": (Occupancy, "sample"), "hit_graph": (pyramid, "hit_graph")}
+    originals = {name: getattr(owner, attr) for name, (owner, attr) in patched.items()}
+
+    def timed(name):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return originals[name](*args, **kwargs)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+        return call
+
+    for name, (owner, attr) in patched.items():
+        setattr(owner, attr, timed(name))
+    try:
+        yield spent
+    finally:
+        for name, (owner, attr) in patched.items():
+            setattr(owner, attr, originals[name])
+
+
 def measure(checkpoint: str, case: str, device: str, ensemble: int, seed: int = 0) -> dict:
-    """One sampler call on one event (``case``: a number of showers, or ``full``), in this process."""
+    """One sampler call on one event (``case``: a number of showers, ``full``, or ``occ0.3:around``: a 30% occupied
+    event, :func:`diluted_event`), in this process."""
     resolver = load_resolver(checkpoint, device=device)
     if case == FULL:
         storage = build_storage(ak.Array(full_detector_event(resolver.factor)), None, resolver.graph_options,
                                 factor=resolver.factor)
+    elif case.startswith(DILUTED):  # occ<fraction>:<layout>
+        fraction, layout = case.removeprefix(DILUTED).split(":")
+        storage = diluted_event(resolver.factor, resolver.graph_options, float(fraction), layout)
     else:
         trees = simulate_events(SpreadElectrons(int(case)), 1, factor=resolver.factor, seed=int(case),
                                 neighbour_branches=False)
@@ -76,14 +159,15 @@ def measure(checkpoint: str, case: str, device: str, ensemble: int, seed: int = 
         out = resolver(storage, events, ensemble=ensemble, seed=seed)  # memory: the first call
         rss_rise = maxrss() - before
         cuda_rise = (torch.cuda.max_memory_allocated() - allocated) / 2**20 if cuda else None
-        start = time.perf_counter()  # time: the second call (kernels, allocator and caches warm)
-        resolver(storage, events, ensemble=ensemble, seed=seed + 1)
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
+        with stage_timer({}) as stages:
+            start = time.perf_counter()  # time: the second call (kernels, allocator and caches warm)
+            resolver(storage, events, ensemble=ensemble, seed=seed + 1)
+            if cuda:
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
     data = storage[0]
     return {"fine_cells": int(data.fine_layer.numel()), "seconds": seconds, "rss_rise_mb": rss_rise,
-            "rss_peak_mb": maxrss(), "cuda_rise_mb": cuda_rise,
+            "rss_peak_mb": maxrss(), "cuda_rise_mb": cuda_rise, "stages": stages,
             "truth_occupancy": float((data.fine_energy > 0).float().mean()) if "fine_energy" in data else None,
             "generated_occupancy": float((out["samples"] > 0).float().mean())}
 
@@ -94,7 +178,7 @@ def cost_table(checkpoints: dict[str, str], cases: list[str], device: str, ensem
     print(f"{'event':>10} {'fine cells':>10} {'truth occ':>9} | " + " | ".join(
         f"{n[:12]:>12} {'occ':>5} {'ms':>8} {'RSS+ MB':>8} {'CUDA+ MB':>8} {'t/ref':>6} {'m/ref':>6}" for n in names))
     for case in cases:
-        row, reference, cells, truth = [], None, "", None
+        row, reference, cells, truth, stages = [], None, "", None, []
         for name in names:
             command = [sys.executable, __file__, "--measure", checkpoints[name], case, "--device", device,
                        "--ensemble", str(ensemble)]
@@ -113,8 +197,13 @@ def cost_table(checkpoints: dict[str, str], cases: list[str], device: str, ensem
                        f"{result['rss_rise_mb']:>8.0f} {cuda:>8} {result['seconds'] / reference['seconds']:>6.2f} "
                        f"{result[memory] / max(reference[memory], 1e-9):>6.2f}")
             cells, truth = result["fine_cells"], result["truth_occupancy"]
-        label = "full ECAL" if case == FULL else f"{case} e-"
+            if result["stages"]:
+                stages.append(f"{name}: stage 1 {1000 * result['stages']['stage1']:.0f} ms, hit graphs "
+                              f"{1000 * result['stages']['hit_graph']:.0f} ms")
+        label = "full ECAL" if case == FULL else f"{case} e-" if case.isdigit() else case.removeprefix(DILUTED)
         print(f"{label:>10} {cells:>10} {'' if truth is None else f'{truth:.2f}':>9} | " + " | ".join(row), flush=True)
+        for line in stages:
+            print(f"{'':>32}{line}")
 
 
 def quality_table(checkpoints: dict[str, str], path: str, events: int, ensemble: int, device: str):
@@ -149,6 +238,10 @@ def main():
     parser.add_argument("--quality-ensemble", type=int, default=10)
     parser.add_argument("--showers", nargs="+", default=["1", "4", "16", "64"])
     parser.add_argument("--no-full", action="store_true", help="skip the full-detector event")
+    parser.add_argument("--occupancy", nargs="*", type=float, default=[0.3],
+                        help="truth occupancies of 16-electron events diluted with noise-only coarse cells")
+    parser.add_argument("--layout", nargs="+", default=["around", "scattered"],
+                        help="where the noise-only cells of the diluted events lie (diluted_event)")
     parser.add_argument("--ensemble", type=int, default=1, help="samples per event in the cost table")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed to one cost measurement")
@@ -160,8 +253,9 @@ def main():
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
     if not checkpoints:
         parser.error("give at least one --checkpoint NAME=PATH")
-    cost_table(checkpoints, args.showers + ([] if args.no_full else [FULL]), args.device, args.ensemble,
-               args.timeout)
+    cases = args.showers + [f"{DILUTED}{o:g}:{layout}" for o in args.occupancy for layout in args.layout] + \
+        ([] if args.no_full else [FULL])
+    cost_table(checkpoints, cases, args.device, args.ensemble, args.timeout)
     if args.input:
         quality_table(checkpoints, args.input, args.events, args.quality_ensemble, args.device)
 

@@ -95,6 +95,7 @@ class PyramidConfig:
     threshold: float = 0.0                    # GeV: a child is hit (carries energy) when its truth is above this
     occupancy: str = "analog_bits"            # stage 1: "analog_bits" (diffusion) or "bernoulli" (classifier head)
     self_condition: float = 0.5               # analog bits: fraction of training events fed their own estimate
+    occupancy_steps: int | None = None        # analog bits: stage 1's sampling steps (None: sample.steps)
 
 
 @dataclass

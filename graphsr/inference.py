@@ -127,11 +127,12 @@ class SuperResolver:
 
     @torch.no_grad()
     def generate(self, storage, events: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
-                 ensemble: int | None = None, seed: int = 0, eta: float | None = None,
+                 ensemble: int | None = None, seed: int = 0, eta: float | None = None, mode: str | None = None,
                  record_steps: bool = False) -> dict:
         """The raw generated targets of some events: ``fine`` [K, Nf] and ``coarse`` [K, Nc] (see
-        :class:`~graphsr.models.sr3.EnergyModel`), ``batch`` (one copy of the events, with the network's inputs)
-        and optionally ``trajectory`` ([steps, Nf + Nc]: the denoised state of the first copy after every step)."""
+        :class:`~graphsr.models.sr3.EnergyModel`), ``batch`` (one copy of the events, with the network's inputs),
+        ``mode`` (how :meth:`decode` decodes them by default) and optionally ``trajectory`` ([steps, Nf + Nc]: the
+        denoised state of the first copy after every step)."""
         sc, dc = self.config.sample, self.config.diffusion
         if self.sampling_sigmas is not None:
             distilled = len(self.sampling_sigmas) - 1
@@ -166,23 +167,40 @@ class SuperResolver:
                                           num_graphs=batch.num_graphs, **options)[:, 0]
         single = add_inputs(collate_events(*storage, events).to(self.device), self.factor)
         out = {"batch": single, "fine": target[:num_fine].view(ensemble, -1),
-               "coarse": target[num_fine:].view(ensemble, -1)}
+               "coarse": target[num_fine:].view(ensemble, -1), "mode": mode or sc.mode}
         if record_steps:
             nf, nc = single.num_nodes, single.coarse_energy.numel()
             out["trajectory"] = torch.stack([torch.cat([t[:nf], t[num_fine:num_fine + nc]]) for t in trajectory])
         return out
 
+    def totals(self, generated: dict, mode: str = "posterior") -> torch.Tensor:
+        """``[K, Nc]`` generated total of every coarse cell's children (:meth:`generate`'s targets)."""
+        return self.energy_model.totals(generated["batch"], generated["coarse"], mode)
+
+    def energies(self, generated: dict, mode: str = "posterior", totals: torch.Tensor | None = None,
+                 fine_factor: float = 1.0) -> torch.Tensor:
+        """``[K, Nf]`` fine energies (GeV) of :meth:`generate`'s targets, the fine targets first :func:`inflate` by
+        ``fine_factor``, each coarse cell's children sharing ``totals`` (default: :meth:`totals`)."""
+        fine = generated["fine"] if fine_factor == 1.0 else inflate(generated["fine"], fine_factor)
+        return self.energy_model.decode(generated["batch"], fine, generated["coarse"], mode, totals)
+
     def decode(self, generated: dict, mode: str | None = None, calibrated: bool = True) -> torch.Tensor:
-        """``[K, Nf]`` fine energies (GeV) of :meth:`generate`'s targets, with the checkpoint's spread calibration
-        (:func:`fit_calibration`) applied when ``calibrated`` and the ensemble has at least 2 members."""
-        mode = mode or self.config.sample.mode
-        batch, fine, coarse = generated["batch"], generated["fine"], generated["coarse"]
-        if not (calibrated and self.calibration and fine.size(0) > 1) or not self.generative:
-            return self.energy_model.decode(batch, fine, coarse, mode)
-        totals = self.energy_model.totals(batch, coarse, mode)
+        """``[K, Nf]`` fine energies (GeV) of :meth:`generate`'s targets (in their ``mode`` by default), with the
+        checkpoint's spread calibration (:func:`fit_calibration`) applied when ``calibrated`` and the ensemble has
+        at least 2 members."""
+        mode = mode or generated["mode"]
+        if not (calibrated and self.calibration and generated["fine"].size(0) > 1) or not self.generative:
+            return self.energies(generated, mode)
+        totals = self.totals(generated, mode)
         if mode == "posterior":
             totals = spread_totals(totals, self.calibration["coarse"])
-        return self.energy_model.decode(batch, inflate(fine, self.calibration["fine"]), coarse, mode, totals)
+        return self.energies(generated, mode, totals, self.calibration["fine"])
+
+    def decode_trajectory(self, generated: dict, mode: str) -> torch.Tensor:
+        """``[steps, Nf]`` fine energies (GeV) of :meth:`generate`'s ``trajectory``."""
+        nf = generated["batch"].num_nodes
+        return torch.stack([self.energy_model.decode(generated["batch"], t[:nf], t[nf:], mode)
+                            for t in generated["trajectory"]])
 
     def __call__(self, storage, events: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
                  ensemble: int | None = None, seed: int = 0, mode: str | None = None, eta: float | None = None,
@@ -209,15 +227,12 @@ class SuperResolver:
         """
         mode = mode or self.config.sample.mode
         generated = self.generate(storage, events, sampler=sampler, steps=steps, ensemble=ensemble, seed=seed,
-                                  eta=eta, record_steps=record_steps)
+                                  eta=eta, mode=mode, record_steps=record_steps)
         raw = self.decode(generated, mode, calibrated=False)
         samples = self.decode(generated, mode) if calibrated else raw
-        batch = generated["batch"]
-        out = ensemble_summary(samples, batch, mode, raw)
+        out = ensemble_summary(samples, generated["batch"], mode, raw)
         if record_steps:
-            nf = batch.num_nodes
-            out["trajectory"] = torch.stack([self.energy_model.decode(batch, t[:nf], t[nf:], mode)
-                                             for t in generated["trajectory"]])
+            out["trajectory"] = self.decode_trajectory(generated, mode)
         return out
 
 
@@ -235,32 +250,61 @@ def ensemble_summary(samples: torch.Tensor, batch, mode: str, raw: torch.Tensor 
 class PyramidResolver(SuperResolver):
     """A trained pyramid generator (:class:`~graphsr.models.pyramid.Pyramid`) behind the :class:`SuperResolver`
     calls: the same outputs on every child of every coarse cell (those the pyramid leaves empty are zero), so
-    evaluation and :func:`super_resolve_file` treat both generators alike. Its ensembles have no spread
-    calibration (``calibrated`` is ignored); ``trajectory`` is the last level's estimate along its sampler."""
-
-    def generate(self, *args, **kwargs):
-        raise ValueError("a pyramid checkpoint generates fine energies level by level (call the resolver); it has no "
-                         "raw targets, and no spread calibration to fit")
+    evaluation, :func:`fit_calibration` and :func:`super_resolve_file` treat both generators alike. Its raw targets
+    are, per member, each fine cell's log-share of its coarse cell's total (-inf where that member has no hit) and
+    the first level's totals, generated in one ``mode``; ``trajectory`` is the last level's estimate along its
+    sampler."""
 
     @torch.no_grad()
-    def __call__(self, storage, events: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
-                 ensemble: int | None = None, seed: int = 0, mode: str | None = None, eta: float | None = None,
-                 calibrated: bool = True, record_steps: bool = False) -> dict:
+    def generate(self, storage, events: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
+                 ensemble: int | None = None, seed: int = 0, eta: float | None = None, mode: str | None = None,
+                 record_steps: bool = False) -> dict:
+        """The raw generated ensemble of some events: ``fine`` [K, Nf] (log-shares), ``totals`` [K, Nc],
+        ``batch`` (one copy of the events), ``mode`` (later levels see the first level's energies, so the ensemble
+        decodes in this mode only) and optionally ``trajectory`` ([steps, Nf] GeV, the first copy)."""
         sc, dc = self.config.sample, self.config.diffusion
         sampler, steps, ensemble = sampler or sc.sampler, steps or sc.steps, ensemble or sc.ensemble
         mode = mode or sc.mode
         events = torch.as_tensor(events)
-        copies = collate_events(*storage, events.repeat(ensemble)).to(self.device)  # copy-major, as generate
+        copies = collate_events(*storage, events.repeat(ensemble)).to(self.device)  # copy-major, as the dense path
         options = {"eta": sc.eta if eta is None else eta} if sampler == "ddim" else {}
+        occupancy_steps = self.config.pyramid.occupancy_steps
+        if occupancy_steps is not None:
+            options["occupancy_sigmas"] = karras_sigmas(occupancy_steps, dc.sigma_min, dc.sigma_max,
+                                                        device=self.device)
         out = self.denoiser.sample(copies, self.factor, sigmas=karras_sigmas(steps, dc.sigma_min, dc.sigma_max,
                                                                              device=self.device),
                                    generator=torch.Generator(self.device).manual_seed(seed), sampler=sampler,
                                    mode=mode, record_steps=record_steps, **options)
         single = collate_events(*storage, events).to(self.device)
-        result = ensemble_summary(out["energy"].view(ensemble, -1), single, mode)
+        generated = {"batch": single, "fine": out["log_shares"].view(ensemble, -1),
+                     "totals": out["totals"].view(ensemble, -1), "mode": mode}
         if record_steps:
-            result["trajectory"] = out["trajectory"][:, :single.num_nodes]
-        return result
+            generated["trajectory"] = out["trajectory"][:, :single.num_nodes]
+        return generated
+
+    def totals(self, generated: dict, mode: str = "posterior") -> torch.Tensor:
+        self._check_mode(generated, mode)
+        return generated["totals"]
+
+    def energies(self, generated: dict, mode: str = "posterior", totals: torch.Tensor | None = None,
+                 fine_factor: float = 1.0) -> torch.Tensor:
+        self._check_mode(generated, mode)
+        fine = generated["fine"] if fine_factor == 1.0 else inflate(generated["fine"], fine_factor)
+        totals = generated["totals"] if totals is None else totals
+        # log-shares are the dense path's targets with mean 0 and std 1; a coarse cell none of whose children a
+        # member hit has no shares (0 / 0): it holds no energy
+        energy = EnergyModel("shares").decode(generated["batch"], fine, None, mode, totals)
+        return torch.where(torch.isfinite(fine), energy, 0.0)
+
+    def decode_trajectory(self, generated: dict, mode: str) -> torch.Tensor:
+        return generated["trajectory"]
+
+    @staticmethod
+    def _check_mode(generated: dict, mode: str) -> None:
+        if mode != generated["mode"]:
+            raise ValueError(f"this pyramid ensemble was generated in {generated['mode']} mode and decodes in it "
+                             f"only, not {mode}: generate it with mode={mode!r}")
 
 
 def load_resolver(checkpoint: str | Path, device: str | torch.device = "auto", *, generator: str | None = None,
@@ -323,9 +367,13 @@ def unseen_events(resolver: SuperResolver, dataset, split: str = "test") -> tupl
 
 
 def inflate(values: torch.Tensor, factor: float) -> torch.Tensor:
-    """Ensemble members ``[K, N]`` moved away from their mean by ``factor`` (> 1 widens, < 1 narrows)."""
-    mean = values.mean(0, keepdim=True)
-    return mean + factor * (values - mean)
+    """Ensemble members ``[K, N]`` moved away from their mean by ``factor`` (> 1 widens, < 1 narrows).
+
+    A value of -inf marks a member without that entry (a pyramid member that left the cell empty: its log-share):
+    it stays -inf, and the mean is over the members that have the entry."""
+    present = torch.isfinite(values)
+    mean = torch.where(present, values, 0).sum(0, keepdim=True) / present.sum(0, keepdim=True).clamp_min(1)
+    return torch.where(present, mean + factor * (values - mean), values)
 
 
 def spread_totals(totals: torch.Tensor, factor: float) -> torch.Tensor:
@@ -399,6 +447,10 @@ def fit_calibration(resolver: SuperResolver, storage, events: torch.Tensor, *, e
     apply to ensembles of the size they were fitted with (the interval of a few members is itself narrower than the
     distribution's). The means barely move; the intervals get the width they should have.
 
+    Both generators are fitted alike, through the resolver's :meth:`~SuperResolver.totals` and
+    :meth:`~SuperResolver.energies`: for the pyramid (:class:`PyramidResolver`) the factors act on its first level's
+    totals and on the log-shares of the cells each member hit; which cells are hit stays as its stage 1 drew them.
+
     Returns ``{"coarse", "fine", "events", "ensemble", "level", "coverage": {before / after}}``, what
     :class:`SuperResolver` applies (the trainer stores it in the checkpoint).
     """
@@ -407,13 +459,11 @@ def fit_calibration(resolver: SuperResolver, storage, events: torch.Tensor, *, e
         raise ValueError("calibration needs an ensemble of at least 2 members")
     parts = []
     for i, chunk in resolver.chunks(storage, torch.as_tensor(events), ensemble):
-        generated = resolver.generate(storage, chunk, ensemble=ensemble, seed=seed + i)
-        parts.append({k: v.cpu() for k, v in generated.items() if k in ("fine", "coarse")} |
-                     {"batch": generated["batch"].cpu()})
-    model = resolver.energy_model
+        generated = resolver.generate(storage, chunk, ensemble=ensemble, seed=seed + i, mode="posterior")
+        parts.append({k: v.cpu() if k != "mode" else v for k, v in generated.items() if k != "trajectory"})
 
     def event_sums(part, coarse_factor):
-        totals = spread_totals(model.totals(part["batch"], part["coarse"]), coarse_factor)
+        totals = spread_totals(resolver.totals(part), coarse_factor)
         return torch.zeros(len(totals), part["batch"].num_graphs).index_add_(1, part["batch"].coarse_batch, totals)
 
     truth = torch.cat([torch.zeros(p["batch"].num_graphs).index_add_(0, p["batch"].batch, p["batch"].fine_energy)
@@ -425,8 +475,8 @@ def fit_calibration(resolver: SuperResolver, storage, events: torch.Tensor, *, e
     def cell_coverage(coarse_factor, fine_factor):
         inside, count = 0.0, 0
         for p in parts:
-            energy = model.decode(p["batch"], inflate(p["fine"], fine_factor), p["coarse"],
-                                  totals=spread_totals(model.totals(p["batch"], p["coarse"]), coarse_factor))
+            energy = resolver.energies(p, totals=spread_totals(resolver.totals(p), coarse_factor),
+                                       fine_factor=fine_factor)
             hit = p["batch"].fine_energy > HIT_THRESHOLD
             inside += central_coverage(energy[:, hit], p["batch"].fine_energy[hit], level) * int(hit.sum())
             count += int(hit.sum())

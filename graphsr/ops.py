@@ -73,6 +73,14 @@ def segment_softmax(src: torch.Tensor, index: torch.Tensor, dim_size: int | None
     return exp / scatter(exp, index, dim_size, "sum")[index]
 
 
+def segment_log_softmax(src: torch.Tensor, index: torch.Tensor, dim_size: int | None = None) -> torch.Tensor:
+    """Log of :func:`segment_softmax`, computed without its underflow to -inf."""
+    if dim_size is None:
+        dim_size = int(index.max()) + 1 if index.numel() else 0
+    shifted = src - scatter(src.detach(), index, dim_size, "max")[index]
+    return shifted - scatter(shifted.exp(), index, dim_size, "sum").log()[index]
+
+
 # ------------------------------------------------------------------------------------------ nearest neighbours
 def knn(
     x: torch.Tensor,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import awkward as ak
 import numpy as np
 import pytest
@@ -12,10 +14,12 @@ from graphsr.cli import main
 from graphsr.config import config_from_dict
 from graphsr.diffusion import karras_sigmas
 from graphsr.graphs import GraphOptions, build_storage, collate_events
+from graphsr.inference import PyramidResolver, fit_calibration, spread_totals
 from graphsr.io import read_cocoa, write_cocoa
 from graphsr.models.occupancy import (SelfConditioning, decode_bits, encode_bits, sample_analog_bits,
                                       sample_bernoulli)
 from graphsr.models.pyramid import FINE, Pyramid, hit_graph, measured_parents
+from graphsr.models.sr3 import EnergyModel
 from graphsr.simulation import SingleElectronGun, simulate_events
 from graphsr.training.trainer import build_loss
 
@@ -87,7 +91,7 @@ def test_stage_two_graph_holds_only_the_hit_children(toy_chunk):
     hits = torch.zeros(len(layer), 4, dtype=torch.bool)
     for i, key in enumerate(zip(parents.coarse_batch.tolist(), layer.tolist(), ieta.tolist(), iphi.tolist())):
         hits[i, chosen.get(key, [])] = True
-    graph = hit_graph(parents, hits, 2, 1, GraphOptions(k=8, k_between=4))
+    graph = hit_graph(parents, hits, 2, 1, GraphOptions(edges="knn", k=8, k_between=4))
     # the children by hand: slot s of parent (l, a, b) is (l, 2a + s // 2, 2b + s % 2)
     expected = [(0, 0, 120, 0), (0, 0, 121, 1), (0, 0, 120, 3), (0, 1, 123, 0),
                 (1, 1, 120, 20), (1, 1, 120, 21), (1, 1, 121, 20), (1, 1, 121, 21)]
@@ -242,3 +246,111 @@ def test_events_left_without_hits_get_zeros(pyramid_4x, monkeypatch):
     out = pyramid.sample(batch, 4, sigmas=karras_sigmas(2), generator=torch.Generator().manual_seed(0))
     assert torch.all(out["energy"][batch.batch == 0] == 0) and torch.any(out["energy"][batch.batch == 1] > 0)
     assert torch.all(out["levels"][0]["graph"].coarse_batch == 1)
+
+
+class KnownLaw(PyramidResolver):
+    """A pyramid resolver whose members follow a law known by hand instead of a trained model's.
+
+    Each event has two coarse cells, P (layer 0) and Q (layer 1). Per event, the total of P is ``m exp(0.1 z)`` and
+    child A takes the share ``sigmoid(mu + z')`` of it, child B the rest (log-shares ``mu + z'`` and 0); P's other
+    children and all of Q are never hit (log-share -inf, Q's total 0); z, z' standard normal. The truth is one draw of
+    that law; the members draw z and z' too narrow, divided by ``narrow_total`` and ``narrow_share``, so a member
+    widened by exactly those factors follows the truth's law and the 68% calibration must find them."""
+
+    def __init__(self, events: int, narrow_total: float, narrow_share: float, ensemble: int):
+        low, high = make_toy_events([[(0, 30, 0), (1, 30, 1)]] * events, factor=2)
+        self.storage = build_storage(low, high)
+        self.config = config_from_dict({"sample": {"ensemble": ensemble}})
+        self.max_nodes, self.calibration, self.narrow = 10**9, None, (narrow_total, narrow_share)
+        self.energy_model = EnergyModel("shares")
+        g = torch.Generator().manual_seed(0)
+        self.m, self.mu = 1 + 4 * torch.rand(events, generator=g), 2 * torch.rand(events, generator=g) - 1
+        total = self.m * torch.exp(0.1 * torch.randn(events, generator=g))
+        share = torch.sigmoid(self.mu + torch.randn(events, generator=g))
+        truth = torch.zeros(events, 8)
+        truth[:, 0], truth[:, 1] = total * share, total * (1 - share)
+        self.storage[0].fine_energy = truth.view(-1)
+
+    def generate(self, storage, events, *, ensemble, seed, mode, **_):
+        batch = collate_events(*storage, events)
+        g = torch.Generator().manual_seed(seed)
+        k, n = ensemble, len(events)
+        fine = torch.full((k, n, 8), -math.inf)
+        fine[:, :, 0] = self.mu[events] + torch.randn(k, n, generator=g) / self.narrow[1]
+        fine[:, :, 1] = 0.0
+        totals = torch.zeros(k, n, 2)
+        totals[:, :, 0] = self.m[events] * torch.exp(0.1 * torch.randn(k, n, generator=g) / self.narrow[0])
+        return {"batch": batch, "fine": fine.view(k, -1), "totals": totals.view(k, -1), "mode": mode}
+
+
+def test_pyramid_calibration_finds_the_factors_known_by_hand():
+    resolver = KnownLaw(2000, narrow_total=2.5, narrow_share=3.0, ensemble=200)
+    calibration = fit_calibration(resolver, resolver.storage, torch.arange(2000))
+    # coverage of 2,000 events (cells) has a standard error of 0.010, 2% in the factor; 200 members' empirical
+    # interval covers the level to < 0.01
+    assert calibration["coarse"] == pytest.approx(2.5, rel=0.1) and calibration["fine"] == pytest.approx(3.0, rel=0.1)
+    assert calibration["coverage"]["event_before"] < 0.35 and calibration["coverage"]["cells_before"] < 0.5
+    assert calibration["coverage"]["event_after"] == pytest.approx(0.68, abs=0.02)
+    assert calibration["coverage"]["cells_after"] == pytest.approx(0.68, abs=0.02)
+    # applied: the cells no member hit stay exactly empty, and each member's hits share its total
+    resolver.calibration = calibration
+    generated = resolver.generate(resolver.storage, torch.arange(5), ensemble=4, seed=1, mode="posterior")
+    energy = resolver.decode(generated).view(4, 5, 8)
+    assert torch.all(energy[:, :, 2:] == 0) and torch.all(energy[:, :, :2] > 0)
+    totals = spread_totals(generated["totals"], calibration["coarse"]).view(4, 5, 2)[:, :, 0]
+    assert torch.allclose(energy.sum(-1), totals, rtol=1e-5)
+    with pytest.raises(ValueError, match="generated in posterior mode"):
+        resolver.decode(generated, "conserving")
+
+
+def test_pyramid_log_shares_and_totals_give_its_energies(pyramid_4x):
+    """Two levels: each fine hit's log-share of its coarse cell is the sum of its two levels' log-shares."""
+    _, pyramid, batch, _ = pyramid_4x
+    out = pyramid.sample(batch, 4, sigmas=karras_sigmas(2), generator=torch.Generator().manual_seed(3))
+    hit = torch.isfinite(out["log_shares"])
+    assert bool(hit.any()) and torch.all(out["energy"][~hit] == 0)
+    last = out["levels"][-1]["graph"]
+    assert int(hit.sum()) == last.fine_cell.numel()
+    assert torch.allclose(out["log_shares"].exp() * out["totals"][batch.fine_parent], out["energy"], rtol=1e-5,
+                          atol=1e-9)
+    # a coarse cell's hits share at most its total (less where an intermediate hit got no hit child)
+    shares = torch.zeros_like(out["totals"]).index_add_(0, batch.fine_parent[hit], out["log_shares"][hit].exp())
+    assert torch.all(shares <= 1 + 1e-5)
+
+
+def test_grid_hit_graph_keeps_the_dense_grid_edges_among_the_hits():
+    """With grid edges, stage 2's fine graph is the dataset's grid graph of all the children restricted to the hits:
+    the same neighbours, none added where a hit's neighbours are empty (a kNN graph would reach further)."""
+    low, high = simulate_events(SingleElectronGun(), 3, factor=2, seed=7, neighbour_branches=False).values()
+    options = GraphOptions()  # grid, reach 1, links between layers
+    batch = collate_events(*build_storage(low, high, options), torch.arange(3))
+    parents = measured_parents(batch, 2)
+    hits = (torch.rand(parents.coarse_cell.numel(), 4, generator=torch.Generator().manual_seed(1)) < 0.5)
+    graph = hit_graph(parents, hits, 2, 1, options)
+    # the batch holds every child in block order: hit (parent, slot) is its fine node parent * 4 + slot
+    parent, slot = hits.nonzero(as_tuple=True)
+    node = parent * 4 + slot
+    assert torch.equal(batch.fine_cell[node], graph.fine_cell)
+    position = torch.full((batch.fine_cell.numel(),), -1).index_put_((node,), torch.arange(node.numel()))
+    src, dst = position[batch.fine_edge_index]
+    kept = (src >= 0) & (dst >= 0)
+    expected = {(int(a), int(b)) for a, b in zip(src[kept], dst[kept])}
+    assert set(map(tuple, graph.fine_edge_index.T.tolist())) == expected and 0 < len(expected)
+    assert graph.fine_edge_index.size(1) == len(expected)  # each edge once
+
+
+def test_stage_one_takes_its_own_steps(pyramid_4x, monkeypatch):
+    from graphsr.models.occupancy import Occupancy
+
+    _, pyramid, batch, _ = pyramid_4x
+    drawn, seen = Occupancy.sample, []
+
+    def recording(self, parents, sigmas, *args, **kwargs):
+        seen.append(sigmas.numel())
+        return drawn(self, parents, sigmas, *args, **kwargs)
+
+    monkeypatch.setattr(Occupancy, "sample", recording)
+    pyramid.sample(batch, 4, sigmas=karras_sigmas(4), generator=torch.Generator().manual_seed(0),
+                   occupancy_sigmas=karras_sigmas(1))
+    pyramid.sample(batch, 4, sigmas=karras_sigmas(4), generator=torch.Generator().manual_seed(0))
+    assert seen == [2, 2, 5, 5]  # both levels: one step (and the final 0), then the energies' four

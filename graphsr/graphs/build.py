@@ -81,8 +81,8 @@ def neighbour_edges(eta, phi, layer, event, options: GraphOptions) -> torch.Tens
     each layer plus links between adjacent kept layers.
 
     Cells must be sorted by ``event``. Distances are taken on (eta, cos phi, sin phi), which wraps phi. Grid edges
-    need the cells' grid indices (:func:`grid_edges`): from positions alone, ``"grid"`` options give kNN edges
-    (``k``, ``k_between``), as for the cell subsets of :mod:`graphsr.graphs.cells` and the pyramid's hit cells.
+    need the cells' grid indices (:func:`grid_edges`, :func:`cell_grid_edges`): from positions alone, ``"grid"``
+    options give kNN edges (``k``, ``k_between``), as for the cell subsets of :mod:`graphsr.graphs.cells`.
 
     Returns:
         [2, E] edge_index (source, target) over the given cells, coalesced and sorted by source.
@@ -134,6 +134,26 @@ def grid_edges(event, layer, ieta, iphi, ptr, geometry: Geometry, factor: int, o
     local = np.arange(len(event)) - ptr[event]
     fine_local = (local[:, None] * factor**2 + np.arange(factor**2)).reshape(-1)
     return _table_edges(table, local, ptr), _table_edges(children, fine_local, ptr * factor**2)
+
+
+def cell_grid_edges(event: torch.Tensor, layer: torch.Tensor, ieta: torch.Tensor, iphi: torch.Tensor,
+                    geometry: Geometry, options: GraphOptions) -> torch.Tensor:
+    """The ``"grid"`` edges (:class:`GraphOptions`: ``reach``, ``k_between``) among some cells of many events known
+    by their grid indices on ``geometry``, e.g. the pyramid's hit cells: the edges the full grid's graph has between
+    them, and no others (a cell none of whose neighbours is among them has none).
+
+    Args:
+        event, layer, ieta, iphi: ``[C]`` cells, sorted by event, each cell at most once per event.
+
+    Returns:
+        [2, E] edge_index (source, target) over the given cells, sorted by source, on their device.
+    """
+    event_np = event.cpu().numpy()
+    table = neighbours.neighbour_table(event_np, layer.cpu().numpy(), ieta.cpu().numpy(), iphi.cpu().numpy(),
+                                       geometry, reach=options.reach, between=options.k_between > 0)
+    source, slot = np.nonzero(table >= 0)
+    target = table[source, slot] + np.searchsorted(event_np, event_np)[source]  # local to its event -> global
+    return torch.from_numpy(np.stack([source, target]).astype(np.int64)).to(event.device)
 
 
 def _table_edges(table: np.ndarray, local: np.ndarray, ptr: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

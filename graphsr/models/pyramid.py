@@ -34,11 +34,12 @@ import torch
 from torch import nn
 from torch_geometric.utils import subgraph
 
+from graphsr import ops
 from graphsr.config import Config
 from graphsr.detector import Geometry
 from graphsr.diffusion import Denoiser, get_sampler
 from graphsr.graphs import GraphOptions
-from graphsr.graphs.build import neighbour_edges
+from graphsr.graphs.build import cell_grid_edges, neighbour_edges
 from graphsr.graphs.data import PairData
 from graphsr.models.occupancy import Occupancy
 from graphsr.models.sr3 import EnergyModel, SR3Network, add_inputs, node_weights, state_batch
@@ -69,7 +70,8 @@ def hit_graph(parents: PairData, hits: torch.Tensor, parent_factor: int, child_f
         parents: the level's parents (coarse nodes: positions, layers, cell ids, energies, edges, inputs).
         hits: ``[Np, scale**2]`` bool, which children of each parent are hit (:func:`candidates` order).
         parent_factor, child_factor: granularity of parents and children (fine cells per side).
-        options: how fine edges are built (as the dataset's graphs).
+        options: how fine edges are built (as the dataset's graphs): ``"grid"`` links the hits that are grid
+            neighbours (:func:`~graphsr.graphs.build.cell_grid_edges`), the others kNN among the hits.
 
     Returns:
         PairData with the hit children as fine nodes (``fine_parent``, ``fine_cell`` in the children's geometry,
@@ -90,7 +92,11 @@ def hit_graph(parents: PairData, hits: torch.Tensor, parent_factor: int, child_f
     graph.fine_layer, graph.fine_cell = layer, geometry.cell_id(layer, ieta, iphi)
     graph.fine_parent = (torch.cumsum(kept, 0) - 1)[parent]
     graph.batch = parents.coarse_batch[parent]
-    graph.fine_edge_index = neighbour_edges(graph.fine_pos[:, 0], graph.fine_pos[:, 1], layer, graph.batch, options)
+    if options.edges == "grid":  # the grid graph's edges among the hits: what the dense path's graph has
+        graph.fine_edge_index = cell_grid_edges(graph.batch, layer, ieta, iphi, geometry, options)
+    else:
+        graph.fine_edge_index = neighbour_edges(graph.fine_pos[:, 0], graph.fine_pos[:, 1], layer, graph.batch,
+                                                options)
     graph.num_graphs = parents.num_graphs
     return graph
 
@@ -215,7 +221,8 @@ class Pyramid(nn.Module):
 
     @torch.no_grad()
     def sample(self, batch, factor: int, *, sigmas: torch.Tensor, generator: torch.Generator,
-               sampler: str = "heun", mode: str = "posterior", record_steps: bool = False, **sampler_options) -> dict:
+               sampler: str = "heun", mode: str = "posterior", record_steps: bool = False,
+               occupancy_sigmas: torch.Tensor | None = None, **sampler_options) -> dict:
         """Generate the fine energies of a (dense) batch, level by level.
 
         Args:
@@ -225,15 +232,21 @@ class Pyramid(nn.Module):
                 stages of every level).
             mode: ``posterior`` or ``conserving``, for the first level's totals.
             record_steps: also return the last level's decoded estimate after every step of its sampler.
+            occupancy_sigmas: stage 1's noise levels, when not ``sigmas`` (``pyramid.occupancy_steps``).
 
         Returns:
-            ``energy`` ([Nf] GeV, the batch's fine cells: zero where no hit), ``levels`` (per level: ``parents``,
-            ``bits``, ``graph`` and its ``energy``) and optionally ``trajectory`` ([steps, Nf]).
+            ``energy`` ([Nf] GeV, the batch's fine cells: zero where no hit), ``log_shares`` ([Nf]: each hit's
+            log-share of its coarse cell's total, the sum of its ancestors' log-shares over the levels; -inf where no
+            hit), ``totals`` ([Nc]: the first level's totals, zero for a coarse cell without a hit; ``energy`` is
+            ``exp(log_shares)`` times its coarse cell's total), ``levels`` (per level: ``parents``, ``bits``,
+            ``graph`` and its ``energy``) and optionally ``trajectory`` ([steps, Nf]).
         """
         self.check_factor(factor)
         parents, levels, trajectory = measured_parents(batch, self.factor), [], []
+        totals = batch.coarse_energy.new_zeros(batch.coarse_energy.numel())
         for i, level in enumerate(self.levels):
-            bits = level.occupancy.sample(parents, sigmas, generator, sampler, **sampler_options)
+            bits = level.occupancy.sample(parents, sigmas if occupancy_sigmas is None else occupancy_sigmas,
+                                          generator, sampler, **sampler_options)
             graph = hit_graph(parents, bits, level.parent_factor, level.child_factor, self.options)
             nodes = state_batch(graph)
             x = torch.randn(nodes.numel(), 1, device=sigmas.device, generator=generator) * sigmas[0]
@@ -247,6 +260,14 @@ class Pyramid(nn.Module):
             num_fine = graph.fine_parent.numel()
             level_mode = mode if i == 0 else "conserving"
             energy = level.energy_model.decode(graph, target[:num_fine], target[num_fine:], level_mode)
+            log_share = ops.segment_log_softmax(target[:num_fine] * level.energy_model.std, graph.fine_parent,
+                                                graph.coarse_energy.numel())
+            kept = bits.any(dim=1).nonzero().squeeze(1)  # the parent of each of the graph's coarse nodes
+            if i == 0:
+                totals[kept] = level.energy_model.totals(graph, target[num_fine:], level_mode)
+            else:
+                log_share = log_share + ancestry[kept[graph.fine_parent]]
+            ancestry = log_share
             levels.append({"parents": parents, "bits": bits, "graph": graph, "energy": energy})
             trajectory = [level.energy_model.decode(graph, s[:num_fine], s[num_fine:], level_mode) for s in steps]
             parents = next_parents(graph, energy, level.child_factor)
@@ -254,10 +275,11 @@ class Pyramid(nn.Module):
         into = lookup(*torch.sort(_cell_keys(batch.batch, batch.fine_cell)), _cell_keys(graph.batch, graph.fine_cell),
                       "pyramid output")
 
-        def dense(values):
-            return batch.fine_pos.new_zeros(batch.fine_cell.numel()).index_copy_(0, into, values)
+        def dense(values, empty=0.0):
+            return batch.fine_pos.new_full((batch.fine_cell.numel(),), empty).index_copy_(0, into, values)
 
-        out = {"energy": dense(levels[-1]["energy"]), "levels": levels}
+        out = {"energy": dense(levels[-1]["energy"]), "log_shares": dense(ancestry, -math.inf), "totals": totals,
+               "levels": levels}
         if record_steps:
             out["trajectory"] = torch.stack([dense(t) for t in trajectory])
         return out

@@ -361,11 +361,11 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
         logger.info(f"stopped at step {step} of {tc.steps} (time limit {tc.time_limit} s, stop_after {stop_after}); "
                     "`--resume` continues")
     slot_only = stop_after is not None and step - first_step >= stop_after and step < tc.steps
-    calibrated = energy_model.kind == "shares" and config.model.generator == "dense"  # the pyramid has none yet
+    calibrated = energy_model.kind == "shares"
     if calibrated and config.sample.calibration_events > 0 and len(val_set) and not slot_only:
-        from graphsr.inference import SuperResolver, fit_calibration
+        from graphsr.inference import fit_calibration, load_resolver
 
-        resolver = SuperResolver(out_dir / CHECKPOINT, device=device)
+        resolver = load_resolver(out_dir / CHECKPOINT, device=device)
         events = torch.as_tensor(val_set.indices()[:config.sample.calibration_events])
         calibration = fit_calibration(resolver, val_set.storage(), events)
         checkpoint(calibration)
