@@ -67,13 +67,13 @@ demo: $(STAMP) $(DATA)/single_electron_2x.root
 	  --regression $(RUN)_regression/checkpoint.pt
 	@echo "demo done: report in $(REPORT)/report.md"
 
-# the multi-particle 4x setup on CPU (an electron plus 0-3 photons; ~35 min on 2 cores): simulate, train ~8 min
-# (+ the regression baseline, 3 min), the particle-flow models (3 x ~4 min), evaluate with the downstream particle
+# the multi-particle 4x setup on CPU (an electron plus 0-3 photons; ~40 min on 2 cores): simulate, train ~8 min
+# (+ the regression baseline, 3 min), the particle-flow models (1,200 steps each: ~1.5, 7 and 8 min), evaluate with the downstream particle
 # reconstruction (hand-written and learned); reports/multi_particle_4x/report.md
 demo-multi: $(STAMP) $(DATA)/multi_particle_4x.root $(DATA)/multi_particle_4x_reco.root
 	$(GRAPHSR) train --config configs/multi_particle_4x_cpu.yaml --out runs/multi_particle_4x
 	$(GRAPHSR) train --config configs/multi_particle_4x_cpu_regression.yaml --out runs/multi_particle_4x_regression
-	# particle-flow models (~4 min each) on the reco events: coarse cells, fine truth, and their SR output (an
+	# particle-flow models (1,200 steps each) on the reco events: coarse cells, fine truth, and their SR output (an
 	# ensemble of 10 as evaluate's: ~1 CPU-second per event with the CPU config's SR model)
 	$(GRAPHSR) sample --checkpoint runs/multi_particle_4x/checkpoint.pt --input $(DATA)/multi_particle_4x_reco.root \
 	  --output runs/multi_particle_4x/reco_sr.root --overwrite
