@@ -554,7 +554,7 @@ def super_resolve_file(resolver: SuperResolver, input_path: str | Path, output_p
     events lie outside the model's training range (:meth:`SuperResolver.warn_if_outside`).
     """
     info = open_cocoa(input_path)
-    warn_if_noise_differs(input_path)
+    warn_if_noise_differs(input_path, info)
     high_branches = GRAPH_BRANCHES_HIGH if info.high_tree else None
     written = 0
     # the generated High_Tree is no noise-free truth (graphsr.io.reader accepts its negative energies)

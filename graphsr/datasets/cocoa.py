@@ -29,11 +29,12 @@ from graphsr.io import GRAPH_BRANCHES_HIGH, GRAPH_BRANCHES_LOW, iter_cocoa, open
 CACHE_VERSION = 2  # 2: events carry the index of their file
 
 
-def warn_if_noise_differs(path: str | Path) -> None:
+def warn_if_noise_differs(path: str | Path, info=None) -> None:
     """Warn when ``graphsr simulate --coarse-noise`` made ``path`` (its provenance says so) with a coarse noise other
     than COCOA's fine sigma x factor, which graphsr's models take as the noise of every coarse cell
-    (:func:`graphsr.models.sr3.noise_sigma`): their posterior of the true totals would be wrong."""
-    record = open_cocoa(path).provenance or {}
+    (:func:`graphsr.models.sr3.noise_sigma`): their posterior of the true totals would be wrong. ``info``: the
+    file's :func:`~graphsr.io.open_cocoa`, when already open."""
+    record = (info or open_cocoa(path)).provenance or {}
     settings = record.get("config") or {}
     if record.get("command") != "simulate" or settings.get("coarse_noise") is None:
         return
