@@ -313,7 +313,7 @@ def test_pyramid_log_shares_and_totals_give_its_energies(pyramid_4x):
     assert int(hit.sum()) == last.fine_cell.numel()
     assert torch.allclose(out["log_shares"].exp() * out["totals"][batch.fine_parent], out["energy"], rtol=1e-5,
                           atol=1e-9)
-    # a coarse cell's hits share at most its total (less where an intermediate hit got no hit child)
+    # a coarse cell's hits share at most its total (less where an intermediate hit at or below 4 x 0.15 GeV got none)
     shares = torch.zeros_like(out["totals"]).index_add_(0, batch.fine_parent[hit], out["log_shares"][hit].exp())
     assert torch.all(shares <= 1 + 1e-5)
 
@@ -354,3 +354,30 @@ def test_stage_one_takes_its_own_steps(pyramid_4x, monkeypatch):
                    occupancy_sigmas=karras_sigmas(1))
     pyramid.sample(batch, 4, sigmas=karras_sigmas(4), generator=torch.Generator().manual_seed(0))
     assert seen == [2, 2, 5, 5]  # both levels: one step (and the final 0), then the energies' four
+
+
+def test_at_least_one_hit_takes_the_most_likely_child_of_required_empty_parents():
+    from graphsr.models.occupancy import at_least_one_hit
+
+    bits = torch.tensor([[False, False, False], [False, True, False], [False, False, False]])
+    scores = torch.tensor([[-0.9, -0.2, -0.5], [0.1, 0.8, -1.0], [-0.3, -0.1, -0.7]])
+    required = torch.tensor([True, True, False])
+    # row 0 is required and empty: its best child (index 1) is hit; row 1 has a hit already; row 2 is not required
+    expected = torch.tensor([[False, True, False], [False, True, False], [False, False, False]])
+    assert torch.equal(at_least_one_hit(bits, scores, required), expected)
+    assert not bits[0].any()  # the input is left as it was
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_later_levels_keep_the_energy_of_every_parent_above_the_bound(pyramid_4x, seed):
+    # threshold 0.15 GeV, 2 x 2 children: an intermediate cell above 0.6 GeV has a child above 0.15 in any truth, so
+    # the untrained second level must give it a hit and share all of its energy among its children
+    _, pyramid, batch, _ = pyramid_4x
+    out = pyramid.sample(batch, 4, sigmas=karras_sigmas(2), generator=torch.Generator().manual_seed(seed))
+    second = out["levels"][1]
+    parents, graph = second["parents"], second["graph"]
+    above = parents.coarse_energy > 4 * 0.15
+    assert bool(above.any()) and torch.all(second["bits"][above].any(dim=1))
+    kept = second["bits"].any(dim=1).nonzero().squeeze(1)
+    sums = torch.zeros(parents.coarse_energy.numel()).index_add_(0, kept[graph.fine_parent], second["energy"])
+    assert torch.allclose(sums[above], parents.coarse_energy[above], rtol=1e-5)

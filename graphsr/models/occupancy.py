@@ -142,14 +142,32 @@ class Occupancy(nn.Module):
 
     @torch.no_grad()
     def sample(self, parents: PairData, sigmas: torch.Tensor, generator: torch.Generator, sampler: str = "heun",
-               **options) -> torch.Tensor:
+               required: torch.Tensor | None = None, **options) -> torch.Tensor:
         """``[Np, bits]`` bool occupancy of the coarse nodes of ``parents``; ``sigmas``, ``sampler`` and ``options``
-        (e.g. ``eta``) drive the analog bits' sampler."""
+        (e.g. ``eta``) drive the analog bits' sampler. ``required``: ``[Np]`` bool, parents that must have a hit
+        (:func:`at_least_one_hit`)."""
         if self.kind == "bernoulli":
-            return sample_bernoulli(self._logits(parents), generator)
-        return sample_analog_bits(self.denoiser, (parents.coarse_energy.numel(), self.denoiser.net.bits),
-                                  parents.coarse_batch, sigmas, generator, sampler, num_graphs=parents.num_graphs,
-                                  extra_args={"data": parents}, **options)
+            scores = self._logits(parents)
+            bits = sample_bernoulli(scores, generator)
+        else:
+            scores = analog_bit_values(self.denoiser, (parents.coarse_energy.numel(), self.denoiser.net.bits),
+                                       parents.coarse_batch, sigmas, generator, sampler, num_graphs=parents.num_graphs,
+                                       extra_args={"data": parents}, **options)
+            bits = decode_bits(scores)
+        return bits if required is None else at_least_one_hit(bits, scores, required)
+
+
+def at_least_one_hit(bits: torch.Tensor, scores: torch.Tensor, required: torch.Tensor) -> torch.Tensor:
+    """``bits`` ([Np, bits] bool) where every ``required`` row that has no hit gets one, at its highest ``scores``
+    (the generated value or logit of each bit). A parent of a later pyramid level whose generated energy exceeds
+    ``factor**2 x threshold`` has a child above the threshold (the children sum to it), so a draw without one would
+    drop the parent's energy."""
+    empty = (required & ~bits.any(dim=1)).nonzero().squeeze(1)
+    if not len(empty):
+        return bits
+    bits = bits.clone()
+    bits[empty, scores[empty].argmax(dim=1)] = True
+    return bits
 
 
 def sample_bernoulli(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -163,6 +181,12 @@ def sample_analog_bits(denoiser, shape: tuple[int, int], batch: torch.Tensor, si
                        generator: torch.Generator, sampler: str = "heun", **sampler_args) -> torch.Tensor:
     """Bits ``shape`` ([nodes, bits], bool) from a self-conditioned denoiser ``D(x, sigma, batch, self_cond=...,
     **extra_args)``: pure noise at ``sigmas[0]``, the project's ``sampler`` down to 0, then the sign."""
+    return decode_bits(analog_bit_values(denoiser, shape, batch, sigmas, generator, sampler, **sampler_args))
+
+
+def analog_bit_values(denoiser, shape: tuple[int, int], batch: torch.Tensor, sigmas: torch.Tensor,
+                      generator: torch.Generator, sampler: str = "heun", **sampler_args) -> torch.Tensor:
+    """The real values :func:`sample_analog_bits` thresholds at zero (how sure each bit is, beside its sign)."""
     x = torch.randn(shape, device=sigmas.device, generator=generator) * sigmas[0]
-    return decode_bits(get_sampler(sampler)(SelfConditioning(denoiser), x, sigmas, batch=batch, generator=generator,
-                                            disable=True, **sampler_args))
+    return get_sampler(sampler)(SelfConditioning(denoiser), x, sigmas, batch=batch, generator=generator,
+                                disable=True, **sampler_args)

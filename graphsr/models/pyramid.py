@@ -21,7 +21,10 @@ from its posterior given the measurement (``posterior`` mode) or is the measurem
 stage 1 leaves without a hit child gets no energy and is left out of stage 2: with the default threshold (hit:
 truth > 0) such a parent is exactly empty in truth; with a positive threshold the pyramid drops at most
 ``factor**2 x threshold`` per parent. Parents of later levels are generated, noise-free cells: their children share
-exactly the generated energy (``conserving``), and their noise-realisation target is zero and not trained.
+exactly the generated energy (``conserving``), and their noise-realisation target is zero and not trained. Such a
+parent above ``factor**2 x threshold`` must have a child above the threshold, so its stage 1 gives it one (its
+most likely child) where a draw has none (:func:`~graphsr.models.occupancy.at_least_one_hit`): no generated
+parent above that bound loses its energy between levels.
 
 Training is teacher-forced: each level's parents, occupancy and hit graph come from the truth.
 """
@@ -245,8 +248,11 @@ class Pyramid(nn.Module):
         parents, levels, trajectory = measured_parents(batch, self.factor), [], []
         totals = batch.coarse_energy.new_zeros(batch.coarse_energy.numel())
         for i, level in enumerate(self.levels):
+            # a generated parent (later levels) above scale^2 x threshold has a child above the threshold
+            required = (None if i == 0 else
+                        parents.coarse_energy > (level.parent_factor // level.child_factor) ** 2 * self.threshold)
             bits = level.occupancy.sample(parents, sigmas if occupancy_sigmas is None else occupancy_sigmas,
-                                          generator, sampler, **sampler_options)
+                                          generator, sampler, required=required, **sampler_options)
             graph = hit_graph(parents, bits, level.parent_factor, level.child_factor, self.options)
             nodes = state_batch(graph)
             x = torch.randn(nodes.numel(), 1, device=sigmas.device, generator=generator) * sigmas[0]
