@@ -54,8 +54,9 @@ class DiffusionConfig:
     p_std: float = 1.2                        # EDM: ... and its std
     sigma_min: float = 0.002                  # sampling range
     # 20, not EDM's 80: training draws sigma above 20 once in 4,000 (ln sigma 3.5 sd above p_mean), so the network
-    # is untrained higher up; with 80, the few-step grid's early steps land there and the event energy came out
-    # -0.09% (4 DDIM steps), with 20 -0.02% ± 0.03% (README, "Sampling grid"). 20 sigma_data is still pure noise.
+    # is untrained higher up; with 80, the few-step grid's early steps land there. Event-energy bias 80 -> 20: the
+    # 30-minute model -0.11% -> -0.04%, the multi-particle one -0.49% -> -0.05%, the demo's +0.03% -> +0.09%
+    # (README, "Sampling grid"). 20 sigma_data is still pure noise.
     sigma_max: float = 20.0
     min_snr_gamma: float | None = None        # min-SNR loss weighting (None: off)
     coarse_weight: float = 1.0                # loss weight of the coarse totals against the fine shares, per event
