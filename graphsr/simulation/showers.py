@@ -24,12 +24,12 @@ summed into fine cells. Every random step is drawn for all showers at once.
   ``wander_sigma`` Moliere radii per coordinate, correlated from slice to slice (``wander_correlation``, an AR(1)
   in depth, clipped at 4 sigma): the early sub-showers that carry a shower's energy sideways, so the same coarse
   cells hide different fine patterns.
-* Deposits. Each slice's energy is carried by ``Poisson(E_slice / spot_energy)`` deposits with exponentially
-  distributed energies, so cell energies are continuous down to fractions of an MeV. Radii are drawn from the
-  lateral profile with the tail weight raised to at least ``min_tail_weight`` and each deposit's energy multiplied
-  by the importance weight (true / drawn density): the mean profile is unchanged, but the sparse tails are carried by
-  many light deposits, as Geant4's many soft photons and electrons do, instead of a few heavy ones. Deposit
-  energies are normalised per slice, so energy is conserved exactly.
+* Deposits. Each slice's energy is shared among three segments: the core and the tail of the profile above, and a
+  wide halo (``halo_fraction`` of the energy, ``f(r)`` of radius ``halo_radius``: Geant4's soft photons far from
+  the axis). A segment is carried by ``Poisson(E_segment / mean deposit)`` deposits (at least one) with
+  exponentially distributed energies, normalised so that they sum to the segment's energy exactly; core and tail
+  deposits average ``spot_energy``, halo deposits ``halo_spot_energy`` (light and many), so cell energies are
+  continuous down to fractions of an MeV and the sparse tails are carried by many light deposits.
 * Geometry. Depth runs along the line of flight from the front face (X0_ECAL mm per X0 in the ECAL). Slices beyond
   ECAL3 enter the 80 mm iron gap (X0 = 17.57 mm: 4.6 X0, dead, energy lost); deeper slices land in the HCAL, whose
   scintillator/iron mixture (volume 1.0 : 1.1) has X0 = 32.3 mm (the lateral spread there keeps the ECAL Moliere
