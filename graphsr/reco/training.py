@@ -33,7 +33,8 @@ from graphsr.io import file_digest, iter_cocoa, open_cocoa
 from graphsr.reco.config import RecoConfig
 from graphsr.reco.model import ParticleFlow, particle_classes, set_loss
 from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
-from graphsr.training.trainer import data_factor, ema_update, load_splits, lr_lambda, resolve_device, seen_events
+from graphsr.training.trainer import (data_factor, ema_update, load_splits, lr_lambda, optimiser_step, resolve_device,
+                                      seen_events)
 
 CHECKPOINT = "checkpoint.pt"
 INPUT_TYPES = {"coarse": "coarse", "truth": "fine", "sr": "fine"}  # input type -> the cells it reads
@@ -182,12 +183,7 @@ def train_reco(config: RecoConfig, input_type: str, out_dir: str | Path, progres
                 out = model(cells)
             loss, parts = set_loss({k: v.float() if v.is_floating_point() else v for k, v in out.items()}, cells,
                                    *targets(batch))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            ema.update_parameters(model)
+            optimiser_step(loss, model, optimizer, scheduler, ema, tc.grad_clip)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", card=f"{parts['cardinality']:.3f}")

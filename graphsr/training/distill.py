@@ -25,7 +25,8 @@ from graphsr.diffusion import karras_sigmas
 from graphsr.graphs import GraphLoader
 from graphsr.models.sr3 import EnergyModel, add_inputs, node_weights, state_batch
 from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
-from graphsr.training.trainer import CHECKPOINT, build_denoiser, ema_update, load_splits, lr_lambda, resolve_device
+from graphsr.training.trainer import (CHECKPOINT, build_denoiser, ema_update, load_splits, lr_lambda, optimiser_step,
+                                      resolve_device)
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +116,7 @@ def distill_round(state: dict, out: str | Path, *, steps: int = 500, batch_size:
             weight = node_weights(batch, coarse_weight)
             per_event = torch.zeros(batch.num_graphs, device=device).index_add_(0, nodes, weight * error)
             loss = (per_event / torch.zeros_like(per_event).index_add_(0, nodes, weight)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), tc.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            ema.update_parameters(student)
+            optimiser_step(loss, student, optimizer, scheduler, ema, tc.grad_clip)
             losses.append(loss.item())
             step += 1
             if step >= steps or (time_limit is not None and time.perf_counter() - started > time_limit):

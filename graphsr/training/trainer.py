@@ -136,6 +136,17 @@ def ema_update(decay: float):
     return update
 
 
+def optimiser_step(loss: torch.Tensor, model: torch.nn.Module, optimizer, scheduler, ema, grad_clip: float) -> None:
+    """One update, the same for every trainer (denoiser, distilled student, particle flow): backward, clip the
+    gradient norm, step the optimiser and the learning-rate schedule, then the EMA copy."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+    ema.update_parameters(model)
+
+
 @dataclass
 class TrainResult:
     checkpoint: Path
@@ -309,13 +320,8 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
                 dict(zip(("sigma", "noise"), _share_of_draws(loss_fn, share, noise, device)))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = _loss(loss_fn, model, batch, energy_model, noise, factor, coarse_weight, **draws)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(denoiser.parameters(), tc.grad_clip)
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            optimizer.step()
-            scheduler.step()
-            ema.update_parameters(denoiser)
+            optimiser_step(loss, denoiser, optimizer, scheduler, ema, tc.grad_clip)
             step, position, events_seen = step + 1, i + 1, events_seen + share["events"][2]
             train_loss = loss.item()
             rate = events_seen / (time.perf_counter() - started)
