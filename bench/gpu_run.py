@@ -28,7 +28,7 @@ from graphsr.config import load_config
 from graphsr.datasets import CocoaDataset
 from graphsr.eval.evaluate import compute_metrics, generate
 from graphsr.inference import SuperResolver, unseen_events
-from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
+from graphsr.training.checkpoint import slim_checkpoint
 from graphsr.training.distill import distill
 from graphsr.training.trainer import graph_options, train
 
@@ -55,16 +55,6 @@ def simulate(job: tuple[str, int, int]) -> str:
     torch.set_num_threads(1)
     write_cocoa(path, simulate_events(SingleElectronGun(), events, factor=2, seed=seed, neighbour_branches=False))
     return path
-
-
-def slim(checkpoint: Path, out: Path) -> Path:
-    """What sampling needs: the checkpoint without the raw weights, optimiser and scheduler, its EMA weights in
-    float16 (half the size; the model loads them into float32)."""
-    state = load_checkpoint(checkpoint)
-    for key in ("model", "optimizer", "scheduler"):
-        state.pop(key, None)
-    state["ema"] = {k: v.half() if v.is_floating_point() else v for k, v in state["ema"].items()}
-    return save_checkpoint(state, out)
 
 
 def synchronize(device):
@@ -146,7 +136,7 @@ def main():
                            "val_loss": result.val_loss, "seconds": args.train_seconds}
     log(f"trained {result.step} steps of {config.train.batch_size} events: {result.events_per_second:.0f} events/s "
         f"(target 3000), validation loss {result.val_loss:.4f}")
-    slim(result.checkpoint, out / "teacher.pt")
+    slim_checkpoint(result.checkpoint, out / "teacher.pt")
     save_figures()
 
     # 3. distil to one network evaluation
@@ -154,7 +144,7 @@ def main():
     student_path = distill(result.checkpoint, work / "student", steps=10**9, time_limit=args.distill_seconds,
                            device=args.device)
     log(f"distilled to one step in {time.perf_counter() - t:.0f} s")
-    slim(student_path, out / "student.pt")
+    slim_checkpoint(student_path, out / "student.pt")
     save_figures()
 
     # 4. super-resolution throughput and 5. evaluation, on events neither model saw

@@ -1,0 +1,10 @@
+# Sourced by the GPU scripts (bench/gpu.sh, bench/gpu_multi.sh): a host without uproot / awkward and with no package
+# registry (the device machines here) gets them from the cp312 wheels in .whl/ (git-ignored; README, "Using graphsr
+# on a GPU host"); torch-scatter / torch-cluster are optional (pure-torch fallback). graphsr runs from the checkout.
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PYTHON:-python3}
+if [ -d .whl ] && ! "$PY" -c "import uproot, awkward" 2>/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/graphsr-site .whl/*.whl
+  export PYTHONPATH=/tmp/graphsr-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
