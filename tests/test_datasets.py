@@ -40,6 +40,24 @@ def test_dataset_matches_direct_build_and_caches(toy_file, tmp_path):
     assert CocoaDataset([toy_file], root=cache, log=False).processed_dir != dataset.processed_dir
 
 
+def test_two_processes_building_one_cache_both_succeed(toy_file, tmp_path, monkeypatch):
+    """Two trainings started together build the same cache: the second finishes its file while the first is between
+    writing and renaming its own (here: forced by running the second inside the first's save). Both must end with
+    the cache, and neither may lose the other's file (with one shared temporary name, the first rename failed)."""
+    cache, real_save, other = tmp_path / "cache", torch.save, {}
+
+    def save_then_let_another_process_finish(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        if "started" not in other:
+            other["started"] = True
+            other["dataset"] = CocoaDataset([toy_file], root=cache, log=False)
+
+    monkeypatch.setattr(torch, "save", save_then_let_another_process_finish)
+    first = CocoaDataset([toy_file], root=cache, log=False)
+    assert len(first) == len(other["dataset"]) == 6
+    assert not [f for f in os.listdir(cache / "processed" / first.key) if "tmp" in f]  # no temporary file left
+
+
 def test_missing_file_error_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nothere.root(.|\n)*make data"):
         CocoaDataset([tmp_path / "nothere.root"], root=tmp_path / "cache")

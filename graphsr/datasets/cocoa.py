@@ -24,6 +24,7 @@ from graphsr.graphs.build import GraphOptions, build_storage, concat_storages, s
 from graphsr.graphs.data import PairData
 from graphsr.graphs.loader import collate_events
 from graphsr.io import GRAPH_BRANCHES_HIGH, GRAPH_BRANCHES_LOW, iter_cocoa, open_cocoa
+from graphsr.training.checkpoint import save_checkpoint
 
 # Bump when the graph layout changes, so old caches are rebuilt.
 CACHE_VERSION = 2  # 2: events carry the index of their file
@@ -125,9 +126,9 @@ class CocoaDataset(InMemoryDataset):
         if not parts:
             raise ValueError(f"no events in {', '.join(map(str, self.files))}")
         data, slices = concat_storages(parts)
-        tmp = Path(self.processed_paths[0]).with_suffix(".tmp")
-        torch.save((data.to_dict(), slices), tmp)
-        os.replace(tmp, self.processed_paths[0])
+        # a unique temporary file and an atomic rename: processes building the same cache at once (two trainings
+        # started together) each write a whole file, and the last rename wins
+        save_checkpoint((data.to_dict(), slices), self.processed_paths[0])
 
     def split(self, fractions=(0.8, 0.1, 0.1), seed: int = 0):
         """Disjoint random subsets with the given fractions (deterministic for a seed)."""
