@@ -2,7 +2,7 @@
 # The full-size multi-particle 4x model on one GPU (issues 10 and 12), in one script: simulate training events on
 # the host's CPU cores, train configs/multi_particle_4x_gpu.yaml (bf16 autocast), evaluate it on a file it never saw,
 # super-resolve the particle-flow training events, train the SR-input particle-flow model on them, and evaluate the
-# three input types on the unseen file. About 8 minutes on one H200.
+# three input types on the unseen file. About 9 minutes on one H200.
 #
 #   bench/gpu_multi.sh EVAL.root RECO.root RECO_COARSE.pt RECO_TRUTH.pt
 #
@@ -12,7 +12,7 @@
 # 2000 + i, apart from both. What comes back in $OUT (default reports/gpu_multi): log.txt, checkpoint.pt (slim:
 # float16 EMA weights), history.csv, reco_sr.root (`graphsr sample` of RECO.root), reco_sr.pt (the SR-input
 # particle-flow model), report.md and metrics.json (`graphsr evaluate` with the three particle-flow models).
-# Settings (environment): DEVICE (cuda), EVENTS (60000), PROCS (CPU cores), TRAIN_SECONDS (240), EVAL_EVENTS (300),
+# Settings (environment): DEVICE (cuda), EVENTS (60000), PROCS (CPU cores), TRAIN_SECONDS (210), EVAL_EVENTS (300),
 # CONFIG (configs/multi_particle_4x_gpu.yaml), RECO_CONFIG (configs/reco/multi_particle_4x_cpu.yaml), RECO_STEPS,
 # CHECKPOINT (skip the training and use this super-resolution model).
 set -euo pipefail
@@ -23,7 +23,7 @@ if [ $# -ne 4 ]; then
 fi
 EVAL=$1 RECO=$2 RECO_COARSE=$3 RECO_TRUTH=$4
 OUT=${OUT:-reports/gpu_multi} DEVICE=${DEVICE:-cuda} EVENTS=${EVENTS:-60000} PROCS=${PROCS:-$(nproc)}
-TRAIN_SECONDS=${TRAIN_SECONDS:-240} EVAL_EVENTS=${EVAL_EVENTS:-300}
+TRAIN_SECONDS=${TRAIN_SECONDS:-210} EVAL_EVENTS=${EVAL_EVENTS:-300}
 CONFIG=${CONFIG:-configs/multi_particle_4x_gpu.yaml} RECO_CONFIG=${RECO_CONFIG:-configs/reco/multi_particle_4x_cpu.yaml}
 for f in "$EVAL" "$RECO" "$RECO_COARSE" "$RECO_TRUTH" "$CONFIG" "$RECO_CONFIG"; do
   [ -f "$f" ] || { echo "bench/gpu_multi.sh: $f not found" >&2; exit 2; }
