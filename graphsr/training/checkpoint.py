@@ -47,7 +47,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def slim_checkpoint(path: str | Path, out: str | Path) -> Path:
     """Write to ``out`` what sampling needs of the checkpoint at ``path``: no raw weights, optimiser or scheduler
-    state, the EMA weights in float16 (a quarter of the size; the model loads them into float32). Used for the
+    state, the EMA weights in float16 (half their float32 size; the model loads them into float32). Used for the
     checkpoints that come back from a GPU run and for the shipped pretrained model."""
     state = load_checkpoint(path)
     for key in ("model", "optimizer", "scheduler"):
