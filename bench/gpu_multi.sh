@@ -33,7 +33,7 @@ WORK=$(mktemp -d)  # simulated events, graph cache, full checkpoints: only the f
 exec > >(tee "$OUT/log.txt") 2>&1
 G="$PY -m graphsr"
 stage() { echo "[$(date +%T), ${SECONDS} s] $*"; }
-stage "graphsr multi-particle GPU run on $DEVICE: $EVENTS events on $PROCS processes, $TRAIN_SECONDS s of training"
+stage "graphsr multi-particle GPU run on $DEVICE"
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')"
 
 if [ -n "${CHECKPOINT:-}" ]; then  # a model trained earlier (a slim checkpoint will do): steps 3 and 4 only
@@ -41,6 +41,7 @@ if [ -n "${CHECKPOINT:-}" ]; then  # a model trained earlier (a slim checkpoint 
   stage "super-resolution model: $SR"
 else
   # 1. training events, one file per CPU core (one thread each)
+  stage "simulating $EVENTS events on $PROCS processes, then $TRAIN_SECONDS s of training"
   pids=()
   for i in $(seq 0 $((PROCS - 1))); do
     OMP_NUM_THREADS=1 $G simulate --gun multi-particle --factor 4 --events $(( EVENTS / PROCS )) --seed $((2000 + i)) \
