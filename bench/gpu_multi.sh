@@ -1,31 +1,38 @@
 #!/usr/bin/env bash
 # The full-size multi-particle 4x model on one GPU (issues 10 and 12), in one script: simulate training events on
-# the host's CPU cores, train configs/multi_particle_4x_gpu.yaml (bf16 autocast), evaluate it on a file it never saw,
-# super-resolve the particle-flow training events, train the SR-input particle-flow model on them, and evaluate the
-# three input types on the unseen file. About 9 minutes on one H200.
+# the host's CPU cores, train configs/multi_particle_4x_gpu.yaml (bf16 autocast), super-resolve the particle-flow
+# training events, train the SR-input particle-flow model on them, and evaluate the SR model and the three
+# particle-flow input types on a file none of them saw. About 9 minutes on one H200 with one 1,000-event RECO file.
 #
-#   bench/gpu_multi.sh EVAL.root RECO.root RECO_COARSE.pt RECO_TRUTH.pt
+#   bench/gpu_multi.sh EVAL.root RECO_COARSE.pt RECO_TRUTH.pt RECO.root [RECO.root ...]
 #
 # EVAL.root: events none of the models saw (data/multi_particle_4x_eval.root: `graphsr simulate --gun
-# multi-particle --factor 4 --events 400 --seed 4`). RECO.root and the coarse- and truth-trained particle-flow
-# checkpoints: `make demo-multi`'s (data/multi_particle_4x_reco.root, seed 1000). The training events take seeds
-# 2000 + i, apart from both. What comes back in $OUT (default reports/gpu_multi): log.txt, checkpoint.pt (slim:
-# float16 EMA weights), history.csv, reco_sr.root (`graphsr sample` of RECO.root), reco_sr.pt (the SR-input
-# particle-flow model), report.md and metrics.json (`graphsr evaluate` with the three particle-flow models).
+# multi-particle --factor 4 --events 400 --seed 4`). RECO.root: the particle-flow training events, and the coarse-
+# and truth-trained particle-flow checkpoints trained on them: `make demo-multi`'s (data/multi_particle_4x_reco.root,
+# seed 1001), or configs/reco/multi_particle_4x_9k.yaml's three files (seeds 1001, 5000, 5001) with
+# RECO_CONFIG=configs/reco/multi_particle_4x_9k.yaml. The SR model's training events take seeds 2000 + i, apart from
+# all of them. Each RECO file is super-resolved by its own process (the GPU is mostly idle in one). What comes back in
+# $OUT (default reports/gpu_multi): log.txt, checkpoint.pt (slim: float16 EMA weights), history.csv, reco_sr.pt (the
+# SR-input particle-flow model) and reco_test_metrics.json (its held-out training-file events), report.md and
+# metrics.json (`graphsr evaluate` with the three particle-flow models).
 # Settings (environment): DEVICE (cuda), EVENTS (60000), PROCS (CPU cores), TRAIN_SECONDS (210), EVAL_EVENTS (300),
 # CONFIG (configs/multi_particle_4x_gpu.yaml), RECO_CONFIG (configs/reco/multi_particle_4x_cpu.yaml), RECO_STEPS,
-# CHECKPOINT (skip the training and use this super-resolution model).
+# RECO_SECONDS (time limit of the particle-flow training) or RECO_UNTIL (the script's second by which that training
+# stops, whenever the super-resolution before it ends: keeps a run inside a fixed lease), CHECKPOINT (skip the training and use this
+# super-resolution model).
 set -euo pipefail
 source "$(dirname "$0")/gpu_env.sh"
-if [ $# -ne 4 ]; then
-  echo "usage: bench/gpu_multi.sh EVAL.root RECO.root RECO_COARSE.pt RECO_TRUTH.pt" >&2
+if [ $# -lt 4 ]; then
+  echo "usage: bench/gpu_multi.sh EVAL.root RECO_COARSE.pt RECO_TRUTH.pt RECO.root [RECO.root ...]" >&2
   exit 2
 fi
-EVAL=$1 RECO=$2 RECO_COARSE=$3 RECO_TRUTH=$4
+EVAL=$1 RECO_COARSE=$2 RECO_TRUTH=$3
+shift 3
+RECO=("$@")
 OUT=${OUT:-reports/gpu_multi} DEVICE=${DEVICE:-cuda} EVENTS=${EVENTS:-60000} PROCS=${PROCS:-$(nproc)}
 TRAIN_SECONDS=${TRAIN_SECONDS:-210} EVAL_EVENTS=${EVAL_EVENTS:-300}
 CONFIG=${CONFIG:-configs/multi_particle_4x_gpu.yaml} RECO_CONFIG=${RECO_CONFIG:-configs/reco/multi_particle_4x_cpu.yaml}
-for f in "$EVAL" "$RECO" "$RECO_COARSE" "$RECO_TRUTH" "$CONFIG" "$RECO_CONFIG"; do
+for f in "$EVAL" "${RECO[@]}" "$RECO_COARSE" "$RECO_TRUTH" "$CONFIG" "$RECO_CONFIG"; do
   [ -f "$f" ] || { echo "bench/gpu_multi.sh: $f not found" >&2; exit 2; }
 done
 mkdir -p "$OUT"
@@ -59,13 +66,23 @@ else
   SR=$WORK/sr/checkpoint.pt
 fi
 
-# 3. particle flow on SR cells: super-resolve its training events and train on them
-$G sample --checkpoint "$SR" --input "$RECO" --output "$OUT/reco_sr.root" --device "$DEVICE"
-stage "super-resolved the particle-flow events"
+# 3. particle flow on SR cells: super-resolve its training events (one process per file) and train on them
+SR_FILES=() pids=()
+mkdir -p "$WORK/sr_files"
+for f in "${RECO[@]}"; do
+  SR_FILES+=("$WORK/sr_files/$(basename "$f")")
+  $G sample --checkpoint "$SR" --input "$f" --output "${SR_FILES[-1]}" --device "$DEVICE" &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+stage "super-resolved the particle-flow events (${#RECO[@]} files)"
 RECO_SR=$WORK/reco_sr/checkpoint.pt
-if $G train-reco --config "$RECO_CONFIG" --input-type sr --data "$RECO" --sr-files "$OUT/reco_sr.root" \
-    --sr-checkpoint "$SR" --out "$WORK/reco_sr" --device "$DEVICE" ${RECO_STEPS:+--steps $RECO_STEPS}; then
+[ -z "${RECO_UNTIL:-}" ] || RECO_SECONDS=$(( RECO_UNTIL - SECONDS > 30 ? RECO_UNTIL - SECONDS : 30 ))
+if $G train-reco --config "$RECO_CONFIG" --input-type sr --data "${RECO[@]}" --sr-files "${SR_FILES[@]}" \
+    --sr-checkpoint "$SR" --out "$WORK/reco_sr" --device "$DEVICE" ${RECO_STEPS:+--steps $RECO_STEPS} \
+    ${RECO_SECONDS:+--time-limit $RECO_SECONDS}; then
   cp "$RECO_SR" "$OUT/reco_sr.pt"
+  cp "$WORK/reco_sr/test_metrics.json" "$OUT/reco_test_metrics.json"
   stage "trained the SR-input particle flow"
 else
   stage "the SR-input particle flow failed: evaluating without it"

@@ -32,14 +32,14 @@ def test_gpu_script_runs_every_step_on_the_cpu(tmp_path):
 
 
 def test_multi_particle_gpu_script_runs_every_step_on_the_cpu(tmp_path):
-    """bench/gpu_multi.sh with a tiny model and a few factor-4 events: simulate, train, super-resolve the
-    particle-flow events, train the SR-input particle-flow model, evaluate with all three; what comes back."""
+    """bench/gpu_multi.sh with a tiny model and a few factor-4 events: simulate, train, super-resolve the two
+    particle-flow files, train the SR-input particle-flow model on both, evaluate with all three; what comes back."""
     from graphsr.cli import main
     from graphsr.io import write_cocoa
     from graphsr.simulation import MultiParticleGun, simulate_events
 
     cache = tmp_path / "cache"
-    for name, events, seed in (("eval.root", 12, 4), ("reco.root", 30, 12)):
+    for name, events, seed in (("eval.root", 12, 4), ("reco.root", 30, 12), ("reco_b.root", 20, 13)):
         write_cocoa(tmp_path / name, simulate_events(MultiParticleGun(), events, factor=4, seed=seed,
                                                      neighbour_branches=False))
     sr_config, reco_config = tmp_path / "sr.yaml", tmp_path / "reco.yaml"
@@ -47,7 +47,8 @@ def test_multi_particle_gpu_script_runs_every_step_on_the_cpu(tmp_path):
                          "model: {width: 8, depth: 1, coarse_depth: 1, heads: 2, context_tokens: 1}\n"
                          "train: {steps: 3, batch_size: 4, warmup: 1, val_every: 3}\n"
                          "sample: {sampler: ddim, steps: 2, ensemble: 2, calibration_events: 4}\n")
-    reco_config.write_text(f"data: {{train: ['{tmp_path / 'reco.root'}'], cache: '{cache}', layers: [0, 1, 2]}}\n"
+    reco_config.write_text(f"data: {{train: ['{tmp_path / 'reco.root'}', '{tmp_path / 'reco_b.root'}'], "
+                           f"cache: '{cache}', layers: [0, 1, 2]}}\n"
                            "model: {width: 8, depth: 1, decoder_depth: 1, heads: 2, context_tokens: 1, k: 4, "
                            "k_between: 1}\ntrain: {steps: 3, batch_size: 8, warmup: 1, val_every: 3}\n")
     for input_type in ("coarse", "truth"):
@@ -57,14 +58,17 @@ def test_multi_particle_gpu_script_runs_every_step_on_the_cpu(tmp_path):
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "DEVICE": "cpu", "EVENTS": "40", "PROCS": "2",
            "TRAIN_SECONDS": "60", "EVAL_EVENTS": "6", "CONFIG": str(sr_config), "RECO_CONFIG": str(reco_config)}
     done = subprocess.run([str(ROOT / "bench" / "gpu_multi.sh"), str(tmp_path / "eval.root"),
-                           str(tmp_path / "reco.root"), str(tmp_path / "coarse" / "checkpoint.pt"),
-                           str(tmp_path / "truth" / "checkpoint.pt")], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+                           str(tmp_path / "coarse" / "checkpoint.pt"), str(tmp_path / "truth" / "checkpoint.pt"),
+                           str(tmp_path / "reco.root"), str(tmp_path / "reco_b.root")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "history.csv", "log.txt", "metrics.json",
-                                                     "reco_sr.pt", "reco_sr.root", "report.md"]
+                                                     "reco_sr.pt", "reco_test_metrics.json", "report.md"]
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert "optimizer" not in state and state["step"] == 3
     reco = json.loads((out / "metrics.json").read_text())["reco"]
     assert reco["events"] == 6 and "sr-trained on sr" in reco["learned"]
+    # the SR-input model held out 10% of the events of both files (50), not of the first one alone (30)
+    assert json.loads((out / "reco_test_metrics.json").read_text())["events"] == 5
+    assert "super-resolved the particle-flow events (2 files)" in (out / "log.txt").read_text()
     assert "done" in (out / "log.txt").read_text()
