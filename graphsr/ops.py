@@ -3,9 +3,9 @@
 torch_scatter and torch_cluster are compiled extensions: GPU hosts often have torch and PyG but not these two, and
 PyG 2.8's own ``knn_graph`` needs pyg-lib, which cannot be installed everywhere. Every function here uses the
 extension when it is importable and a pure-torch implementation otherwise; both give the same results (the tests
-compare them), except that kNN may pick a different one of several equidistant neighbours: on graphsr's regular
-cell grids about 0.25% of edges differ between the paths. ``use_extensions(False)`` forces the pure-torch path,
-e.g. to test it on a host that has both.
+compare them). kNN ranks neighbours exactly (:func:`knn`): equidistant neighbours, which every regular cell grid
+has, are broken by index, so graphs do not depend on the backend or the device. ``use_extensions(False)`` forces
+the pure-torch path, e.g. to test it on a host that has both.
 """
 
 from __future__ import annotations
@@ -82,22 +82,32 @@ def segment_log_softmax(src: torch.Tensor, index: torch.Tensor, dim_size: int | 
 
 
 # ------------------------------------------------------------------------------------------ nearest neighbours
+LATTICE = 1e-6  # step on which kNN compares positions (their own units; graphsr's are eta and cos / sin phi)
+
+
 def knn(
     x: torch.Tensor,
     y: torch.Tensor,
     k: int,
     batch_x: torch.Tensor | None = None,
     batch_y: torch.Tensor | None = None,
+    resolution: float = LATTICE,
 ) -> torch.Tensor:
     """For each point of ``y`` its ``k`` nearest points of ``x`` in the same segment (Euclidean).
+
+    The order is exact and the same everywhere: positions are rounded to a lattice of step ``resolution`` and their
+    squared distances computed in integers, so that equidistant neighbours (every regular cell grid has them) are
+    true ties, broken by the lower index of ``x``. With or without torch_cluster, on CPU or GPU, the same positions
+    give the same neighbours; a model trained on one host sees the same graphs on another. Pass float64 positions
+    where they come out of functions (cos, sin) whose last bit differs between devices.
 
     Args:
         x: [Nx, D] points searched; y: [Ny, D] query points.
         batch_x, batch_y: sorted segment ids of x and y (default: one segment).
 
     Returns:
-        [2, E] pairs ``(index into y, index into x)``, as ``torch_cluster.knn``. Segments with fewer than ``k``
-        points of ``x`` give fewer pairs.
+        [2, E] pairs ``(index into y, index into x)``, as ``torch_cluster.knn``, by query then nearness. Segments
+        with fewer than ``k`` points of ``x`` give fewer pairs.
     """
     if batch_x is None:
         batch_x = x.new_zeros(x.size(0), dtype=torch.long)
@@ -105,13 +115,40 @@ def knn(
         batch_y = y.new_zeros(y.size(0), dtype=torch.long)
     if x.numel() == 0 or y.numel() == 0:
         return torch.empty(2, 0, dtype=torch.long, device=x.device)
-    if has_torch_cluster():
-        return torch_cluster.knn(x, y, k, batch_x, batch_y)
-    return _knn_dense(x, y, k, batch_x, batch_y)
+    # integers held in float64: exact in both backends' distances below 2**53 (|x| / resolution < 5e7)
+    x, y = torch.round(x.double() / resolution), torch.round(y.double() / resolution)
+    found, queries, slack = [], torch.arange(y.size(0), device=y.device), 8
+    while queries.numel():
+        # candidates: the k + slack nearest by either backend, one row per query, ranked exactly by (distance, index)
+        width = k + slack
+        if has_torch_cluster():
+            q, s = torch_cluster.knn(x, y[queries], width, batch_x, batch_y[queries])
+        else:
+            q, s = _knn_dense(x, y[queries], width, batch_x, batch_y[queries])
+        order = torch.sort(q, stable=True).indices
+        q, s = q[order], s[order]
+        index = torch.full((queries.numel(), width), x.size(0), dtype=torch.long, device=x.device)
+        index[q, _rank_within(q)] = s
+        index = torch.sort(index, dim=1).values  # padding (x.size(0)) last
+        distance = ((x[index.clamp(max=x.size(0) - 1)] - y[queries].unsqueeze(1)) ** 2).sum(2)
+        distance[index == x.size(0)] = float("inf")
+        distance, order = torch.sort(distance, dim=1, stable=True)
+        index = torch.gather(index, 1, order)
+        # a query whose last candidate ties its k-th may have tied points that did not come back: ask again
+        again = torch.isfinite(distance[:, -1]) & (distance[:, -1] == distance[:, min(k, width) - 1])
+        rows = torch.nonzero(~again).squeeze(1)
+        pairs = torch.stack([queries[rows].unsqueeze(1).expand(-1, k), index[rows, :k]]).reshape(2, -1)
+        found.append(pairs[:, pairs[1] < x.size(0)])
+        queries, slack = queries[again], slack * 4
+    if len(found) == 1:
+        return found[0]
+    pairs = torch.cat(found, 1)
+    return pairs[:, torch.sort(pairs[0], stable=True).indices]
 
 
 def knn_graph(x: torch.Tensor, k: int, batch: torch.Tensor | None = None, loop: bool = False) -> torch.Tensor:
-    """Directed kNN graph: edges ``(j -> i)`` from each point's ``k`` nearest neighbours ``j`` in its segment.
+    """Directed kNN graph: edges ``(j -> i)`` from each point's ``k`` nearest neighbours ``j`` in its segment, in
+    :func:`knn`'s exact order (the same on every host).
 
     Returns:
         ``edge_index`` [2, E] in PyG's source-to-target convention (row 0 source j, row 1 target i).
@@ -120,13 +157,11 @@ def knn_graph(x: torch.Tensor, k: int, batch: torch.Tensor | None = None, loop: 
         batch = x.new_zeros(x.size(0), dtype=torch.long)
     if x.numel() == 0:
         return torch.empty(2, 0, dtype=torch.long, device=x.device)
-    if has_torch_cluster():
-        return torch_cluster.knn_graph(x, k, batch, loop=loop, flow="source_to_target")
-    target, source = _knn_dense(x, x, k + (0 if loop else 1), batch, batch)
-    keep = source != target if not loop else torch.ones_like(source, dtype=torch.bool)
-    target, source = target[keep], source[keep]
+    target, source = knn(x, x, k + (0 if loop else 1), batch, batch)
     if not loop:
-        # a segment may have returned k+1 neighbours without the point itself (duplicated positions): keep k
+        # the point itself is among its k + 1 nearest unless k + 1 others share its position: keep k others
+        keep = source != target
+        target, source = target[keep], source[keep]
         rank = _rank_within(target)
         target, source = target[rank < k], source[rank < k]
     return torch.stack([source, target])

@@ -58,6 +58,18 @@ def test_two_processes_building_one_cache_both_succeed(toy_file, tmp_path, monke
     assert not [f for f in os.listdir(cache / "processed" / first.key) if "tmp" in f]  # no temporary file left
 
 
+def test_a_new_knn_invalidates_knn_caches_only(toy_file, tmp_path, monkeypatch):
+    """Caches of kNN edges made before a change of graphsr.ops.knn's neighbour order are rebuilt; grid caches,
+    which no kNN built, are kept."""
+    import graphsr.datasets.cocoa as cocoa
+
+    grid = CocoaDataset(toy_file, root=tmp_path, options=GraphOptions(edges="grid"), log=False)
+    knn = CocoaDataset(toy_file, root=tmp_path, options=GraphOptions(edges="knn"), log=False)
+    monkeypatch.setattr(cocoa, "KNN_VERSION", cocoa.KNN_VERSION + 1)
+    assert grid.cache_key() == grid.key  # keys made before the change
+    assert knn.cache_key() != knn.key
+
+
 def test_missing_file_error_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nothere.root(.|\n)*make data"):
         CocoaDataset([tmp_path / "nothere.root"], root=tmp_path / "cache")

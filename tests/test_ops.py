@@ -102,3 +102,43 @@ def test_knn_dense_chunks_like_one_block():
         whole = ops._knn_dense(x, x, 4, batch, batch)
         chunked = ops._knn_dense(x, x, 4, batch, batch, max_elements=500)  # forces one segment per block
     assert edge_set(whole) == edge_set(chunked)
+
+
+def grid(n=5, step=0.01):
+    """n x n points of a regular grid, row by row (index = row * n + column)."""
+    row, col = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    return torch.stack([row.flatten(), col.flatten()], 1).double() * step
+
+
+@pytest.mark.parametrize("extensions", [True, False])
+def test_knn_breaks_grid_ties_by_index(extensions):
+    """The centre of a 5 x 5 grid has 4 neighbours at one step and 4 at sqrt(2) steps: k = 6 takes the 4 sides and
+    the two diagonals of lowest index (6 and 8 of 6, 8, 16, 18), whichever backend."""
+    with ops.use_extensions(extensions):
+        source, target = ops.knn_graph(grid(), 6)
+    assert sorted(source[target == 12].tolist()) == [6, 7, 8, 11, 13, 17]
+
+
+@pytest.mark.parametrize("extensions", [True, False])
+def test_knn_ties_beyond_the_candidates(extensions):
+    """12 points at exactly 5 units from the query ((+-5, 0), (0, +-5), (+-3, +-4), (+-4, +-3)) and 3 further away:
+    more ties than the first round of candidates (k + 8) holds; k = 2 must still give the two of lowest index."""
+    ring = [(5, 0), (0, 5), (-5, 0), (0, -5), (3, 4), (4, 3), (-3, 4), (-4, 3), (3, -4), (4, -3), (-3, -4), (-4, -3)]
+    far = [(9, 9), (-9, 9), (9, -9)]
+    order = torch.randperm(15, generator=torch.Generator().manual_seed(3))
+    x = torch.tensor(far + ring, dtype=torch.float64)[order] * 1e-3  # the 12 ring points at shuffled indices
+    on_ring = torch.nonzero(order >= 3).squeeze(1)
+    with ops.use_extensions(extensions):
+        query, found = ops.knn(x, torch.zeros(1, 2, dtype=torch.float64), 2)
+    assert query.tolist() == [0, 0]
+    assert found.tolist() == on_ring[:2].tolist()
+
+
+def test_knn_ignores_last_bit_noise():
+    """Positions that differ in their last bits (float32 cos / sin on a CPU and on a GPU do) give the same graph:
+    without the lattice, the noise would decide between the equidistant neighbours of every grid point."""
+    x = grid(7)
+    noisy = x + 1e-12 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert edge_set(ops.knn_graph(x, 6)) == edge_set(ops.knn_graph(noisy, 6))
+    with ops.use_extensions(False):
+        assert edge_set(ops.knn_graph(noisy, 6)) == edge_set(ops.knn_graph(x, 6))

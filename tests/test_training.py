@@ -151,8 +151,10 @@ def test_a_killed_training_process_resumes_to_the_same_weights(data_file, tmp_pa
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config.to_dict()))
     out = tmp_path / "killed"
+    # the same thread count as this process's straight run below: float sums depend on it
     process = subprocess.Popen([sys.executable, "-m", "graphsr.cli", "train", "--config", str(config_file), "--out",
-                                str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.pt").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -28,6 +28,7 @@ from graphsr.training.checkpoint import save_checkpoint
 
 # Bump when the graph layout changes, so old caches are rebuilt.
 CACHE_VERSION = 2  # 2: events carry the index of their file
+KNN_VERSION = 2  # 2: kNN ties broken by index (graphsr.ops.knn); a cache of "knn" / "radius" edges from 1 is stale
 
 
 def warn_if_noise_differs(path: str | Path, info=None) -> None:
@@ -104,8 +105,8 @@ class CocoaDataset(InMemoryDataset):
         if missing:
             raise _missing_files_error(missing)
         stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in self.files]
-        text = repr((CACHE_VERSION, self.options, self.factor, self.max_events, self.drop_empty,
-                     self.geometry, stats))
+        version = CACHE_VERSION if self.options.edges == "grid" else (CACHE_VERSION, KNN_VERSION)
+        text = repr((version, self.options, self.factor, self.max_events, self.drop_empty, self.geometry, stats))
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     def download(self):

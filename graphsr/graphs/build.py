@@ -87,6 +87,9 @@ def neighbour_edges(eta, phi, layer, event, options: GraphOptions) -> torch.Tens
     Returns:
         [2, E] edge_index (source, target) over the given cells, coalesced and sorted by source.
     """
+    # float64: float32 cos / sin differ in their last bit between CPU and GPU, which would flip neighbours that
+    # kNN ranks exactly (ops.knn)
+    eta, phi = eta.double(), phi.double()
     points = torch.stack([eta, torch.cos(phi), torch.sin(phi)], dim=1)
     # segments = (event, layer); torch_cluster wants them sorted
     segment = event * (max(options.layers) + 1) + layer
