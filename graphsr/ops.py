@@ -113,7 +113,7 @@ def knn(
         batch_x = x.new_zeros(x.size(0), dtype=torch.long)
     if batch_y is None:
         batch_y = y.new_zeros(y.size(0), dtype=torch.long)
-    if x.numel() == 0 or y.numel() == 0:
+    if x.numel() == 0 or y.numel() == 0 or k < 1:
         return torch.empty(2, 0, dtype=torch.long, device=x.device)
     # integers held in float64: exact in both backends' distances below 2**53 (|x| / resolution < 5e7)
     x, y = torch.round(x.double() / resolution), torch.round(y.double() / resolution)
