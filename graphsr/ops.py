@@ -115,7 +115,7 @@ def knn(
         batch_y = y.new_zeros(y.size(0), dtype=torch.long)
     if x.numel() == 0 or y.numel() == 0 or k < 1:
         return torch.empty(2, 0, dtype=torch.long, device=x.device)
-    # integers held in float64: exact in both backends' distances below 2**53 (|x| / resolution < 5e7)
+    # integers held in float64: squared distances exact in both backends below 2**53 (3-D points: |x| < 27 here)
     x, y = torch.round(x.double() / resolution), torch.round(y.double() / resolution)
     found, queries, slack = [], torch.arange(y.size(0), device=y.device), 8
     while queries.numel():
@@ -135,7 +135,7 @@ def knn(
         distance, order = torch.sort(distance, dim=1, stable=True)
         index = torch.gather(index, 1, order)
         # a query whose last candidate ties its k-th may have tied points that did not come back: ask again
-        again = torch.isfinite(distance[:, -1]) & (distance[:, -1] == distance[:, min(k, width) - 1])
+        again = torch.isfinite(distance[:, -1]) & (distance[:, -1] == distance[:, k - 1])
         rows = torch.nonzero(~again).squeeze(1)
         pairs = torch.stack([queries[rows].unsqueeze(1).expand(-1, k), index[rows, :k]]).reshape(2, -1)
         found.append(pairs[:, pairs[1] < x.size(0)])
