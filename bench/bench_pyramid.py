@@ -33,8 +33,9 @@ import numpy as np
 import torch
 
 from bench_denoiser import SpreadElectrons
-from graphsr.detector import NUM_ECAL_LAYERS, Geometry, neighbours
+from graphsr.detector import NUM_ECAL_LAYERS, Geometry
 from graphsr.graphs import build_storage
+from graphsr.graphs.noise_cells import add_noise_cells
 from graphsr.inference import load_resolver
 from graphsr.simulation import simulate_events
 
@@ -63,48 +64,19 @@ def full_detector_event(factor: int, showers: int = 4, seed: int = 0) -> dict:
 
 def diluted_event(factor: int, options, occupancy: float, layout: str = "around", showers: int = 16, seed: int = 0):
     """Storage of one event whose candidate fine cells are ``occupancy`` hit in truth: ``showers`` electrons'
-    measured coarse cells (about 80% of their children hit) plus as many noise-only coarse cells (the layer's sigma;
-    every child empty in truth) as it takes. ``layout`` places them: ``around`` the showers, ring by ring of grid
-    neighbours (the last ring drawn at random), as a lower clustering threshold would add them; ``scattered``:
-    uniformly over the kept layers, as the full-detector event adds them (isolated cells, with few neighbours: the
-    cheapest empty candidates for the dense path). The children of every coarse cell are the candidates; the fine
-    truth is the simulated one under the showers' cells, zero elsewhere."""
+    measured coarse cells (about 70-80% of their children hit) plus as many noise-only coarse cells (the layer's
+    sigma; every child empty in truth) as it takes (:func:`graphsr.graphs.noise_cells.add_noise_cells`). ``layout``
+    places them: ``around`` the showers, ring by ring of grid neighbours, as a lower clustering threshold would add
+    them; ``scattered``: uniformly over the kept layers, as the full-detector event adds them (isolated cells, with
+    few neighbours: the cheapest empty candidates for the dense path)."""
     trees = simulate_events(SpreadElectrons(showers), 1, factor=factor, seed=seed, neighbour_branches=False)
-    data = build_storage(trees["Low_Tree"], trees["High_Tree"], options)[0]
+    low, high = trees["Low_Tree"], trees["High_Tree"]
+    data = build_storage(low, high, options, factor=factor)[0]
     hits, candidates = int((data.fine_energy > 0).sum()), data.fine_energy.numel()
     extra = max(0, int(np.ceil((hits / occupancy - candidates) / factor**2)))
-    coarse = Geometry.cocoa().coarsen(factor)
-    rng = np.random.default_rng(seed)
-    taken = data.coarse_cell.numpy()
-    if layout == "scattered":
-        cells = np.concatenate([coarse.cell_id(np.full(coarse.n[la] ** 2, la),
-                                               *np.divmod(np.arange(coarse.n[la] ** 2), coarse.n[la]))
-                                for la in options.layers])
-        noise = rng.choice(np.setdiff1d(cells, taken), extra, replace=False)
-    elif layout == "around":
-        noise, frontier = np.empty(0, dtype=np.int64), taken
-        while len(noise) < extra:
-            _, layer, ieta, iphi = neighbours.neighbours(*coarse.cell_index(frontier), coarse)
-            ring = np.setdiff1d(coarse.cell_id(layer, ieta, iphi)[np.isin(layer, options.layers)],
-                                np.concatenate([taken, noise]))
-            if len(ring) > extra - len(noise):
-                ring = rng.choice(ring, extra - len(noise), replace=False)
-            noise, frontier = np.concatenate([noise, ring]), ring
-    else:
-        raise ValueError(f"unknown layout {layout!r}: around or scattered")
-    layer, ieta, iphi = coarse.cell_index(noise)
-    eta, phi = coarse.cell_center(layer, ieta, iphi)
-    low = trees["Low_Tree"][0]
-    low = {"cell_layer": [np.concatenate([low.cell_layer.to_numpy(), layer]).astype(np.int32)],
-           "cell_eta": [np.concatenate([low.cell_eta.to_numpy(), eta]).astype(np.float32)],
-           "cell_phi": [np.concatenate([low.cell_phi.to_numpy(), phi]).astype(np.float32)],
-           "cell_e": [np.concatenate([low.cell_e.to_numpy(), rng.normal(0.0, coarse.noise[layer])]).astype(np.float32)]}
-    diluted, slices = build_storage(ak.Array(low), None, options, factor=factor)
-    keys, order = torch.sort(data.fine_cell)
-    position = torch.searchsorted(keys, diluted.fine_cell).clamp_max(len(keys) - 1)
-    found = keys[position] == diluted.fine_cell
-    diluted.fine_energy = torch.where(found, data.fine_energy[order][position], torch.zeros(()))
-    return diluted, slices
+    low, high = add_noise_cells(low, high, np.array([extra]), factor, options.layers, layout,
+                                np.random.default_rng(seed))
+    return build_storage(low, high, options, factor=factor)
 
 
 @contextmanager

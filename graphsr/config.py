@@ -97,6 +97,9 @@ class PyramidConfig:
     occupancy: str = "analog_bits"            # stage 1: "analog_bits" (diffusion) or "bernoulli" (classifier head)
     self_condition: float = 0.5               # analog bits: fraction of training events fed their own estimate
     occupancy_steps: int | None = None        # analog bits: stage 1's sampling steps (None: sample.steps)
+    noise_cells: float = 0.0                  # training events get up to this many noise-only coarse cells per
+    #                                           coarse cell (graphsr.graphs.noise_cells), so that stage 1 sees empty
+    #                                           candidates; validation and test events are left as they are
 
 
 @dataclass

@@ -23,6 +23,7 @@ from graphsr.detector import Geometry
 from graphsr.graphs.build import GraphOptions, build_storage, concat_storages, select_events
 from graphsr.graphs.data import PairData
 from graphsr.graphs.loader import collate_events
+from graphsr.graphs.noise_cells import NoiseCells, dilute
 from graphsr.io import GRAPH_BRANCHES_HIGH, GRAPH_BRANCHES_LOW, iter_cocoa, open_cocoa
 from graphsr.training.checkpoint import save_checkpoint
 
@@ -69,13 +70,17 @@ class CocoaDataset(InMemoryDataset):
         drop_empty: leave out events with no cell in the chosen layers.
         transform: applied to each event or batch on access.
         step_size: events read per chunk.
+        noise_cells: add noise-only coarse cells to every event (:mod:`graphsr.graphs.noise_cells`; training
+            events of the pyramid); None: the events as they are.
     """
 
     def __init__(self, files, root: str | Path = "data/cache", options: GraphOptions = GraphOptions(), *,
                  factor: int | None = None, max_events: int | None = None, drop_empty: bool = True,
-                 transform=None, step_size: int = 2000, geometry: Geometry | None = None, log: bool = True):
+                 transform=None, step_size: int = 2000, geometry: Geometry | None = None, log: bool = True,
+                 noise_cells: NoiseCells | None = None):
         self.files = [Path(f).resolve() for f in ([files] if isinstance(files, (str, Path)) else files)]
         self.options, self.factor, self.max_events, self.drop_empty = options, factor, max_events, drop_empty
+        self.noise_cells = noise_cells
         self.step_size, self.geometry = step_size, geometry or Geometry.cocoa()
         self.key = self.cache_key()  # fixed now: a file changing later must not redirect this dataset
         for path in self.files:
@@ -106,7 +111,10 @@ class CocoaDataset(InMemoryDataset):
             raise _missing_files_error(missing)
         stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in self.files]
         version = CACHE_VERSION if self.options.edges == "grid" else (CACHE_VERSION, KNN_VERSION)
-        text = repr((version, self.options, self.factor, self.max_events, self.drop_empty, self.geometry, stats))
+        settings = (version, self.options, self.factor, self.max_events, self.drop_empty, self.geometry, stats)
+        if self.noise_cells is not None:  # keys of the events as they are stay those of earlier versions
+            settings += (self.noise_cells,)
+        text = repr(settings)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     def download(self):
@@ -116,7 +124,16 @@ class CocoaDataset(InMemoryDataset):
         parts = []
         for chunk in iter_cocoa(self.files, low_branches=GRAPH_BRANCHES_LOW, high_branches=GRAPH_BRANCHES_HIGH,
                                 step_size=self.step_size, max_events=self.max_events, factor=self.factor):
-            data, slices = build_storage(chunk.low, chunk.high, self.options, factor=self.factor or chunk.factor,
+            low, high = chunk.low, chunk.high
+            if self.noise_cells is not None:
+                if high is None:
+                    raise ValueError(f"{chunk.path}: noise-only cells are added to super-resolution files (Low_Tree "
+                                     "and High_Tree) only")
+                file_index = self.files.index(Path(chunk.path).resolve())
+                rng = np.random.default_rng([self.noise_cells.seed, file_index, chunk.entry_start])
+                low, high = dilute(low, high, self.noise_cells, self.factor or chunk.factor, self.options.layers,
+                                   rng, self.geometry)
+            data, slices = build_storage(low, high, self.options, factor=self.factor or chunk.factor,
                                          geometry=self.geometry, first_event=chunk.entry_start,
                                          drop_empty=self.drop_empty)
             # which of self.files each event comes from (with ``event``, its entry there): the record of what a

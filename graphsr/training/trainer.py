@@ -22,6 +22,7 @@ from graphsr.config import RESUMABLE, Config, config_differences
 from graphsr.datasets import CocoaDataset
 from graphsr.diffusion import Denoiser, DiffusionLoss
 from graphsr.graphs import GraphLoader, GraphOptions, collate_events
+from graphsr.graphs.noise_cells import NoiseCells
 from graphsr.io import file_digest
 from graphsr.models.pyramid import Pyramid
 from graphsr.models.sr3 import EnergyModel, SR3Network, add_inputs, node_weights, state_batch
@@ -46,11 +47,17 @@ def graph_options(config: Config) -> GraphOptions:
 
 
 def load_splits(config: Config, log: bool = False):
-    """(train, val, test) subsets of the configured files, split by ``data.split_seed``."""
-    dataset = CocoaDataset(config.data.train, root=config.data.cache, options=graph_options(config),
-                           max_events=config.data.max_events, log=log)
+    """(train, val, test) subsets of the configured files, split by ``data.split_seed``; with
+    ``pyramid.noise_cells``, the pyramid's training events carry noise-only cells (the same events and entries)."""
+    settings = dict(root=config.data.cache, options=graph_options(config), max_events=config.data.max_events, log=log)
+    dataset = CocoaDataset(config.data.train, **settings)
     val, test = config.data.val_fraction, config.data.test_fraction
-    return dataset.split((1 - val - test, val, test), seed=config.data.split_seed)
+    train_set, val_set, test_set = dataset.split((1 - val - test, val, test), seed=config.data.split_seed)
+    if config.model.generator == "pyramid" and config.pyramid.noise_cells > 0:
+        diluted = CocoaDataset(config.data.train, noise_cells=NoiseCells(config.pyramid.noise_cells,
+                                                                         seed=config.data.split_seed), **settings)
+        train_set = diluted.index_select(train_set.indices())
+    return train_set, val_set, test_set
 
 
 def energy_kind(config: Config) -> str:
