@@ -14,7 +14,7 @@ from graphsr.graphs import GraphOptions, build_storage
 from graphsr.graphs.noise_cells import NoiseCells, add_noise_cells, dilute, pick_noise_cells
 from graphsr.io import write_cocoa
 from graphsr.simulation import SingleElectronGun, simulate_events
-from graphsr.training.trainer import load_splits
+from graphsr.training.trainer import load_splits, train
 
 from conftest import make_toy_events
 
@@ -96,13 +96,12 @@ def test_dilute_is_seeded_and_bounded_by_the_ratio():
         NoiseCells(-1.0)
 
 
-def test_pyramid_training_split_carries_noise_cells_and_the_others_do_not(tmp_path):
+def test_training_split_carries_noise_cells_and_the_others_do_not(tmp_path):
     path = tmp_path / "e.root"
     write_cocoa(path, simulate_events(SingleElectronGun(), 30, factor=2, seed=5, neighbour_branches=False))
-    settings = {"data": {"train": [str(path)], "cache": str(tmp_path / "cache"), "layers": [0, 1, 2]},
-                "model": {"generator": "pyramid"}, "pyramid": {"noise_cells": 2.0}}
-    train, val, test = load_splits(config_from_dict(settings))
-    plain = load_splits(config_from_dict({**settings, "pyramid": {}}))
+    config = config_from_dict({"data": {"train": [str(path)], "cache": str(tmp_path / "cache"), "layers": [0, 1, 2]}})
+    train, val, test = load_splits(config, noise_cells=2.0)
+    plain = load_splits(config)
     assert train.indices() == plain[0].indices()
     for a, b in zip(train, plain[0]):  # the same events, entry for entry, with more candidates
         assert a.event == b.event and a.coarse_energy.numel() >= b.coarse_energy.numel()
@@ -111,9 +110,20 @@ def test_pyramid_training_split_carries_noise_cells_and_the_others_do_not(tmp_pa
     assert hit(train) < 0.75 * hit(plain[0])  # a ratio drawn on [0, 2]: about 2x the candidates on average
     for a, b in ((val, plain[1]), (test, plain[2])):
         assert all(torch.equal(x.coarse_energy, y.coarse_energy) for x, y in zip(a, b))
-    # a dense config ignores the option; the cache of the events as they are is kept apart
-    dense = load_splits(config_from_dict({**settings, "model": {}}))
-    assert all(torch.equal(x.coarse_energy, y.coarse_energy) for x, y in zip(dense[0], plain[0]))
     keys = {CocoaDataset(path, root=tmp_path / "cache", options=GraphOptions(layers=(0, 1, 2)), **extra).key
             for extra in ({}, {"noise_cells": NoiseCells(2.0)}, {"noise_cells": NoiseCells(1.0)})}
-    assert len(keys) == 3
+    assert len(keys) == 3  # the cache of the events as they are is kept apart
+
+
+@pytest.mark.parametrize("generator", ["pyramid", "dense"])
+def test_only_the_pyramid_trains_on_noise_cells(tmp_path, generator):
+    path = tmp_path / "e.root"
+    write_cocoa(path, simulate_events(SingleElectronGun(), 20, factor=2, seed=5, neighbour_branches=False))
+    config = config_from_dict({
+        "data": {"train": [str(path)], "cache": str(tmp_path / "cache"), "layers": [0, 1, 2]},
+        "model": {"width": 8, "depth": 1, "coarse_depth": 1, "heads": 2, "context_tokens": 1, "generator": generator},
+        "train": {"steps": 1, "batch_size": 4, "val_every": 1}, "sample": {"steps": 2, "ensemble": 2},
+        "pyramid": {"noise_cells": 2.0}})
+    train(config, tmp_path / "run", progress=False)
+    # one cache for the events as they are (validation), one more with noise cells for the pyramid's training
+    assert len(list((tmp_path / "cache" / "processed").iterdir())) == (2 if generator == "pyramid" else 1)

@@ -46,16 +46,16 @@ def graph_options(config: Config) -> GraphOptions:
     return GraphOptions(layers=tuple(d.layers), edges=d.edges, k=d.k, k_between=d.k_between, reach=d.reach)
 
 
-def load_splits(config: Config, log: bool = False):
-    """(train, val, test) subsets of the configured files, split by ``data.split_seed``; with
-    ``pyramid.noise_cells``, the pyramid's training events carry noise-only cells (the same events and entries)."""
+def load_splits(config: Config, log: bool = False, noise_cells: float = 0.0):
+    """(train, val, test) subsets of the configured files, split by ``data.split_seed``; with ``noise_cells`` > 0
+    the training events carry noise-only cells (:mod:`graphsr.graphs.noise_cells`; the same events and entries)."""
     settings = dict(root=config.data.cache, options=graph_options(config), max_events=config.data.max_events, log=log)
     dataset = CocoaDataset(config.data.train, **settings)
     val, test = config.data.val_fraction, config.data.test_fraction
     train_set, val_set, test_set = dataset.split((1 - val - test, val, test), seed=config.data.split_seed)
-    if config.model.generator == "pyramid" and config.pyramid.noise_cells > 0:
-        diluted = CocoaDataset(config.data.train, noise_cells=NoiseCells(config.pyramid.noise_cells,
-                                                                         seed=config.data.split_seed), **settings)
+    if noise_cells > 0:
+        diluted = CocoaDataset(config.data.train, noise_cells=NoiseCells(noise_cells, seed=config.data.split_seed),
+                               **settings)
         train_set = diluted.index_select(train_set.indices())
     return train_set, val_set, test_set
 
@@ -237,7 +237,8 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
         import torch.distributed as dist
 
         dist.barrier()
-    train_set, val_set, _ = load_splits(config)
+    pyramid = config.model.generator == "pyramid"
+    train_set, val_set, _ = load_splits(config, noise_cells=config.pyramid.noise_cells if pyramid else 0.0)
     if world > 1 and main:
         import torch.distributed as dist
 
