@@ -7,7 +7,9 @@ are hit: :func:`diluted_event`) and for one full-detector event in which every E
 showers' measured cells plus the layer's noise everywhere else: 36,864 coarse and 147,456 fine cells at 2x). Memory: peak RSS,
 each measurement in a fresh process (the rise of the process's peak during its first sampler call, over its peak
 with the event and the model loaded), and on CUDA the rise of the peak allocated; time: a second call. Occupancy: the
-fraction of candidate fine cells that are hit in truth, and that each generator fills (energy above zero).
+fraction of candidate fine cells that are hit in truth, and that each generator fills (energy above zero); with the
+fine truth, the quality of the first call's first sample: recall and precision of the truth's hits above 1 MeV, and
+the share of its energy in children that are empty in truth.
 
 Quality: ``graphsr evaluate``'s figures of every checkpoint on the held-out events that none of them saw, side by
 side (:func:`graphsr.eval.compare.side_by_side`).
@@ -41,6 +43,7 @@ from graphsr.simulation import simulate_events
 
 FULL = "full"
 DILUTED = "occ"
+HIT = 1e-3  # GeV: a fine cell above 1 MeV is a hit for precision / recall, as in graphsr evaluate
 
 
 def full_detector_event(factor: int, showers: int = 4, seed: int = 0) -> dict:
@@ -138,10 +141,17 @@ def measure(checkpoint: str, case: str, device: str, ensemble: int, seed: int = 
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
     data = storage[0]
+    sample = out["samples"].cpu()
+    quality = {}
+    if "fine_energy" in data:  # one sample's energy in truth-empty children, and its hits among the truth's
+        empty, hit = data.fine_energy <= 0, data.fine_energy > HIT
+        quality = {"empty_energy_share": float(sample.clamp_min(0)[:, empty].sum() / sample.clamp_min(0).sum()),
+                   "hit_recall": float((sample[:, hit] > HIT).float().mean()),
+                   "hit_precision": float((sample[:, hit] > HIT).sum() / (sample > HIT).sum().clamp_min(1))}
     return {"fine_cells": int(data.fine_layer.numel()), "seconds": seconds, "rss_rise_mb": rss_rise,
             "rss_peak_mb": maxrss(), "cuda_rise_mb": cuda_rise, "stages": stages,
             "truth_occupancy": float((data.fine_energy > 0).float().mean()) if "fine_energy" in data else None,
-            "generated_occupancy": float((out["samples"] > 0).float().mean())}
+            "generated_occupancy": float((sample > 0).float().mean()), **quality}
 
 
 def cost_table(checkpoints: dict[str, str], cases: list[str], device: str, ensemble: int, timeout: float):
@@ -169,9 +179,13 @@ def cost_table(checkpoints: dict[str, str], cases: list[str], device: str, ensem
                        f"{result['rss_rise_mb']:>8.0f} {cuda:>8} {result['seconds'] / reference['seconds']:>6.2f} "
                        f"{result[memory] / max(reference[memory], 1e-9):>6.2f}")
             cells, truth = result["fine_cells"], result["truth_occupancy"]
-            if result["stages"]:
-                stages.append(f"{name}: stage 1 {1000 * result['stages']['stage1']:.0f} ms, hit graphs "
-                              f"{1000 * result['stages']['hit_graph']:.0f} ms")
+            notes = [f"stage 1 {1000 * result['stages']['stage1']:.0f} ms, hit graphs "
+                     f"{1000 * result['stages']['hit_graph']:.0f} ms"] if result["stages"] else []
+            if "hit_recall" in result:
+                notes.append(f"hits > 1 MeV: recall {result['hit_recall']:.2f}, precision {result['hit_precision']:.2f}"
+                             f"; energy in truth-empty cells {result['empty_energy_share']:.3f}")
+            if notes:
+                stages.append(f"{name}: " + "; ".join(notes))
         label = "full ECAL" if case == FULL else f"{case} e-" if case.isdigit() else case.removeprefix(DILUTED)
         print(f"{label:>10} {cells:>10} {'' if truth is None else f'{truth:.2f}':>9} | " + " | ".join(row), flush=True)
         for line in stages:
