@@ -79,9 +79,10 @@ def pick_noise_cells(event: np.ndarray, cell: np.ndarray, counts: np.ndarray, co
     taken = np.unique(np.asarray(event, dtype=np.int64) * num_cells + cell)
     chosen = np.empty(0, dtype=np.int64)
     layers = np.asarray(layers)
-    universe = np.concatenate([coarse.cell_id(np.full(coarse.n[la] ** 2, la),
-                                              *np.divmod(np.arange(coarse.n[la] ** 2), coarse.n[la]))
-                               for la in layers])
+    if layout == "scattered":  # every cell of the layers
+        universe = np.concatenate([coarse.cell_id(np.full(coarse.n[la] ** 2, la),
+                                                  *np.divmod(np.arange(coarse.n[la] ** 2), coarse.n[la]))
+                                   for la in layers])
     frontier = taken
     for _ in range(max_rounds):
         if not remaining.any() or (layout == "around" and not len(frontier)):
