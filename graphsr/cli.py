@@ -410,8 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     sa = commands.add_parser("sample", help="super-resolve the events of a COCOA file",
                              description="Generate the fine cells of every event of a COCOA file (Low_Tree + "
                              "High_Tree, or a plain Out_Tree with coarse cells only) and write them to a new ROOT "
-                             "file: High_Tree cell_e is the point estimate (the ensemble mean on the cells most "
-                             "members hit), cell_e_mean the ensemble mean and cell_e_spread its standard deviation "
+                             "file: High_Tree cell_e is the point estimate (per coarse cell, the members' average "
+                             "number of hit children, those of highest ensemble mean, keeping the parent's mean "
+                             "total), cell_e_mean the ensemble mean and cell_e_spread its standard deviation "
                              "(MeV); Low_Tree keeps every branch of the input's coarse tree, for the coarse cells "
                              "used, and the coarse -> fine mapping. Warns about events outside the model's training "
                              "range.")

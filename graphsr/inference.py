@@ -388,18 +388,33 @@ def spread_totals(totals: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def point_estimate(samples: torch.Tensor, data, threshold: float = HIT_THRESHOLD) -> torch.Tensor:
-    """One energy per fine cell from an ensemble ``[K, Nf]``: the ensemble mean on the cells that at least half the
-    members hit (above ``threshold``), each parent's other children set to zero and its kept children scaled to
-    keep the parent's mean total. The plain mean spreads a little energy over every cell a single member hit, so it
-    shows more, fainter hits than the truth has; this estimate keeps the mean's energy and the members' typical
-    occupancy. Parents none of whose children are kept keep the plain mean."""
+    """One energy per fine cell from an ensemble ``[K, Nf]``: for each coarse cell, as many children as the members
+    hit on average (above ``threshold``, rounded half up), those of highest ensemble mean, scaled to keep the
+    parent's mean total; its other children zero. Parents whose members hit less than half a child on average keep
+    the plain mean.
+
+    The plain mean spreads a little energy over every child any member hit, so it shows more, fainter hits than the
+    truth has. Keeping the children that half the members hit did too: where the members agree on how many children
+    are hit but not on which, their mean gives several children above the threshold (on the multi-particle 4x
+    events, 5 points of excess ECAL1 hits over the members' own). Counting per parent gives the estimate the
+    members' occupancy on average and the ensemble mean's energy in every coarse cell."""
     mean = samples.mean(0)
-    keep = (samples > threshold).float().mean(0) >= 0.5
+    parent = data.fine_parent
+    # hits summed over members and children (exact in float), then divided by the members and rounded half up
+    hits = parent_sums((samples > threshold).float().sum(0), data).long()
+    count = torch.div(2 * hits + len(samples), 2 * len(samples), rounding_mode="floor")
+    # rank of each child within its parent by decreasing mean (ties: the first child first)
+    order = torch.argsort(mean, descending=True, stable=True)
+    order = order[torch.argsort(parent[order], stable=True)]
+    sorted_parent = parent[order]
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=order.device) - torch.searchsorted(sorted_parent, sorted_parent)
+    keep = rank < count[parent]
     total = parent_sums(mean, data)
     kept = parent_sums(mean * keep, data)
     scale = torch.where(kept > 0, total / kept.clamp_min(1e-30), torch.ones_like(kept))
-    keep = keep | (kept <= 0)[data.fine_parent]
-    return mean * keep * scale[data.fine_parent]
+    keep = keep | (kept <= 0)[parent]
+    return mean * keep * scale[parent]
 
 
 def central_coverage(samples: torch.Tensor, truth: torch.Tensor, level: float = 0.68) -> float:
