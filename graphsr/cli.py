@@ -296,11 +296,18 @@ def _calibrate(args):
     v, t = config.data.val_fraction, config.data.test_fraction
     val = torch.as_tensor(dataset.split((1 - v - t, v, t), seed=config.data.split_seed)[1].indices())
     events = val[:args.events]
-    calibration = fit_calibration(resolver, dataset.storage(), events, ensemble=args.ensemble)
+    calibration = fit_calibration(resolver, dataset.storage(), events, ensemble=args.ensemble, sampler=args.sampler,
+                                  steps=args.steps, eta=args.eta)
     state = load_checkpoint(args.checkpoint)
     state["calibration"] = calibration
+    # the settings it was fitted for become the checkpoint's sampling defaults, so that sample and evaluate use them
+    for key in ("sampler", "steps", "eta", "ensemble"):
+        if calibration[key] is not None:
+            state["config"]["sample"][key] = calibration[key]
     save_checkpoint(state, args.checkpoint)
-    print(f"calibrated on {len(events)} validation events with ensembles of {calibration['ensemble']}: spread factors "
+    eta = f" (eta {calibration['eta']:g})" if calibration["eta"] is not None else ""
+    print(f"calibrated on {len(events)} validation events, {calibration['sampler']} {calibration['steps']} steps{eta}, "
+          f"ensembles of {calibration['ensemble']} (now the checkpoint's sampling defaults): spread factors "
           f"coarse {calibration['coarse']:.2f}, fine {calibration['fine']:.2f}; 68% coverage of the event energy "
           f"{calibration['coverage']['event_before']:.3f} -> {calibration['coverage']['event_after']:.3f}, of hit "
           f"cells {calibration['coverage']['cells_before']:.3f} -> {calibration['coverage']['cells_after']:.3f}; "
@@ -470,10 +477,17 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Fit the factors that widen (or narrow) the ensemble around its mean so "
                              "that central intervals cover their nominal fraction of the truth, on the checkpoint's "
                              "validation events, and write them into the checkpoint (`graphsr train` does this at "
-                             "the end of training).")
+                             "the end of training). The factors hold for one sampler, step count and ensemble size: "
+                             "those given here become the checkpoint's sampling defaults.")
     ca.add_argument("--checkpoint", required=True, help="checkpoint written by `graphsr train`")
     ca.add_argument("--events", type=int, default=200, help="validation events to use")
     ca.add_argument("--ensemble", type=int, help="ensemble size to calibrate for (default: the checkpoint's)")
+    from graphsr.diffusion import SAMPLERS
+
+    ca.add_argument("--sampler", choices=sorted(SAMPLERS),
+                    help="sampler to calibrate for (default: the checkpoint's)")
+    ca.add_argument("--steps", type=int, help="sampling steps to calibrate for (default: the checkpoint's)")
+    ca.add_argument("--eta", type=float, help="ddim stochasticity to calibrate for (default: the checkpoint's)")
     ca.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: CUDA if present)')
     ca.set_defaults(run=_calibrate)
     return parser

@@ -125,6 +125,40 @@ class SuperResolver:
                           stacklevel=2)
         return fraction
 
+    def sampling(self, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
+                 ensemble: int | None = None) -> dict:
+        """The sampling settings a call with these arguments uses (``None``: the checkpoint's ``sample`` config; a
+        distilled student always samples with deterministic DDIM on its own grid)."""
+        sc = self.config.sample
+        if self.sampling_sigmas is not None:
+            return {"sampler": "ddim", "steps": len(self.sampling_sigmas) - 1, "eta": 0.0,
+                    "ensemble": ensemble or sc.ensemble}
+        sampler = sampler or sc.sampler
+        return {"sampler": sampler, "steps": steps or sc.steps,
+                "eta": (sc.eta if eta is None else eta) if sampler == "ddim" else None,
+                "ensemble": ensemble or sc.ensemble}
+
+    def check_calibration(self, settings: dict) -> bool:
+        """Whether the spread calibration was fitted for these sampling ``settings`` (:meth:`sampling`); warns once
+        when not: the factors depend on how sharp the members are, which the sampler and its steps change, and
+        on the ensemble size. A calibration without a record of its settings was fitted with the checkpoint's."""
+        if self.calibration is None:
+            return True
+        fitted = {**self.sampling(), **{k: self.calibration[k] for k in settings if k in self.calibration}}
+        if fitted == settings:
+            return True
+        if not getattr(self, "_warned_calibration", False):
+            self._warned_calibration = True
+            describe = lambda s: (f"{s['sampler']} {s['steps']} steps" +  # noqa: E731
+                                  (f" (eta {s['eta']:g})" if s["eta"] is not None else "") +
+                                  f", ensembles of {s['ensemble']}")
+            warnings.warn(f"{self.checkpoint}: its spread calibration was fitted for {describe(fitted)}; these "
+                          f"samples use {describe(settings)}, so their intervals are calibrated only approximately. "
+                          f"Refit it for them: `graphsr calibrate --checkpoint {self.checkpoint} --sampler "
+                          f"{settings['sampler']} --steps {settings['steps']} --ensemble {settings['ensemble']}`",
+                          stacklevel=3)
+        return False
+
     @torch.no_grad()
     def generate(self, storage, events: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
                  ensemble: int | None = None, seed: int = 0, eta: float | None = None, mode: str | None = None,
@@ -226,6 +260,8 @@ class SuperResolver:
             optionally ``trajectory``.
         """
         mode = mode or self.config.sample.mode
+        if calibrated and self.calibration and (ensemble or self.config.sample.ensemble) > 1:
+            self.check_calibration(self.sampling(sampler, steps, eta, ensemble))
         generated = self.generate(storage, events, sampler=sampler, steps=steps, ensemble=ensemble, seed=seed,
                                   eta=eta, mode=mode, record_steps=record_steps)
         raw = self.decode(generated, mode, calibrated=False)
@@ -450,7 +486,8 @@ def _smallest_reaching(function, target: float, low: float = 0.25, high: float =
 
 
 def fit_calibration(resolver: SuperResolver, storage, events: torch.Tensor, *, ensemble: int | None = None,
-                    seed: int = 20_000, level: float = 0.68) -> dict:
+                    seed: int = 20_000, level: float = 0.68, sampler: str | None = None, steps: int | None = None,
+                    eta: float | None = None) -> dict:
     """The post-hoc spread calibration, fitted on validation events (never on test events).
 
     The ensemble members are moved away from (or towards) their mean by one factor for the coarse totals
@@ -466,15 +503,21 @@ def fit_calibration(resolver: SuperResolver, storage, events: torch.Tensor, *, e
     :meth:`~SuperResolver.energies`: for the pyramid (:class:`PyramidResolver`) the factors act on its first level's
     totals and on the log-shares of the cells each member hit; which cells are hit stays as its stage 1 drew them.
 
-    Returns ``{"coarse", "fine", "events", "ensemble", "level", "coverage": {before / after}}``, what
-    :class:`SuperResolver` applies (the trainer stores it in the checkpoint).
+    The factors hold for the sampling settings they were fitted with (``sampler``, ``steps``, ``eta``: default the
+    checkpoint's): more steps give sharper members that need other factors. They are recorded, and
+    :class:`SuperResolver` warns when it samples with other settings.
+
+    Returns ``{"coarse", "fine", "events", "ensemble", "sampler", "steps", "eta", "level", "coverage": {before /
+    after}}``, what :class:`SuperResolver` applies (the trainer stores it in the checkpoint).
     """
-    ensemble = ensemble or resolver.config.sample.ensemble
+    settings = resolver.sampling(sampler, steps, eta, ensemble)
+    ensemble = settings["ensemble"]
     if ensemble < 2:
         raise ValueError("calibration needs an ensemble of at least 2 members")
     parts = []
     for i, chunk in resolver.chunks(storage, torch.as_tensor(events), ensemble):
-        generated = resolver.generate(storage, chunk, ensemble=ensemble, seed=seed + i, mode="posterior")
+        generated = resolver.generate(storage, chunk, ensemble=ensemble, seed=seed + i, mode="posterior",
+                                      sampler=settings["sampler"], steps=settings["steps"], eta=settings["eta"])
         parts.append({k: v.cpu() if k != "mode" else v for k, v in generated.items() if k != "trajectory"})
 
     def event_sums(part, coarse_factor):
@@ -499,7 +542,7 @@ def fit_calibration(resolver: SuperResolver, storage, events: torch.Tensor, *, e
 
     coarse = _smallest_reaching(event_coverage, level)
     fine = _smallest_reaching(lambda f: cell_coverage(coarse, f), level)
-    return {"coarse": coarse, "fine": fine, "events": len(events), "ensemble": ensemble, "level": level,
+    return {"coarse": coarse, "fine": fine, "events": len(events), **settings, "level": level,
             "coverage": {"event_before": event_coverage(1.0), "event_after": event_coverage(coarse),
                          "cells_before": cell_coverage(1.0, 1.0), "cells_after": cell_coverage(coarse, fine)}}
 

@@ -262,6 +262,7 @@ class KnownLaw(PyramidResolver):
         self.storage = build_storage(low, high)
         self.config = config_from_dict({"sample": {"ensemble": ensemble}})
         self.max_nodes, self.calibration, self.narrow = 10**9, None, (narrow_total, narrow_share)
+        self.sampling_sigmas = None  # not a distilled student
         self.energy_model = EnergyModel("shares")
         g = torch.Generator().manual_seed(0)
         self.m, self.mu = 1 + 4 * torch.rand(events, generator=g), 2 * torch.rand(events, generator=g) - 1

@@ -475,6 +475,41 @@ def test_a_calibration_at_the_end_of_its_range_is_flagged(trained, tmp_path):
         SuperResolver(tmp_path / "old_calibration.pt", device="cpu")
 
 
+def test_a_calibration_holds_for_the_sampling_it_was_fitted_with(trained, tmp_path):
+    import shutil
+    import warnings
+
+    _, result = trained
+    path = tmp_path / "checkpoint.pt"
+    shutil.copy(result.checkpoint, path)
+    # fitted at the end of training with the config's sampling: heun, 3 steps, ensembles of 3
+    state = load_checkpoint(path)
+    assert {k: state["calibration"][k] for k in ("sampler", "steps", "eta", "ensemble")} == \
+        {"sampler": "heun", "steps": 3, "eta": None, "ensemble": 3}
+    resolver = SuperResolver(path, device="cpu")
+    config, _ = trained
+    train_set, _, _ = load_splits(config)
+    storage = (train_set._data, train_set.slices)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resolver(storage, torch.arange(2), seed=0)  # the settings it was fitted for: no warning
+    assert not [w for w in caught if "fitted for" in str(w.message)]
+    with pytest.warns(UserWarning, match="fitted for heun 3 steps.*these samples use ddim 2 steps.*--steps 2"):
+        resolver(storage, torch.arange(2), seed=0, sampler="ddim", steps=2)
+    # refitted for other settings, which become the checkpoint's sampling defaults
+    assert main(["calibrate", "--checkpoint", str(path), "--events", "4", "--sampler", "ddim", "--steps", "2",
+                 "--eta", "0.5", "--ensemble", "2", "--device", "cpu"]) == 0
+    state = load_checkpoint(path)
+    assert {k: state["calibration"][k] for k in ("sampler", "steps", "eta", "ensemble", "events")} == \
+        {"sampler": "ddim", "steps": 2, "eta": 0.5, "ensemble": 2, "events": 4}
+    assert {k: state["config"]["sample"][k] for k in ("sampler", "steps", "eta", "ensemble")} == \
+        {"sampler": "ddim", "steps": 2, "eta": 0.5, "ensemble": 2}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SuperResolver(path, device="cpu")(storage, torch.arange(2), seed=0)
+    assert not [w for w in caught if "fitted for" in str(w.message)]
+
+
 def test_calibration_takes_the_smallest_factor_that_reaches_the_level():
     from graphsr.inference import _smallest_reaching
 
