@@ -74,7 +74,7 @@ demo-multi: $(STAMP) $(DATA)/multi_particle_4x.root $(DATA)/multi_particle_4x_re
 	$(GRAPHSR) train --config configs/multi_particle_4x_cpu.yaml --out runs/multi_particle_4x
 	$(GRAPHSR) train --config configs/multi_particle_4x_cpu_regression.yaml --out runs/multi_particle_4x_regression
 	# particle-flow models (1,200 steps each) on the reco events: coarse cells, fine truth, and their SR output (an
-	# ensemble of 10 as evaluate's: ~1 CPU-second per event with the CPU config's SR model)
+	# ensemble of 10, 8 DDIM steps, as evaluate's: ~2 CPU-seconds per event with the CPU config's SR model)
 	$(GRAPHSR) sample --checkpoint runs/multi_particle_4x/checkpoint.pt --input $(DATA)/multi_particle_4x_reco.root \
 	  --output runs/multi_particle_4x/reco_sr.root --overwrite
 	for type in coarse truth sr; do $(GRAPHSR) train-reco --config configs/reco/multi_particle_4x_cpu.yaml \
