@@ -13,7 +13,7 @@ import torch
 
 from graphsr.cli import main
 from graphsr.detector import Geometry
-from graphsr.eval.reco_report import match_by_distance, particle_flow_metrics
+from graphsr.eval.reco_report import match_by_distance, particle_flow_metrics, reco_inputs
 from graphsr.graphs import cell_graph
 from graphsr.io import write_cocoa
 from graphsr.reco import ParticleFlow, ParticleFlowConfig, hungarian_match, load_reco_config, set_loss
@@ -225,13 +225,30 @@ def test_the_command_line_trains_and_evaluates_every_input_type(files, tmp_path,
     assert "learned, truth-trained on sr" in capsys.readouterr().out
     reco = json.loads((report / "metrics.json").read_text())["reco"]
     assert set(reco["learned"]) == {"coarse-trained on coarse", "truth-trained on truth", "truth-trained on sr",
-                                    "truth-trained on sr_sample", "sr-trained on sr"}
-    assert set(reco["hand_clustering"]) == {"on coarse", "on truth", "on sr"}
+                                    "truth-trained on sr_mean", "truth-trained on sr_sample", "sr-trained on sr"}
+    assert set(reco["hand_clustering"]) == {"on coarse", "on truth", "on sr", "on sr_mean"}
     for rows in (reco["learned"], reco["hand_clustering"]):
         for v in rows.values():  # every held-out event counted once per input
             assert sum(c["events"] for n, c in v["cardinality"].items() if n != "all") == reco["events"]
     text = (report / "report.md").read_text()
     assert "the learned particle-flow model" in text and "published particle-flow model, coarse input" in text
+
+
+def test_sr_input_is_what_graphsr_sample_writes():
+    """SR-input models train on `graphsr sample`'s cell_e (the point estimate), so evaluation must feed them that,
+    not the ensemble mean (they differ: the mean spreads energy over every child one member hit)."""
+    from types import SimpleNamespace
+
+    fine = Geometry.cocoa()
+    cells = np.array([fine.cell_id(1, 128, 10), fine.cell_id(1, 129, 10)])
+    g = SimpleNamespace(factor=4, coarse_cell=np.array([0]), coarse_energy=np.array([5.0]), coarse_layer=np.array([1]),
+                        coarse_event=np.array([0]), truth=np.array([5.0, 0.0]), estimate=np.array([5.0, 0.0]),
+                        mean=np.array([2.5, 2.5]), samples=np.array([[5.0, 0.0], [0.0, 5.0]]),
+                        eta=np.array([0.0, 0.02]), phi=np.array([0.0, 0.0]), layer=np.array([1, 1]),
+                        event=np.array([0, 0]), fine_cell=cells)
+    inputs = reco_inputs(g)
+    assert inputs["sr"][0].tolist() == [5.0, 0.0] and inputs["sr_mean"][0].tolist() == [2.5, 2.5]
+    assert inputs["sr_sample"][0].tolist() == [5.0, 0.0] and inputs["truth"][0].tolist() == [5.0, 0.0]
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs" / "reco").glob("*.yaml")),

@@ -139,10 +139,26 @@ def cardinality_lines(title: str, rows: dict[str, dict]) -> list[str]:
                        for label, v in rows.items()]
 
 
+def reco_inputs(g) -> dict[str, tuple]:
+    """The cell sets a reconstruction can read for the evaluated events (:class:`graphsr.eval.evaluate.Generated`):
+    ``{name: (energy GeV, positions [N, 2], layer, event, cell index, geometry)}`` for ``coarse``, ``truth``, ``sr``
+    (what ``graphsr sample`` writes as ``cell_e``: the point estimate, which SR-input models learn from),
+    ``sr_mean`` (the ensemble mean) and ``sr_sample`` (one sample)."""
+    fine, coarse = Geometry.cocoa(), Geometry.cocoa().coarsen(g.factor)
+    coarse_pos = np.stack(coarse.cell_center(*coarse.cell_index(g.coarse_cell)), 1)
+    fine_pos = np.stack([g.eta, g.phi], 1)
+    return {"coarse": (g.coarse_energy, coarse_pos, g.coarse_layer, g.coarse_event, g.coarse_cell, coarse),
+            "truth": (g.truth, fine_pos, g.layer, g.event, g.fine_cell, fine),
+            "sr": (g.estimate, fine_pos, g.layer, g.event, g.fine_cell, fine),
+            "sr_mean": (g.mean, fine_pos, g.layer, g.event, g.fine_cell, fine),
+            "sr_sample": (g.samples[0], fine_pos, g.layer, g.event, g.fine_cell, fine)}
+
+
 def evaluate_reco(g, checkpoints: list[str | Path], input_path: str | Path, device: str = "auto") -> dict:
     """Learned particle-flow models on the evaluated events (:class:`graphsr.eval.evaluate.Generated`), each on its
-    own input type; the truth-trained one also on the super-resolved cells (ensemble mean and one sample), and the
-    hand-written clustering on coarse, truth and super-resolved cells.
+    own input type; the truth-trained one also on the super-resolved cells (``sr``: the point estimate that
+    ``graphsr sample`` writes as ``cell_e``, which SR-input models train on; ``sr_mean``: the ensemble mean;
+    ``sr_sample``: one sample), and the hand-written clustering on coarse, truth, ``sr`` and ``sr_mean`` cells.
 
     Refuses a model that trained or validated on events of ``input_path`` (recognised by the file's content hash):
     the evaluation must run on events it never saw.
@@ -151,13 +167,7 @@ def evaluate_reco(g, checkpoints: list[str | Path], input_path: str | Path, devi
 
     if g.particle_count is None:
         raise ValueError(f"{input_path} has no true particles (particle_* branches): no particle-flow evaluation")
-    fine, coarse = Geometry.cocoa(), Geometry.cocoa().coarsen(g.factor)
-    coarse_pos = np.stack(coarse.cell_center(*coarse.cell_index(g.coarse_cell)), 1)
-    fine_pos = np.stack([g.eta, g.phi], 1)
-    cells = {"coarse": (g.coarse_energy, coarse_pos, g.coarse_layer, g.coarse_event, g.coarse_cell, coarse),
-             "truth": (g.truth, fine_pos, g.layer, g.event, g.fine_cell, fine),
-             "sr": (g.mean, fine_pos, g.layer, g.event, g.fine_cell, fine),
-             "sr_sample": (g.samples[0], fine_pos, g.layer, g.event, g.fine_cell, fine)}
+    cells = reco_inputs(g)
     truth = (g.particle_count, g.particle_e, g.particle_eta, g.particle_phi)
     learned, models, digest = {}, {}, file_digest(input_path)
     for path in checkpoints:
@@ -166,7 +176,7 @@ def evaluate_reco(g, checkpoints: list[str | Path], input_path: str | Path, devi
             raise ValueError(f"{path} trained or validated on events of {input_path} (same content hash): evaluate "
                              "it on events it never saw")
         options = {"max_dr": reco.config.model.match_radius, "max_count": reco.config.model.max_particles}
-        inputs = ["truth", "sr", "sr_sample"] if reco.input_type == "truth" else [reco.input_type]
+        inputs = ["truth", "sr", "sr_mean", "sr_sample"] if reco.input_type == "truth" else [reco.input_type]
         for name in inputs:
             energy, pos, layer, event, _, _ = cells[name]
             label = f"{reco.input_type}-trained on {name}"
@@ -197,8 +207,9 @@ def reco_markdown(results: dict, published: dict) -> list[str]:
              f"{results['events']} held-out events. Learned models (`graphsr train-reco`: "
              + ", ".join(f"{t} from {m['checkpoint']}, step {m['step']}" for t, m in results["models"].items())
              + ") trained on events apart from the super-resolution model's; each runs on its own input type, the "
-             "truth-trained one also on super-resolved cells (ensemble mean and one sample): does the SR look like "
-             "truth to it? The hand-written clustering runs on the same cells. Particles are matched by the "
+             "truth-trained one also on super-resolved cells: does the SR look like truth to it? `sr` is what `graphsr "
+             "sample` writes as `cell_e` (the point estimate), the input SR-input models train on; `sr_mean` the "
+             "ensemble mean; `sr_sample` one sample. The hand-written clustering runs on the same cells. Particles are matched by the "
              "Hungarian algorithm on Delta R (< the match radius).", "",
              "Cardinality accuracy per true count:", "",
              "| input | " + " | ".join(f"{n} particle{'s' * (n != '1')}" for n in counts) + " | all |",
