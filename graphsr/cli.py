@@ -306,8 +306,8 @@ def _calibrate(args):
             state["config"]["sample"][key] = calibration[key]
     save_checkpoint(state, args.checkpoint)
     eta = f" (eta {calibration['eta']:g})" if calibration["eta"] is not None else ""
-    print(f"calibrated on {len(events)} validation events, {calibration['sampler']} {calibration['steps']} steps{eta}, "
-          f"ensembles of {calibration['ensemble']} (now the checkpoint's sampling defaults): spread factors "
+    print(f"calibrated on {len(events)} validation events, {calibration['sampler']} {calibration['steps']} "
+          f"steps{eta}, ensembles of {calibration['ensemble']} (now the checkpoint's sampling defaults): spread factors "
           f"coarse {calibration['coarse']:.2f}, fine {calibration['fine']:.2f}; 68% coverage of the event energy "
           f"{calibration['coverage']['event_before']:.3f} -> {calibration['coverage']['event_after']:.3f}, of hit "
           f"cells {calibration['coverage']['cells_before']:.3f} -> {calibration['coverage']['cells_after']:.3f}; "

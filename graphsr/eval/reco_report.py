@@ -207,10 +207,10 @@ def reco_markdown(results: dict, published: dict) -> list[str]:
              f"{results['events']} held-out events. Learned models (`graphsr train-reco`: "
              + ", ".join(f"{t} from {m['checkpoint']}, step {m['step']}" for t, m in results["models"].items())
              + ") trained on events apart from the super-resolution model's; each runs on its own input type, the "
-             "truth-trained one also on super-resolved cells: does the SR look like truth to it? `sr` is what `graphsr "
-             "sample` writes as `cell_e` (the point estimate), the input SR-input models train on; `sr_mean` the "
-             "ensemble mean; `sr_sample` one sample. The hand-written clustering runs on the same cells. Particles are matched by the "
-             "Hungarian algorithm on Delta R (< the match radius).", "",
+             "truth-trained one also on super-resolved cells: does the SR look like truth to it? `sr` is what "
+             "`graphsr sample` writes as `cell_e` (the point estimate), the input SR-input models train on; "
+             "`sr_mean` the ensemble mean; `sr_sample` one sample. The hand-written clustering runs on the same "
+             "cells. Particles are matched by the Hungarian algorithm on Delta R (< the match radius).", "",
              "Cardinality accuracy per true count:", "",
              "| input | " + " | ".join(f"{n} particle{'s' * (n != '1')}" for n in counts) + " | all |",
              "|---|" + "---|" * (len(counts) + 1)]
