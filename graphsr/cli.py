@@ -286,7 +286,7 @@ def _calibrate(args):
     import torch
 
     from graphsr.datasets import CocoaDataset
-    from graphsr.inference import fit_calibration, load_resolver
+    from graphsr.inference import fit_calibration, load_resolver, occupancy_text
     from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
 
     resolver = load_resolver(args.checkpoint, device=args.device)
@@ -311,7 +311,7 @@ def _calibrate(args):
           f"coarse {calibration['coarse']:.2f}, fine {calibration['fine']:.2f}; 68% coverage of the event energy "
           f"{calibration['coverage']['event_before']:.3f} -> {calibration['coverage']['event_after']:.3f}, of hit "
           f"cells {calibration['coverage']['cells_before']:.3f} -> {calibration['coverage']['cells_after']:.3f}; "
-          f"written to {args.checkpoint}")
+          f"{occupancy_text(calibration)}; written to {args.checkpoint}")
 
 
 def _add_sampling_options(parser, ensemble_default=None):

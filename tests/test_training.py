@@ -68,6 +68,13 @@ def test_training_writes_a_complete_checkpoint(trained):
     assert state["events"]["train"][0]["sha256"] == hashlib.sha256(open(config.data.train[0], "rb").read()).hexdigest()
     # fitted on the validation events at the end of training
     assert state["calibration"]["events"] == 6 and state["calibration"]["ensemble"] == 3
+    # the occupancy calibration counted the truth's hits of those 6 events, per layer (counted here from the file)
+    high = read_cocoa(config.data.train[0])["High_Tree"]
+    val = val_entries.tolist()
+    energy, layer = ak.flatten(high["cell_e"][val]).to_numpy(), ak.flatten(high["cell_layer"][val]).to_numpy()
+    occupancy = state["calibration"]["occupancy"]
+    assert occupancy["truth"][:3] == [float(np.sum((energy > 1.0) & (layer == la))) for la in range(3)]
+    assert all(0.25 <= s <= 4 for s in occupancy["scale"])
     record = state["provenance"]
     assert record["command"] == "train" and record["seed"] == config.train.seed
     assert record["config"] == config.to_dict() and record["versions"]["torch"] == torch.__version__

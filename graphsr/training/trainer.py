@@ -7,6 +7,7 @@ weights after N steps are the same with or without interruptions. On CUDA, kerne
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -365,6 +366,10 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     if world > 1:
         import torch.distributed as dist
 
+        # drop the DDP wrapper (it holds the process group) while every rank is still alive: freed only when
+        # train() returned, after a peer had exited, its gloo teardown could hang (pytorch#75097)
+        model = loss = None
+        gc.collect()
         dist.barrier()  # rank 0's last checkpoint is written
         dist.destroy_process_group()
     if not main:
@@ -377,13 +382,13 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     slot_only = stop_after is not None and step - first_step >= stop_after and step < tc.steps
     calibrated = energy_model.kind == "shares"
     if calibrated and config.sample.calibration_events > 0 and len(val_set) and not slot_only:
-        from graphsr.inference import fit_calibration, load_resolver
+        from graphsr.inference import fit_calibration, load_resolver, occupancy_text
 
         resolver = load_resolver(out_dir / CHECKPOINT, device=device)
         events = torch.as_tensor(val_set.indices()[:config.sample.calibration_events])
         calibration = fit_calibration(resolver, val_set.storage(), events)
         checkpoint(calibration)
         logger.info(f"calibrated on {len(events)} validation events: spread factors coarse "
-                    f"{calibration['coarse']:.2f}, fine {calibration['fine']:.2f}")
+                    f"{calibration['coarse']:.2f}, fine {calibration['fine']:.2f}; {occupancy_text(calibration)}")
     return TrainResult(out_dir / CHECKPOINT, step, train_loss, val_loss,
                        events_seen / max(time.perf_counter() - started, 1e-9))
