@@ -476,8 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     ca = commands.add_parser("calibrate", help="refit a checkpoint's post-hoc spread calibration",
                              description="Fit the factors that widen (or narrow) the ensemble around its mean so "
                              "that central intervals cover their nominal fraction of the truth, on the checkpoint's "
-                             "validation events, and write them into the checkpoint (`graphsr train` does this at "
-                             "the end of training). The factors hold for one sampler, step count and ensemble size: "
+                             "validation events, and the per-layer factors on the written estimate's count of hit "
+                             "children that give it the truth's number of hits (occupancy), and write them into the "
+                             "checkpoint (`graphsr train` does this at the end of training). The factors hold for one sampler, step count and ensemble size: "
                              "those given here become the checkpoint's sampling defaults.")
     ca.add_argument("--checkpoint", required=True, help="checkpoint written by `graphsr train`")
     ca.add_argument("--events", type=int, default=200, help="validation events to use")
