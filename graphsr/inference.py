@@ -515,12 +515,12 @@ def occupancy_text(calibration: dict) -> str:
 
     occupancy = calibration.get("occupancy")
     if not occupancy:
-        return "no occupancy calibration"
+        return "the members' (no occupancy calibration)"
     rows = [f"{LAYER_NAMES[layer]} {scale:.2f} ({before:.0f} -> {after:.0f}, truth {truth:.0f})"
             for layer, (scale, truth, before, after) in enumerate(zip(*(occupancy[k] for k in
                                                                       ("scale", "truth", "before", "after"))))
             if truth > 0]
-    return "occupancy factors (written hits) " + ", ".join(rows)
+    return "occupancy factors (written hits on the validation events) " + ", ".join(rows)
 
 
 def central_coverage(samples: torch.Tensor, truth: torch.Tensor, level: float = 0.68) -> float:

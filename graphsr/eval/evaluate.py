@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from graphsr.eval import metrics as m
 from graphsr.graphs import collate_events
-from graphsr.inference import HIT_THRESHOLD
+from graphsr.inference import HIT_THRESHOLD, occupancy_text
 
 # The published figures (arXiv 2409.16052), shown beside ours: single electrons 2x (event ECAL energy), and the
 # multi-particle 4x set through a trained particle-flow model (coarse -> super-resolved input)
@@ -453,7 +453,8 @@ def _markdown(r: dict, title: str, displays: list) -> str:
                          f"{e['hallucinated_gev_per_event']:.4f} |")
     lines += ["", f"Hit: above {1000 * HIT_THRESHOLD:g} MeV. Hallucinated: the positive energy placed in cells whose "
               "true energy is zero (fraction of the estimate's, and GeV per event). `super_resolved_estimate` is what "
-              "`graphsr sample` writes as `cell_e` (`graphsr.inference.point_estimate`).", "",
+              "`graphsr sample` writes as `cell_e` (`graphsr.inference.point_estimate`; its count of hit children: "
+              f"{occupancy_text(r.get('calibration') or {})}).", "",
               "Shower shapes (Wasserstein-1 to the truth; one model sample against the baselines):", ""]
     names = list(next(iter(r["shower_shapes"].values())))
     lines += ["| layer | shape | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
