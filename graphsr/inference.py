@@ -486,7 +486,7 @@ def fit_occupancy(ensembles: list[tuple[torch.Tensor, object]], threshold: float
     ``ensembles``: ``(samples [K, Nf] GeV, batch with fine_energy)`` pairs. Returns ``{"scale": [6 layers],
     "truth", "before", "after": hits per layer summed over the events}``.
     """
-    layers = 6
+    layers = Geometry.cocoa().num_layers  # every calorimeter layer, kept or not
 
     def hits(values, i):
         return torch.bincount(ensembles[i][1].fine_layer[values > threshold], minlength=layers).double()
