@@ -307,8 +307,8 @@ def _calibrate(args):
     save_checkpoint(state, args.checkpoint)
     eta = f" (eta {calibration['eta']:g})" if calibration["eta"] is not None else ""
     print(f"calibrated on {len(events)} validation events, {calibration['sampler']} {calibration['steps']} "
-          f"steps{eta}, ensembles of {calibration['ensemble']} (now the checkpoint's sampling defaults): spread factors "
-          f"coarse {calibration['coarse']:.2f}, fine {calibration['fine']:.2f}; 68% coverage of the event energy "
+          f"steps{eta}, ensembles of {calibration['ensemble']} (now the checkpoint's sampling defaults): spread "
+          f"factors coarse {calibration['coarse']:.2f}, fine {calibration['fine']:.2f}; 68% coverage of the event energy "
           f"{calibration['coverage']['event_before']:.3f} -> {calibration['coverage']['event_after']:.3f}, of hit "
           f"cells {calibration['coverage']['cells_before']:.3f} -> {calibration['coverage']['cells_after']:.3f}; "
           f"{occupancy_text(calibration)}; written to {args.checkpoint}")
@@ -473,13 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: CUDA if present)')
     di.set_defaults(run=_distill)
 
-    ca = commands.add_parser("calibrate", help="refit a checkpoint's post-hoc spread calibration",
+    ca = commands.add_parser("calibrate", help="refit a checkpoint's post-hoc spread and occupancy calibration",
                              description="Fit the factors that widen (or narrow) the ensemble around its mean so "
                              "that central intervals cover their nominal fraction of the truth, on the checkpoint's "
                              "validation events, and the per-layer factors on the written estimate's count of hit "
                              "children that give it the truth's number of hits (occupancy), and write them into the "
-                             "checkpoint (`graphsr train` does this at the end of training). The factors hold for one sampler, step count and ensemble size: "
-                             "those given here become the checkpoint's sampling defaults.")
+                             "checkpoint (`graphsr train` does this at the end of training). The factors hold for "
+                             "one sampler, step count and ensemble size: those given here become the checkpoint's "
+                             "sampling defaults.")
     ca.add_argument("--checkpoint", required=True, help="checkpoint written by `graphsr train`")
     ca.add_argument("--events", type=int, default=200, help="validation events to use")
     ca.add_argument("--ensemble", type=int, help="ensemble size to calibrate for (default: the checkpoint's)")

@@ -383,8 +383,8 @@ def test_evaluate_command_writes_metrics_report_and_plots(trained, data_file, tm
     for section in ("How close", "Where wrong", "Downstream", "How sure", "Inputs outside the training range",
                     "Event displays"):
         assert f"## {section}" in report
-    ecal2 = metrics["calibration"]["occupancy"]["truth"][1]  # the estimate's count, as fitted, beside its table
-    assert f"ECAL2 {metrics['calibration']['occupancy']['scale'][1]:.2f} (" in report and f"truth {ecal2:.0f})" in report
+    occupancy = metrics["calibration"]["occupancy"]  # the estimate's count, as fitted, beside its table
+    assert f"ECAL2 {occupancy['scale'][1]:.2f} (" in report and f"truth {occupancy['truth'][1]:.0f})" in report
     for png in ("ensemble_size", "event_energy_residual", "cells_ECAL2", "calibration", "event_0",
                 "event_0_denoising"):
         assert (out / f"{png}.png").stat().st_size > 0
