@@ -26,8 +26,11 @@ def torchrun(*args, processes: int = 2):
 
 
 def close(a: dict, b: dict):
+    # float sums in another order: differences of ~1e-6 on weights of ~1e-2, so the tolerance scales with each
+    # tensor's largest element; a model trained on other events differs by ~7e-3 (50x the tolerance)
     for key in a:
-        assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-4, atol=1e-6), key
+        x, y = a[key].float(), b[key].float()
+        assert (x - y).abs().max() <= 1e-3 * x.abs().max() + 1e-6, (key, (x - y).abs().max().item())
 
 
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):

@@ -4,7 +4,9 @@ The steps follow COCOA's super-resolution mode (see ``shared/reference/cocoa.md`
 
 1. the gun draws the particles, :mod:`graphsr.simulation.showers` deposits their energy in fine cells (noise-free);
 2. coarse cells are sums of ``factor x factor`` fine cells; Gaussian noise (fine sigma x factor unless given) is
-   added to the coarse cells around the signal (:func:`~graphsr.simulation.topoclustering.signal_halo`);
+   added to the coarse cells around the signal (:func:`~graphsr.simulation.topoclustering.signal_halo`) and around
+   the cells anywhere in the detector whose noise alone passes the seed threshold (noise-only clusters, as COCOA's
+   noise on every cell makes them);
 3. 4-2-0 topoclustering of the coarse cells decides which coarse cells are stored;
 4. the fine tree holds every child of every stored coarse cell, zero-energy children included.
 
@@ -20,12 +22,14 @@ from collections.abc import Sequence
 
 import awkward as ak
 import numpy as np
+from scipy.stats import norm
 
 from graphsr.detector.geometry import Geometry
+from graphsr.detector.neighbours import lookup
 from graphsr.io.branches import TOPO_BRANCHES
 from graphsr.simulation.guns import PHOTON, Particles
 from graphsr.simulation.showers import ShowerModel, simulate_showers
-from graphsr.simulation.topoclustering import neighbour_edges, signal_halo, topoclusters
+from graphsr.simulation.topoclustering import SEED_THRESHOLD, neighbour_edges, signal_halo, topoclusters
 
 PARENT_THRESHOLD = 0.01  # a particle is listed as a cell parent above this fraction of the cell's energy
 
@@ -114,6 +118,53 @@ def _contributions(keys, energy, particle):
     return cells, cell_of_pair.ravel(), pairs % stride, summed
 
 
+def _with_noise_clusters(halo_keys, halo_noise, coarse: Geometry, sigma, num_events: int,
+                         rng: np.random.Generator):
+    """Add the cells that noise alone can make into a topocluster, anywhere in the detector.
+
+    COCOA draws noise on every coarse cell, so a cell far from any particle seeds a cluster when its noise exceeds
+    the seed threshold: ``P(z > 4.6) = 2.1e-6`` per cell, ~0.08 clusters per event on the 2x grid. Instead of
+    drawing noise on all cells, draw the seeds (Poisson per event and layer, uniform over the layer, values from
+    the Gaussian tail beyond the threshold) and plain noise on the cells around them (:func:`signal_halo`), where
+    their clusters grow. Seeds that fall where the signal's noise is already drawn are dropped: that noise holds
+    its own seeds.
+
+    Args:
+        halo_keys: ``[C]`` sorted keys (event x coarse cells + cell id) of the cells around the signal.
+        halo_noise: ``[C]`` their noise, MeV.
+        coarse: the coarse geometry.
+        sigma: ``[L]`` noise sigma per layer, MeV.
+        num_events: events in the batch.
+        rng: generator for the seeds and their surroundings.
+
+    Returns:
+        ``(keys, noise)``: every cell with noise, sorted by key.
+    """
+    tail = norm.sf(SEED_THRESHOLD)
+    per_layer = rng.poisson(coarse.n**2 * tail, size=(num_events, coarse.num_layers))
+    seed_event = np.repeat(np.arange(num_events), per_layer.sum(1))
+    seed_layer = np.repeat(np.tile(np.arange(coarse.num_layers), num_events), per_layer.ravel())
+    seed_ieta, seed_iphi = np.floor(rng.random((2, len(seed_event))) * coarse.n[seed_layer]).astype(np.int64)
+    seed_keys = seed_event * coarse.num_cells + coarse.cell_id(seed_layer, seed_ieta, seed_iphi)
+    seed_keys, first = np.unique(seed_keys, return_index=True)
+    fresh = lookup(halo_keys, seed_keys) < 0
+    seed_keys, first = seed_keys[fresh], first[fresh]
+    if not len(seed_keys):
+        return halo_keys, halo_noise
+    around = signal_halo(seed_event[first], seed_layer[first], seed_ieta[first], seed_iphi[first], coarse,
+                         num_events)
+    keys = around[0] * coarse.num_cells + coarse.cell_id(*around[1:])
+    keys = keys[lookup(halo_keys, keys) < 0]
+    layer = coarse.cell_index(keys % coarse.num_cells)[0]
+    extra = sigma[layer] * rng.standard_normal(len(keys))
+    is_seed = np.searchsorted(keys, seed_keys)
+    # the seeds' noise: the Gaussian beyond the threshold, by inverting its tail
+    extra[is_seed] = sigma[layer[is_seed]] * norm.isf(tail * rng.random(len(seed_keys)))
+    keys, noise = np.concatenate([halo_keys, keys]), np.concatenate([halo_noise, extra])
+    order = np.argsort(keys, kind="stable")
+    return keys[order], noise[order]
+
+
 def simulate_events(gun, num_events: int, *, factor: int = 2,
                     seed: int | np.random.Generator | None = None, model: ShowerModel | None = None,
                     geometry: Geometry | None = None, neighbour_branches: bool = True,
@@ -159,18 +210,23 @@ def simulate_events(gun, num_events: int, *, factor: int = 2,
                                                             deposits.energy, deposits.particle)
     fine_event_hit, fine_cell_hit = np.divmod(fine_keys, geometry.num_cells)
 
-    # coarse cells: signal sums, noise in the halo, topoclusters
+    # coarse cells: signal sums, noise in the halo, noise-only seeds elsewhere, topoclusters
     parent_id = geometry.parent_id(coarse, fine_cell_hit)
     c_keys_hit, c_row_of_fine = np.unique(fine_event_hit * coarse.num_cells + parent_id, return_inverse=True)
     hit_event, hit_cell = np.divmod(c_keys_hit, coarse.num_cells)
-    c_event, c_layer, c_ieta, c_iphi = signal_halo(hit_event, *coarse.cell_index(hit_cell), coarse, num_events)
-    c_keys = c_event * coarse.num_cells + coarse.cell_id(c_layer, c_ieta, c_iphi)
+    halo = signal_halo(hit_event, *coarse.cell_index(hit_cell), coarse, num_events)
+    halo_keys = halo[0] * coarse.num_cells + coarse.cell_id(*halo[1:])
+    halo_noise = noise[halo[1]] * rng.standard_normal(len(halo_keys))
+    # the noise-only clusters come from a child generator, so the signal and its noise stay what they were
+    c_keys, c_noise = _with_noise_clusters(halo_keys, halo_noise, coarse, noise, num_events, rng.spawn(1)[0])
+    c_event, c_cell = np.divmod(c_keys, coarse.num_cells)
+    c_layer, c_ieta, c_iphi = coarse.cell_index(c_cell)
     c_pos_of_hit = np.searchsorted(c_keys, c_keys_hit)
     sigma = noise[c_layer]
     charged = particles.pdgid[f_particle] != PHOTON
     c_che = np.bincount(c_pos_of_hit[c_row_of_fine[f_row]], weights=f_energy * charged, minlength=len(c_keys))
     c_nue = np.bincount(c_pos_of_hit[c_row_of_fine[f_row]], weights=f_energy * ~charged, minlength=len(c_keys))
-    c_energy = c_che + c_nue + sigma * rng.standard_normal(len(c_keys))
+    c_energy = c_che + c_nue + c_noise
     topo = topoclusters(c_event, c_layer, c_ieta, c_iphi, c_energy, sigma, coarse)
     kept = np.flatnonzero(topo > 0)
     low = _Cells(c_event[kept], coarse.cell_id(c_layer[kept], c_ieta[kept], c_iphi[kept]), coarse, num_events)

@@ -15,9 +15,9 @@ at local maxima (400 MeV) does not change which cells are kept and is not modell
 Noise is drawn only for cells within a halo of the cells with signal (:func:`signal_halo`: 2 cells in-layer and
 the cells overlapping those in adjacent layers), enough for every cluster that contains signal: a cluster can only
 reach further through a chain of two or more noise-only cells above 2 sigma (probability ~0.02^2 per chain), whose
-far boundary cells are then missed. Noise-only clusters far from any particle are not simulated: the probability
-of a noise seed, P(z > 4.6) = 2.1e-6 per cell, gives ~0.08 such clusters per event on the 2x coarse grid (39168
-cells) and ~0.02 on the 4x grid (9792 cells), each of roughly 10 cells.
+far boundary cells are then missed. Noise-only clusters far from any particle come from noise seeds drawn directly
+(``graphsr.simulation.events``): P(z > 4.6) = 2.1e-6 per cell gives ~0.08 such clusters per event on the 2x coarse
+grid (39168 cells) and ~0.02 on the 4x grid (9792 cells), each of roughly 7 cells.
 """
 
 from __future__ import annotations
@@ -70,17 +70,25 @@ def signal_halo(event: np.ndarray, layer: np.ndarray, ieta: np.ndarray, iphi: np
     Returns:
         ``(event, layer, ieta, iphi)`` int64, unique and sorted by (event, layer, ieta, iphi).
     """
-    # a dense mark per (event, cell) is cheaper than sorting the many duplicated candidates
-    mark = np.zeros(num_events * geometry.num_cells, dtype=bool)
     event = np.asarray(event, dtype=np.int64)
-    mark[cell_keys(event, layer, ieta, iphi, geometry)] = True
+    size = num_events * geometry.num_cells
     row, nb_layer, nb_eta, nb_phi = neighbours(layer, ieta, iphi, geometry, in_layer=width)
-    mark[cell_keys(event[row], nb_layer, nb_eta, nb_phi, geometry)] = True
-    keys = np.flatnonzero(mark)
+    keys = _union(size, cell_keys(event, layer, ieta, iphi, geometry),
+                  cell_keys(event[row], nb_layer, nb_eta, nb_phi, geometry))
     in_layer = _split(keys, geometry)
     row, nb_layer, nb_eta, nb_phi = neighbours(*in_layer[1:], geometry, in_layer=0)
-    mark[cell_keys(in_layer[0][row], nb_layer, nb_eta, nb_phi, geometry)] = True
-    return _split(np.flatnonzero(mark), geometry)
+    return _split(_union(size, keys, cell_keys(in_layer[0][row], nb_layer, nb_eta, nb_phi, geometry)), geometry)
+
+
+def _union(size: int, *keys: np.ndarray) -> np.ndarray:
+    """Sorted unique keys in [0, size): a dense mark when the candidates are many (cheaper than sorting their many
+    duplicates), a sort when they are few (a few seeds in a large batch)."""
+    if sum(len(k) for k in keys) * 64 < size:
+        return np.unique(np.concatenate(keys))
+    mark = np.zeros(size, dtype=bool)
+    for k in keys:
+        mark[k] = True
+    return np.flatnonzero(mark)
 
 
 def _split(keys: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, ...]:
