@@ -98,6 +98,10 @@ def test_shower_shapes_known_event():
     assert shapes["width_eta"][0] == pytest.approx(np.sqrt(0.25 * 0.75) * 0.1)
     assert shapes["width_phi"][1] == 0 and shapes["leading_fraction"].tolist() == [0.75, 1.0]
     assert shapes["cells_above"].tolist() == [1, 1]
+    # a window of 0.05 around event 0's leading cell (eta 0.1) leaves out the cell at eta 0
+    windowed = shower_shapes(energy, eta, phi, np.array([0, 0, 1]), 2, threshold=1.5, window=0.05)
+    assert windowed["energy"].tolist() == [3.0, 2.0] and windowed["width_eta"][0] == 0
+    assert windowed["centroid_eta"][0] == pytest.approx(0.1) and windowed["leading_fraction"][0] == 1.0
 
 
 def test_frechet_distance_of_gaussians_has_the_closed_form():

@@ -130,27 +130,33 @@ def parent_sum_residual(fine_energy, fine_parent, coarse_energy) -> float:
 SHOWER_SHAPES = ("energy", "centroid_eta", "centroid_phi", "width_eta", "width_phi", "cells_above", "leading_fraction")
 
 
-def shower_shapes(energy, eta, phi, event_index, num_events: int, threshold: float = 0.0) -> dict[str, np.ndarray]:
+def shower_shapes(energy, eta, phi, event_index, num_events: int, threshold: float = 0.0,
+                  window: float | None = None) -> dict[str, np.ndarray]:
     """Per-event shower shapes of one layer's cells (energy-weighted; negative energies count as zero).
 
     Returns ``[num_events]`` arrays: ``energy`` (sum), ``centroid_eta`` / ``centroid_phi`` (phi relative to the
     event's leading cell, so showers across the phi = pi line are not split), ``width_eta`` / ``width_phi``
     (weighted standard deviations), ``cells_above`` (cells with energy > threshold), ``leading_fraction`` (leading cell
-    / sum). Events without energy give NaN centroids and widths.
+    / sum). Events without energy give NaN centroids and widths. With ``window``, only the cells within ``window`` in
+    eta and in phi of the event's leading cell count: the shower, without a noise-only cluster elsewhere in the
+    detector, whose few hundred MeV would set the widths.
     """
     e = np.clip(as_numpy(energy), 0, None)
     eta, phi = as_numpy(eta), as_numpy(phi)
     event = np.asarray(as_numpy(event_index), dtype=np.int64)
-    total = np.bincount(event, weights=e, minlength=num_events)
-    leading = np.zeros(num_events)
-    np.maximum.at(leading, event, e)
-    # phi of each event's leading cell, as the reference for wrapping
+    # eta and phi of each event's leading cell: the reference for wrapping phi and for the window
     order = np.lexsort((-e, event))
     first = np.ones(len(order), dtype=bool)
     first[1:] = event[order][1:] != event[order][:-1]
-    ref = np.zeros(num_events)
+    ref, ref_eta = np.zeros(num_events), np.zeros(num_events)
     ref[event[order][first]] = phi[order][first]
+    ref_eta[event[order][first]] = eta[order][first]
     dphi = np.mod(phi - ref[event] + np.pi, 2 * np.pi) - np.pi
+    if window is not None:
+        e = np.where((np.abs(eta - ref_eta[event]) <= window) & (np.abs(dphi) <= window), e, 0.0)
+    total = np.bincount(event, weights=e, minlength=num_events)
+    leading = np.zeros(num_events)
+    np.maximum.at(leading, event, e)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = lambda x: np.bincount(event, weights=e * x, minlength=num_events) / total  # noqa: E731
         c_eta, c_dphi = mean(eta), mean(dphi)
