@@ -263,7 +263,7 @@ def test_single_electron_statistics_match_cocoa(electrons):
 
 
 @pytest.mark.xfail(strict=True, reason="COCOA's single electrons keep 254 fine ECAL cells per event; ours keep ~157 "
-                   "with COCOA's 2x config noise and ~197 with the fine sigmas the published set's energy residual "
+                   "with COCOA's 2x config noise and ~199 with the fine sigmas the published set's energy residual "
                    "points to; the rest is not understood (data/README.md)")
 def test_single_electron_cluster_size_matches_cocoa(electrons):
     high = electrons["High_Tree"]
