@@ -25,7 +25,7 @@ import numpy as np
 from scipy.stats import norm
 
 from graphsr.detector.geometry import Geometry
-from graphsr.detector.neighbours import lookup
+from graphsr.detector.neighbours import cell_keys, lookup
 from graphsr.io.branches import TOPO_BRANCHES
 from graphsr.simulation.guns import PHOTON, Particles
 from graphsr.simulation.showers import ShowerModel, simulate_showers
@@ -145,7 +145,7 @@ def _with_noise_clusters(halo_keys, halo_noise, coarse: Geometry, sigma, num_eve
     seed_event = np.repeat(np.arange(num_events), per_layer.sum(1))
     seed_layer = np.repeat(np.tile(np.arange(coarse.num_layers), num_events), per_layer.ravel())
     seed_ieta, seed_iphi = np.floor(rng.random((2, len(seed_event))) * coarse.n[seed_layer]).astype(np.int64)
-    seed_keys = seed_event * coarse.num_cells + coarse.cell_id(seed_layer, seed_ieta, seed_iphi)
+    seed_keys = cell_keys(seed_event, seed_layer, seed_ieta, seed_iphi, coarse)
     seed_keys, first = np.unique(seed_keys, return_index=True)
     fresh = lookup(halo_keys, seed_keys) < 0
     seed_keys, first = seed_keys[fresh], first[fresh]
@@ -153,7 +153,7 @@ def _with_noise_clusters(halo_keys, halo_noise, coarse: Geometry, sigma, num_eve
         return halo_keys, halo_noise
     around = signal_halo(seed_event[first], seed_layer[first], seed_ieta[first], seed_iphi[first], coarse,
                          num_events)
-    keys = around[0] * coarse.num_cells + coarse.cell_id(*around[1:])
+    keys = cell_keys(*around, coarse)
     keys = keys[lookup(halo_keys, keys) < 0]
     layer = coarse.cell_index(keys % coarse.num_cells)[0]
     extra = sigma[layer] * rng.standard_normal(len(keys))
@@ -215,7 +215,7 @@ def simulate_events(gun, num_events: int, *, factor: int = 2,
     c_keys_hit, c_row_of_fine = np.unique(fine_event_hit * coarse.num_cells + parent_id, return_inverse=True)
     hit_event, hit_cell = np.divmod(c_keys_hit, coarse.num_cells)
     halo = signal_halo(hit_event, *coarse.cell_index(hit_cell), coarse, num_events)
-    halo_keys = halo[0] * coarse.num_cells + coarse.cell_id(*halo[1:])
+    halo_keys = cell_keys(*halo, coarse)
     halo_noise = noise[halo[1]] * rng.standard_normal(len(halo_keys))
     # the noise-only clusters come from a child generator, so the signal and its noise stay what they were
     c_keys, c_noise = _with_noise_clusters(halo_keys, halo_noise, coarse, noise, num_events, rng.spawn(1)[0])
