@@ -70,6 +70,13 @@ def _summary(args):
     e_fine = torch.zeros(len(dataset)).index_add_(0, owner(fine), data.fine_energy)
     print(f"  ECAL energy per event: coarse {e_coarse.mean():.2f} GeV, fine {e_fine.mean():.2f} GeV, "
           f"relative spread of coarse vs fine {((e_coarse - e_fine) / e_fine).std():.4f}")
+    # coarse cells none of whose children hold energy: noise only (boundary cells, noise-only topoclusters)
+    fine_owner = owner(fine)
+    parent = data.fine_parent + slices["coarse_layer"][:-1][fine_owner]
+    child_energy = torch.zeros(len(data.coarse_energy)).index_add_(0, parent, data.fine_energy.abs())
+    empty = child_energy == 0
+    print(f"  coarse ECAL cells with empty children (noise only): {empty.sum() / len(dataset):.2f} per event, "
+          f"{data.coarse_energy[empty].sum() / len(dataset):.3f} GeV measured in them per event")
     plot = Path(args.plot)
     event_display(dataset[0], plot, title=f"{Path(args.input).name}, event {int(dataset[0].event)}")
     energy_histograms({"fine cells": data.fine_energy[data.fine_energy > 0].log10().numpy(),
