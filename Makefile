@@ -67,7 +67,7 @@ demo: $(STAMP) $(DATA)/single_electron_2x.root
 	  --regression $(RUN)_regression/checkpoint.pt
 	@echo "demo done: report in $(REPORT)/report.md"
 
-# the multi-particle 4x setup on CPU (an electron plus 0-3 photons; 40-60 min on 2 cores): simulate, train ~13 min
+# the multi-particle 4x setup on CPU (an electron plus 0-3 photons; 45-65 min on 2 cores): simulate, train ~20 min
 # (+ the regression baseline, 3 min), the particle-flow models (1,200 steps each: ~1.5, 7 and 8 min), evaluate with the downstream particle
 # reconstruction (hand-written and learned); reports/multi_particle_4x/report.md
 demo-multi: $(STAMP) $(DATA)/multi_particle_4x.root $(DATA)/multi_particle_4x_reco.root
