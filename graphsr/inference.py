@@ -437,9 +437,9 @@ def spread_totals(totals: torch.Tensor, factor: float) -> torch.Tensor:
 def point_estimate(samples: torch.Tensor, data, threshold: float = HIT_THRESHOLD,
                    count_scale: torch.Tensor | None = None) -> torch.Tensor:
     """One energy per fine cell from an ensemble ``[K, Nf]``: for each coarse cell, as many children as the members
-    hit on average (above ``threshold``, rounded half up), those of highest ensemble mean, scaled to keep the
-    parent's mean total; its other children zero. Parents whose members hit less than half a child on average keep
-    the plain mean.
+    hit on average (above ``threshold``, rounded half up), those of highest median over the members (ties: highest
+    mean), with the ensemble mean's energies scaled to keep the parent's mean total; its other children zero.
+    Parents whose members hit less than half a child on average keep the plain mean.
 
     ``count_scale``: [layers] factors on the members' average count per coarse-cell layer before rounding (the
     occupancy calibration, :func:`fit_occupancy`); ``None`` keeps the members' count.
@@ -448,7 +448,12 @@ def point_estimate(samples: torch.Tensor, data, threshold: float = HIT_THRESHOLD
     truth has. Keeping the children that half the members hit did too: where the members agree on how many children
     are hit but not on which, their mean gives several children above the threshold (on the multi-particle 4x
     events, 5 points of excess ECAL1 hits over the members' own). Counting per parent gives the estimate the
-    members' occupancy on average and the ensemble mean's energy in every coarse cell."""
+    members' occupancy on average and the ensemble mean's energy in every coarse cell.
+
+    Which children: the median (for an even K, the lower of the two middle members) is where the typical member
+    puts energy; the mean also ranks high a child that a few members fill with a whole shower core. On the
+    multi-particle 4x CPU model's 300 held-out events, ranking by the median instead of the mean put 7% less energy
+    into truth-empty ECAL1 children (0.97 -> 0.90 GeV per event), with the same hits and RMSE."""
     mean = samples.mean(0)
     parent = data.fine_parent
     # hits summed over members and children (exact in float), then divided by the members and rounded half up
@@ -458,8 +463,9 @@ def point_estimate(samples: torch.Tensor, data, threshold: float = HIT_THRESHOLD
     else:
         scale = count_scale.to(mean)[data.coarse_layer]
         count = torch.floor(hits * scale / len(samples) + 0.5).long()
-    # rank of each child within its parent by decreasing mean (ties: the first child first)
+    # rank of each child within its parent by decreasing median, then mean (ties: the first child first)
     order = torch.argsort(mean, descending=True, stable=True)
+    order = order[torch.argsort(samples.median(0).values[order], descending=True, stable=True)]
     order = order[torch.argsort(parent[order], stable=True)]
     sorted_parent = parent[order]
     rank = torch.empty_like(order)

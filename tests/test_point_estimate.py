@@ -25,6 +25,15 @@ def test_members_agreeing_on_how_many_children_but_not_which_give_that_many_hits
     assert torch.allclose(estimate, torch.tensor([10.0, 0, 0, 0]))
 
 
+def test_the_child_most_members_fill_is_kept_over_one_a_few_fill_heavily():
+    # one parent, five members, each hitting one child: two put 10 GeV into child 0, three put 3 GeV into child 1.
+    # Mean (4, 1.8): child 0 is higher; medians (0, 3): child 1 is where the typical member puts the energy. One
+    # child is kept (the members' count), with the mean's total of 5.8 GeV.
+    members = torch.tensor([[10.0, 0, 0, 0], [10.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 3.0, 0, 0], [0, 3.0, 0, 0]])
+    estimate = point_estimate(members, _data(1))
+    assert torch.allclose(estimate, torch.tensor([0, 5.8, 0, 0]))
+
+
 def test_count_is_the_members_average_rounded_half_up_and_energy_is_kept_per_parent():
     members = torch.tensor([
         # parent 0: 2, 3, 2, 1 hit children (average 2); parent 1: 1, 0, 0, 1 (average 0.5 -> 1)
