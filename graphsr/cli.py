@@ -425,11 +425,11 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Generate the fine cells of every event of a COCOA file (Low_Tree + "
                              "High_Tree, or a plain Out_Tree with coarse cells only) and write them to a new ROOT "
                              "file: High_Tree cell_e is the point estimate (per coarse cell, the members' average "
-                             "number of hit children, those of highest median over the members, keeping the parent's mean "
-                             "total), cell_e_mean the ensemble mean and cell_e_spread its standard deviation "
-                             "(MeV); Low_Tree keeps every branch of the input's coarse tree, for the coarse cells "
-                             "used, and the coarse -> fine mapping. Warns about events outside the model's training "
-                             "range.")
+                             "number of hit children, those of highest median over the members, keeping the "
+                             "parent's mean total), cell_e_mean the ensemble mean and cell_e_spread its standard "
+                             "deviation (MeV); Low_Tree keeps every branch of the input's coarse tree, for the "
+                             "coarse cells used, and the coarse -> fine mapping. Warns about events outside the "
+                             "model's training range.")
     _add_sampling_options(sa)
     sa.add_argument("--input", required=True, nargs="+", help="COCOA ROOT file(s) with the coarse cells, or glob "
                     "patterns (quoted: 'data/run_*.root')")
