@@ -284,8 +284,8 @@ def _evaluate(args):
 def _distill(args):
     from graphsr.training.distill import distill
 
-    path = distill(args.checkpoint, args.out, rounds=args.rounds, steps=args.steps, time_limit=args.time_limit,
-                   device=args.device, batch_size=args.batch_size)
+    path = distill(args.checkpoint, args.out, rounds=args.rounds, teacher_steps=args.teacher_steps, steps=args.steps,
+                   time_limit=args.time_limit, device=args.device, batch_size=args.batch_size)
     print(f"student: {path} (sample it like any checkpoint: `graphsr sample --checkpoint {path} ...`)")
 
 
@@ -474,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--checkpoint", required=True, help="teacher checkpoint (graphsr train, or an earlier student)")
     di.add_argument("--out", required=True, help="run directory of the student")
     di.add_argument("--rounds", type=int, help="halvings (default: down to one step)")
+    di.add_argument("--teacher-steps", type=int,
+                    help="the teacher samples with this many DDIM steps (default: its config's); e.g. 32 with "
+                    "--rounds 3 gives a 4-step student of the 32-step sampler")
     di.add_argument("--steps", type=int, default=500, help="optimiser steps per round")
     di.add_argument("--batch-size", type=int, help="events per batch (default: the teacher's config)")
     di.add_argument("--time-limit", type=float, help="seconds per round at most")

@@ -52,6 +52,19 @@ def test_distill_command_makes_a_one_step_student(tmp_path, capsys):
     assert not torch.equal(out_samples[0], out_samples[1])  # members differ through their initial noise
     with pytest.raises(ValueError, match="distilled student"):
         resolver(storage, torch.arange(2), steps=4)
+    # a student of a finer sampler than the config's: 8 teacher steps, 2 rounds -> 2 student steps on every 4th level
+    # of the 8-step grid, EDM's eq. 5: sigma_i = (a + i / 7 (b - a))^7, a = sigma_max^(1/7), b = sigma_min^(1/7)
+    out2 = tmp_path / "student8"
+    assert main(["distill", "--checkpoint", str(teacher), "--out", str(out2), "--steps", "2", "--rounds", "2",
+                 "--teacher-steps", "8", "--device", "cpu"]) == 0
+    a, b = config.diffusion.sigma_max ** (1 / 7), config.diffusion.sigma_min ** (1 / 7)
+    assert load_checkpoint(out2 / "checkpoint.pt")["sampling_sigmas"] == [
+        pytest.approx(config.diffusion.sigma_max), pytest.approx((a + 4 / 7 * (b - a)) ** 7, rel=1e-5), 0.0]
+    assert [r["from_steps"] for r in load_checkpoint(out2 / "checkpoint.pt")["distillation"]] == [8, 4]
+    capsys.readouterr()
+    assert main(["distill", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "s3"),
+                 "--teacher-steps", "8", "--device", "cpu"]) != 0  # a student's grid is its own
+    assert "is a distilled student" in capsys.readouterr().err and not (tmp_path / "s3").exists()
 
 
 def resolver_storage(config):
