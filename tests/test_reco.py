@@ -14,10 +14,10 @@ import torch
 from graphsr.cli import main
 from graphsr.detector import Geometry
 from graphsr.eval.reco_report import match_by_distance, particle_flow_metrics, reco_inputs
-from graphsr.graphs import cell_graph
+from graphsr.graphs import cell_graph, collate_events
 from graphsr.io import write_cocoa
 from graphsr.reco import ParticleFlow, ParticleFlowConfig, hungarian_match, load_reco_config, set_loss
-from graphsr.reco.model import padded_particles
+from graphsr.reco.model import incidence_loss, padded_particles
 from graphsr.simulation import MultiParticleGun, simulate_events
 
 FINE = Geometry.cocoa()
@@ -81,8 +81,10 @@ def toy_batch(rng, num_events):
         parts.append(blobs(list(zip(ieta, iphi)), rng.uniform(5, 50, n), event))
     energy, eta, phi, event, kin = (np.concatenate(x) for x in zip(*parts))
     t = lambda a, dtype=torch.float32: torch.as_tensor(a, dtype=dtype)  # noqa: E731
+    # each blob's 9 cells are its particle's alone: one-hot fractions, particle j of its event in column j
+    owner = np.concatenate([np.repeat(np.arange(len(p[4])), 9) for p in parts])
     cells = cell_graph(t(energy), t(np.stack([eta, phi], 1)), torch.ones(len(energy), dtype=torch.long),
-                       t(event, torch.long), num_events)
+                       t(event, torch.long), num_events, fraction=torch.eye(TINY.max_particles)[owner])
     count = torch.as_tensor([len(p[4]) for p in parts])
     return cells, count, t(kin), torch.zeros(int(count.sum()), dtype=torch.long)
 
@@ -103,6 +105,35 @@ def test_the_cardinality_head_learns_a_visible_count():
         predicted = ParticleFlow.particles(model(cells))["count"]
     # chance is 1/3 (counts 1-3); an untrained model predicts one count for every event
     assert (predicted == count.numpy()).mean() > 0.9
+
+
+def test_the_incidence_matrix_learns_which_particle_each_cell_belongs_to():
+    torch.manual_seed(0)
+    model = ParticleFlow(TINY)
+    cells, count, kin, classes = toy_batch(np.random.default_rng(1), 100)
+
+    def divergence(cells):
+        with torch.no_grad():
+            return set_loss(model(cells), cells, count, kin, classes, incidence_weight=1.0)[1]["incidence"]
+
+    untrained = divergence(cells)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        batch = toy_batch(rng, 16)
+        loss, _ = set_loss(model(batch[0]), *batch, incidence_weight=1.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    # each cell has one owner, so the true split has divergence 0; a split among the queries that ignores the
+    # cells' owners is ~log(queries + 1) ~ 1.6 nats
+    trained = divergence(cells)
+    assert untrained > 1.0 and trained < 0.1, (untrained, trained)
+    # the same shares scored against the wrong owners: the first two particles of each event swap their cells
+    swapped = cells.fraction[:, [1, 0, 2, 3]]
+    two = (count >= 2)[cells.batch]
+    wrong = divergence(cells._replace(fraction=torch.where(two.unsqueeze(1), swapped, cells.fraction)))
+    assert wrong > 1.0, wrong
 
 
 def random_model(seed=0):
@@ -170,6 +201,37 @@ def test_events_with_different_particle_counts_batch_independently():
     assert ParticleFlow.particles(together)["count"][3] == 0  # no cells, no particle
 
 
+def test_incidence_loss_by_hand():
+    # one event, two cells (3 and 1 GeV), two queries; query 0 is matched to particle 1, query 1 to particle 0
+    shares = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]])        # queries 0, 1, unassigned
+    fraction = torch.tensor([[1.0, 0.0], [0.25, 0.5]])               # particles 0, 1 (the rest: noise)
+    cells = cell_graph(torch.tensor([3.0, 1.0]), torch.zeros(2, 2), torch.ones(2, dtype=torch.long),
+                       torch.zeros(2, dtype=torch.long), 1, fraction=fraction)
+    match = torch.tensor([0, 0]), torch.tensor([0, 1]), torch.tensor([1, 0])
+    # targets: cell 0 (0, 1, 0), cell 1 (0.5, 0.25, 0.25); KL by hand, weighted by energy
+    kl0 = math.log(1 / 0.2)
+    kl1 = 0.5 * math.log(0.5 / 0.1) + 0.25 * math.log(0.25 / 0.6) + 0.25 * math.log(0.25 / 0.3)
+    assert float(incidence_loss(shares.log(), cells, *match)) == pytest.approx((3 * kl0 + kl1) / 4, rel=1e-5)
+    exact = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.25, 0.25]])
+    assert float(incidence_loss(exact.clamp_min(1e-12).log(), cells, *match)) == pytest.approx(0.0, abs=1e-6)
+    # a query without a seed has share 0 (log -inf): matched to a particle, its term stays finite
+    unseeded = torch.tensor([[0.0, 0.9, 0.1], [0.0, 0.6, 0.4]]).log()
+    assert math.isfinite(float(incidence_loss(unseeded, cells, *match)))
+
+
+def test_cell_fractions_by_hand():
+    import awkward as ak
+
+    from graphsr.graphs.build import cell_fractions
+
+    tree = ak.zip({"cell_layer": [[0, 0, 1], [1, 1]],
+                   "particle_to_node_idx": [[[0.0, 2.0], [2.0]], [[1.0], [0.0, 1.0], [1.0]]],
+                   "particle_to_node_weight": [[[1.0, 0.25], [0.75]], [[0.5], [1.0, 0.3], [0.2]]]}, depth_limit=1)
+    # the second event's third particle is beyond k = 2: its 0.2 of cell 1 counts nowhere
+    expected = [[1.0, 0.0], [0.0, 0.0], [0.25, 0.75], [0.0, 1.0], [0.5, 0.3]]
+    assert np.allclose(cell_fractions(tree, 2), expected)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Two tiny multi-particle files: the SR model's events and other events for the reconstruction."""
@@ -178,6 +240,30 @@ def files(tmp_path_factory):
         write_cocoa(folder / name, simulate_events(MultiParticleGun(), 40, factor=2, seed=seed,
                                                    neighbour_branches=False))
     return folder
+
+
+def test_cells_carry_their_particles_energy_fractions(files, tmp_path):
+    from graphsr.datasets import CocoaDataset
+    from graphsr.reco.training import with_truth_fractions
+
+    dataset = CocoaDataset(files / "reco_events.root", root=tmp_path, fractions=4, log=False)
+    data = collate_events(*dataset.storage(), torch.arange(len(dataset)))
+    fine, coarse = data.fine_fraction, data.coarse_fraction
+    hit = data.fine_energy > 0
+    few = (data.num_particles <= 4)[data.batch]  # events whose every particle has a column
+    assert hit.any() and coarse.shape == (len(data.coarse_energy), 4)
+    # the deposits of the event's particles are a hit cell's whole noise-free energy; empty children have none
+    assert torch.allclose(fine[hit & few].sum(1), torch.ones(int((hit & few).sum())), atol=1e-4)
+    assert not fine[~hit].any()
+    # a coarse cell's fractions are its children's, weighted by their noise-free energy; noise-only cells have none
+    child_energy = torch.zeros(len(coarse)).index_add_(0, data.fine_parent, data.fine_energy)
+    weighted = torch.zeros_like(coarse).index_add_(0, data.fine_parent, fine * data.fine_energy.unsqueeze(1))
+    signal = child_energy > 0
+    assert torch.allclose(coarse[signal], weighted[signal] / child_energy[signal].unsqueeze(1), atol=1e-4)
+    assert not coarse[~signal].any()
+    other = CocoaDataset(files / "sr_events.root", root=tmp_path, log=False)
+    with pytest.raises(ValueError, match="differ in their events"):
+        with_truth_fractions(other, CocoaDataset(files / "reco_events.root", root=tmp_path, fractions=4, log=False))
 
 
 def test_the_command_line_trains_and_evaluates_every_input_type(files, tmp_path, capsys):
@@ -190,12 +276,21 @@ def test_the_command_line_trains_and_evaluates_every_input_type(files, tmp_path,
     reco_config = tmp_path / "reco.yaml"
     reco_config.write_text(f"data: {{train: ['{files / 'reco_events.root'}'], cache: '{cache}'}}\n"
                            "model: {width: 8, depth: 1, decoder_depth: 1, heads: 2, context_tokens: 1, k: 4, "
-                           "k_between: 1}\ntrain: {steps: 3, batch_size: 8, warmup: 1, val_every: 3}\n")
+                           "k_between: 1, incidence_weight: 0.1}\n"
+                           "train: {steps: 3, batch_size: 8, warmup: 1, val_every: 3}\n")
     sr_run, sr_file = tmp_path / "sr", tmp_path / "reco_events_sr.root"
     assert main(["train", "--config", str(sr_config), "--out", str(sr_run)]) == 0
     sr_checkpoint = str(sr_run / "checkpoint.pt")
     assert main(["sample", "--checkpoint", sr_checkpoint, "--input", str(files / "reco_events.root"),
                  "--output", str(sr_file), "--seed", "1"]) == 0
+    # generated cells have no particle fractions: asking for them names the tree and branch; SR-input training
+    # takes them from the truth of the sampled events instead
+    from graphsr.datasets import CocoaDataset
+    from graphsr.io import CocoaFormatError
+
+    with pytest.raises(CocoaFormatError, match="particle_to_node_idx") as error:
+        CocoaDataset(sr_file, root=cache, fractions=4, log=False)
+    assert "High_Tree" in str(error.value) and str(sr_file) in str(error.value)
     runs = {}
     for input_type in ("coarse", "truth", "sr"):
         runs[input_type] = tmp_path / f"reco_{input_type}"

@@ -29,6 +29,7 @@ from graphsr.training.checkpoint import save_checkpoint
 
 # Bump when the graph layout changes, so old caches are rebuilt.
 CACHE_VERSION = 2  # 2: events carry the index of their file
+FRACTION_BRANCHES = ("particle_to_node_idx", "particle_to_node_weight")  # read when cells carry their fractions
 KNN_VERSION = 2  # 2: kNN ties broken by index (graphsr.ops.knn); a cache of "knn" / "radius" edges from 1 is stale
 
 
@@ -72,15 +73,21 @@ class CocoaDataset(InMemoryDataset):
         step_size: events read per chunk.
         noise_cells: add noise-only coarse cells to every event (:mod:`graphsr.graphs.noise_cells`; training
             events of the pyramid); None: the events as they are.
+        fractions: with ``K`` > 0, every cell also carries the energy fractions of its event's first ``K``
+            particles (``coarse_fraction``, ``fine_fraction``: :func:`~graphsr.graphs.build.cell_fractions`), read
+            from ``particle_to_node_idx`` / ``_weight`` of both trees; the incidence targets of the particle-flow
+            model. Files without them are refused.
     """
 
     def __init__(self, files, root: str | Path = "data/cache", options: GraphOptions = GraphOptions(), *,
                  factor: int | None = None, max_events: int | None = None, drop_empty: bool = True,
                  transform=None, step_size: int = 2000, geometry: Geometry | None = None, log: bool = True,
-                 noise_cells: NoiseCells | None = None):
+                 noise_cells: NoiseCells | None = None, fractions: int = 0):
         self.files = [Path(f).resolve() for f in ([files] if isinstance(files, (str, Path)) else files)]
         self.options, self.factor, self.max_events, self.drop_empty = options, factor, max_events, drop_empty
-        self.noise_cells = noise_cells
+        if noise_cells is not None and fractions:
+            raise ValueError("noise-only cells and particle fractions cannot be combined: the added cells have none")
+        self.noise_cells, self.fractions = noise_cells, fractions
         self.step_size, self.geometry = step_size, geometry or Geometry.cocoa()
         self.key = self.cache_key()  # fixed now: a file changing later must not redirect this dataset
         for path in self.files:
@@ -114,6 +121,8 @@ class CocoaDataset(InMemoryDataset):
         settings = (version, self.options, self.factor, self.max_events, self.drop_empty, self.geometry, stats)
         if self.noise_cells is not None:  # keys of the events as they are stay those of earlier versions
             settings += (self.noise_cells,)
+        if self.fractions:
+            settings += (("fractions", self.fractions),)
         text = repr(settings)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -122,8 +131,10 @@ class CocoaDataset(InMemoryDataset):
 
     def process(self):
         parts = []
-        for chunk in iter_cocoa(self.files, low_branches=GRAPH_BRANCHES_LOW, high_branches=GRAPH_BRANCHES_HIGH,
-                                step_size=self.step_size, max_events=self.max_events, factor=self.factor):
+        extra = FRACTION_BRANCHES if self.fractions else ()
+        for chunk in iter_cocoa(self.files, low_branches=(*GRAPH_BRANCHES_LOW, *extra),
+                                high_branches=(*GRAPH_BRANCHES_HIGH, *extra), step_size=self.step_size,
+                                max_events=self.max_events, factor=self.factor):
             low, high = chunk.low, chunk.high
             if self.noise_cells is not None:
                 if high is None:
@@ -135,7 +146,7 @@ class CocoaDataset(InMemoryDataset):
                                    rng, self.geometry)
             data, slices = build_storage(low, high, self.options, factor=self.factor or chunk.factor,
                                          geometry=self.geometry, first_event=chunk.entry_start,
-                                         drop_empty=self.drop_empty)
+                                         drop_empty=self.drop_empty, fractions=self.fractions)
             # which of self.files each event comes from (with ``event``, its entry there): the record of what a
             # model trained on
             data.file = torch.full_like(data.event, self.files.index(Path(chunk.path).resolve()))

@@ -210,6 +210,7 @@ def build_storage(
     geometry: Geometry | None = None,
     first_event: int = 0,
     drop_empty: bool = False,
+    fractions: int = 0,
 ) -> tuple[PairData, dict[str, torch.Tensor]]:
     """Collated graphs of a chunk of events.
 
@@ -224,6 +225,10 @@ def build_storage(
         geometry: the fine geometry (default COCOA's), used for cell ids and, without ``high``, fine cell centres.
         first_event: entry number of the chunk's first event in its file (stored as ``event``).
         drop_empty: leave out events with no kept cells.
+        fractions: with ``K`` > 0, store ``coarse_fraction`` [Nc, K] and (with ``high``) ``fine_fraction`` [Nf, K]:
+            the fraction of each cell's noise-free energy that each of the event's first ``K`` particles deposited
+            (:func:`cell_fractions`; the trees' ``particle_to_node_idx`` / ``_weight``), the targets of a
+            particle-flow model's incidence matrix.
 
     Returns:
         ``(data, slices)`` as stored by :class:`~torch_geometric.data.InMemoryDataset`.
@@ -256,6 +261,7 @@ def build_storage(
             parent, fine, f_layer, f_eta, f_phi, f_ieta, f_iphi = (
                 a[order] for a in (parent, fine, f_layer, f_eta, f_phi, f_ieta, f_iphi))
         f_energy = _flat(high.cell_e, np.float32)[fine] / MEV_PER_GEV
+        f_fraction = cell_fractions(high, fractions)[fine] if fractions else None
     else:
         if factor is None:
             raise ValueError("factor is required to build fine cells from coarse cells alone")
@@ -267,7 +273,7 @@ def build_storage(
                                                                                    c_ieta, c_iphi))
         parent = np.repeat(kept, factor * factor)
         f_eta, f_phi = geometry.cell_center(f_layer, f_ieta, f_iphi)
-        f_energy = None
+        f_energy = f_fraction = None
     coarse_geometry = geometry.coarsen(factor)
 
     # renumber kept coarse cells; every kept coarse cell has its children in the fine list
@@ -329,9 +335,37 @@ def build_storage(
         data.particle_pdgid = t(_flat(low.particle_pdgid, np.int64), torch.long)
         slices.update(num_particles=slices["event"], particle_kin=t(_offsets(p_count), torch.long),
                       particle_pdgid=t(_offsets(p_count), torch.long))
+    if fractions:
+        data.coarse_fraction = t(cell_fractions(low, fractions)[kept_c])
+        slices["coarse_fraction"] = c_ptr_t
+    if f_fraction is not None:
+        data.fine_fraction = t(f_fraction)
+        slices["fine_fraction"] = f_ptr_t
     if drop_empty:
         data, slices = select_events(data, slices, torch.nonzero(torch.as_tensor(nf) > 0).squeeze(1))
     return data, slices
+
+
+def cell_fractions(tree: ak.Array, k: int) -> np.ndarray:
+    """``[N, k]`` the fraction of each cell's noise-free energy that each of its event's first ``k`` particles
+    deposited, cells of all events flat in stored order, from COCOA's ``particle_to_node_idx`` (per event and
+    particle, the indices of its cells in the event's cell list) and ``particle_to_node_weight`` (those fractions).
+    Later particles and cells no particle reached count nowhere: their rows sum to less than 1."""
+    cells_per_particle = ak.num(tree.particle_to_node_idx, axis=2)
+    particles = ak.num(cells_per_particle, axis=1).to_numpy()
+    per_particle = _flat(cells_per_particle, np.int64)
+    event = np.repeat(np.arange(len(particles)), particles)
+    local_particle = np.arange(len(per_particle)) - np.repeat(_offsets(particles)[:-1], particles)
+    cell_ptr = _offsets(ak.num(tree.cell_layer, axis=1).to_numpy())
+    # COCOA stores the cell indices as floats (graphsr.io.branches)
+    cell = np.asarray(ak.flatten(tree.particle_to_node_idx, axis=None), dtype=np.int64) + \
+        np.repeat(cell_ptr[event], per_particle)
+    particle = np.repeat(local_particle, per_particle)
+    weight = np.asarray(ak.flatten(tree.particle_to_node_weight, axis=None), dtype=np.float32)
+    first = particle < k
+    out = np.zeros((cell_ptr[-1], k), dtype=np.float32)
+    np.add.at(out, (cell[first], particle[first]), weight[first])
+    return out
 
 
 def _segment_index(ptr: np.ndarray, events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,9 @@ class ParticleFlowConfig:
     k: int = 8                                # kNN neighbours of a cell within its layer
     k_between: int = 4                        # ... and in each adjacent layer
     match_radius: float = 0.1                 # evaluation: largest Delta R of a reconstructed-true match
+    incidence_weight: float = 0.0             # training: weight of the published model's incidence loss against
+                                              # the cells' true particle fractions (0: none; > 0: the training
+                                              # files need particle_to_node_idx / _weight; README, "Downstream")
 
 
 @dataclass

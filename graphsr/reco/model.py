@@ -21,7 +21,10 @@ Built like the published particle-flow model of arXiv 2409.16052 (its public cod
    logits of 0..N_max particles. Predictions keep the argmax count of queries with the highest existence.
 5. Training (:func:`set_loss`): cross-entropy on the count and on the seeds; queries are matched to the true
    particles by the Hungarian algorithm (:func:`hungarian_match`), the matched queries learn energy, direction and
-   class, all queries whether they are matched (existence), and the unmatched ones give their energy up.
+   class, all queries whether they are matched (existence), and the unmatched ones give their energy up. When the
+   cells carry their true particle fractions (``CellGraph.fraction``), the incidence matrix learns them as the
+   published model's does (:func:`incidence_loss`): a matched query each cell's fraction of its particle, the
+   unassigned slot the noise.
 
 Nothing depends on where the event is in phi, or on the order of the cells.
 """
@@ -135,8 +138,9 @@ class ParticleFlow(nn.Module):
 
     def forward(self, cells: CellGraph) -> dict[str, torch.Tensor]:
         """Returns ``cardinality`` [B, N_max + 1] logits, ``seed_score`` [N] (logit: the cell is the one nearest to
-        a particle in the seed layer) and, per query [B, N_max]: ``seeded`` (the event had a cell to seed it),
-        ``existence`` (logit), ``energy`` (GeV), ``eta``, ``phi``, ``class_logits`` [B, N_max, 2]."""
+        a particle in the seed layer), per query [B, N_max]: ``seeded`` (the event had a cell to seed it),
+        ``existence`` (logit), ``energy`` (GeV), ``eta``, ``phi``, ``class_logits`` [B, N_max, 2]; and
+        ``log_incidence`` [N, N_max + 1]: the log of each cell's shares of the queries and the unassigned slot."""
         b, q, w = cells.num_graphs, self.max_particles, self.width
         energy, batch = cells.energy, cells.batch
         total = ops.scatter(energy, batch, b, "sum")
@@ -191,7 +195,8 @@ class ParticleFlow(nn.Module):
         out = self.query_out(z).view(b, q, 4)
         # a query takes cells in proportion to its existence probability: candidates that are no particle take none
         logits = (logits + F.logsigmoid(out[..., 0])[batch]).masked_fill(~valid[batch], -torch.inf)
-        share = torch.cat([logits, self.unassigned(h)], 1).softmax(1)[:, :q]
+        log_incidence = torch.cat([logits, self.unassigned(h)], 1).log_softmax(1)
+        share = log_incidence[:, :q].exp()
         particle_energy = ops.scatter(share * energy.unsqueeze(1), batch, b) * torch.exp(0.2 * torch.tanh(out[..., 1]))
         weight = share * energy.clamp_min(0).unsqueeze(1)
         norm = ops.scatter(weight, batch, b).clamp_min(MIN_WEIGHT)
@@ -201,7 +206,7 @@ class ParticleFlow(nn.Module):
         return {"cardinality": cardinality, "seed_score": score, "seeded": valid,
                 "existence": out[..., 0].masked_fill(~valid, -1e4), "energy": particle_energy,
                 "eta": axis_eta.unsqueeze(1) + offset[..., 0], "phi": wrap_phi(axis_phi.unsqueeze(1) + offset[..., 1]),
-                "class_logits": out[..., 2:]}
+                "class_logits": out[..., 2:], "log_incidence": log_incidence}
 
     @staticmethod
     def particles(out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -252,9 +257,10 @@ def seed_targets(cells: CellGraph, count: torch.Tensor, kinematics: torch.Tensor
 
 
 def set_loss(out: dict[str, torch.Tensor], cells: CellGraph, count: torch.Tensor, kinematics: torch.Tensor,
-             classes: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cardinality cross-entropy, the seed cells' cross-entropy (:func:`seed_targets`) and the set loss of the
-    Hungarian-matched queries.
+             classes: torch.Tensor, incidence_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cardinality cross-entropy, the seed cells' cross-entropy (:func:`seed_targets`), the set loss of the
+    Hungarian-matched queries and, when the cells carry their particles' energy fractions (``cells.fraction``), the
+    incidence loss (:func:`incidence_loss`) times ``incidence_weight``.
 
     Args:
         out: :meth:`ParticleFlow.forward` of ``cells``.
@@ -293,5 +299,35 @@ def set_loss(out: dict[str, torch.Tensor], cells: CellGraph, count: torch.Tensor
                                               torch.zeros_like(relative)) + \
             F.smooth_l1_loss(d_phi[event, query, particle] / DIRECTION_SCALE, torch.zeros_like(relative))
         parts["class"] = F.cross_entropy(out["class_logits"][event, query], t_class[event, particle].long())
+    if cells.fraction is not None and incidence_weight > 0:
+        parts["incidence"] = incidence_weight * incidence_loss(out["log_incidence"], cells, event, query, particle)
     loss = sum(parts.values())
     return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def incidence_loss(log_incidence: torch.Tensor, cells: CellGraph, event: torch.Tensor, query: torch.Tensor,
+                   particle: torch.Tensor) -> torch.Tensor:
+    """How far each cell's split among the queries is from the true split of its energy among the particles, as
+    the published model's incidence loss: the KL divergence of the predicted shares from the true fractions,
+    averaged over cells weighted by their energy.
+
+    The query matched to particle j (``event, query, particle``: :func:`hungarian_match`) should take the fraction
+    of the cell's noise-free energy that j deposited (``cells.fraction``); unmatched queries none; the unassigned
+    slot the rest (noise, particles beyond N_max). In super-resolved cells the fractions are the truth's at the
+    same fine cell, so energy generated where no particle deposited any belongs to nobody.
+
+    Args:
+        log_incidence: ``[N, q + 1]`` :meth:`ParticleFlow.forward`'s ``log_incidence``.
+        cells: the cells, with ``fraction`` ``[N, K]`` (particle columns in the event's order).
+    """
+    n, q = log_incidence.size(0), log_incidence.size(1) - 1
+    column = torch.full((cells.num_graphs, q), -1, dtype=torch.long, device=log_incidence.device)
+    column[event, query] = particle
+    column = column[cells.batch]                                                     # [N, q]
+    known = (column >= 0) & (column < cells.fraction.size(1))
+    target = torch.where(known, cells.fraction.gather(1, column.clamp(0, cells.fraction.size(1) - 1)), 0.0)
+    target = torch.cat([target, (1 - target.sum(1, keepdim=True)).clamp_min(0)], 1)
+    # a query with no seed has share 0 (log -inf); clamping keeps its term finite where a particle is matched to it
+    kl = (torch.xlogy(target, target) - target * log_incidence.clamp_min(-30)).sum(1)
+    weight = cells.energy.clamp_min(0)
+    return (weight * kl).sum() / weight.sum().clamp_min(MIN_WEIGHT) if n else log_incidence.sum() * 0

@@ -100,6 +100,20 @@ def targets(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return batch.num_particles, batch.particle_kin, particle_classes(batch.particle_pdgid)
 
 
+def with_truth_fractions(sr_set, truth_set) -> None:
+    """Give the super-resolved cells of ``sr_set`` (a dataset of ``graphsr sample`` files) the particle fractions
+    of the truth's fine cells (``truth_set``: the sampled files, read with fractions), in place; both datasets
+    (or any of their subsets) must hold the same events, fine cells in the same order, else ValueError."""
+    sr, truth = sr_set._data, truth_set._data
+    for key in ("event", "file", "fine_cell"):
+        if sr[key].shape != truth[key].shape or not torch.equal(sr[key], truth[key]):
+            raise ValueError(f"the super-resolved files {[str(f) for f in sr_set.files]} and the files they were "
+                             f"sampled from {[str(f) for f in truth_set.files]} differ in their events' {key}: "
+                             "not `graphsr sample` of them with the same layers")
+    sr.fine_fraction = truth.fine_fraction
+    sr_set.slices["fine_fraction"] = sr_set.slices["fine_layer"]
+
+
 @dataclass
 class RecoTrainResult:
     checkpoint: Path
@@ -110,7 +124,8 @@ class RecoTrainResult:
 
 
 @torch.no_grad()
-def validate(model, loader, which: str, options: GraphOptions, threshold: float, device) -> tuple[float, float]:
+def validate(model, loader, which: str, options: GraphOptions, threshold: float, device,
+             incidence_weight: float = 0.0) -> tuple[float, float]:
     """Mean loss and cardinality accuracy over a loader's events."""
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
@@ -119,7 +134,7 @@ def validate(model, loader, which: str, options: GraphOptions, threshold: float,
         cells = cells_of(batch, which, options, threshold)
         out = model(cells)
         n, kin, classes = targets(batch)
-        loss, _ = set_loss(out, cells, n, kin, classes)
+        loss, _ = set_loss(out, cells, n, kin, classes, incidence_weight)
         loss_sum += float(loss) * batch.num_graphs
         correct += int((out["cardinality"].argmax(1) == n.clamp(max=model.max_particles)).sum())
         count += batch.num_graphs
@@ -134,7 +149,13 @@ def train_reco(config: RecoConfig, input_type: str, out_dir: str | Path, progres
     tc, which = config.train, INPUT_TYPES.get(input_type)
     files = reco_files(config, input_type)
     device = resolve_device(tc.device)
-    train_set, val_set, test_set = load_splits(replace(config, data=replace(config.data, train=files)))
+    # the incidence loss needs each cell's true particle fractions: from the files' own trees, or for SR cells from
+    # the truth at the same fine cells
+    fractions = config.model.max_particles if config.model.incidence_weight > 0 else 0
+    train_set, val_set, test_set = load_splits(replace(config, data=replace(config.data, train=files)),
+                                               fractions=0 if input_type == "sr" else fractions)
+    if input_type == "sr" and fractions:
+        with_truth_fractions(train_set, load_splits(config, fractions=fractions)[0])
     if len(train_set) == 0:
         raise ValueError(f"no training events in {files}")
     options, threshold = cell_options(config), config.model.cell_threshold
@@ -182,14 +203,15 @@ def train_reco(config: RecoConfig, input_type: str, out_dir: str | Path, progres
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = model(cells)
             loss, parts = set_loss({k: v.float() if v.is_floating_point() else v for k, v in out.items()}, cells,
-                                   *targets(batch))
+                                   *targets(batch), config.model.incidence_weight)
             optimiser_step(loss, model, optimizer, scheduler, ema, tc.grad_clip)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", card=f"{parts['cardinality']:.3f}")
             out_of_time = tc.time_limit is not None and time.perf_counter() - started > tc.time_limit
             if step % tc.val_every == 0 or step == tc.steps or out_of_time:
-                val_loss, val_accuracy = validate(ema.module, val_loader, which, options, threshold, device)
+                val_loss, val_accuracy = validate(ema.module, val_loader, which, options, threshold, device,
+                                                  config.model.incidence_weight)
                 bar.write(f"step {step}: validation loss (EMA) {val_loss:.4f}, cardinality accuracy "
                           f"{val_accuracy:.3f}")
                 checkpoint()

@@ -47,11 +47,12 @@ def graph_options(config: Config) -> GraphOptions:
     return GraphOptions(layers=tuple(d.layers), edges=d.edges, k=d.k, k_between=d.k_between, reach=d.reach)
 
 
-def load_splits(config: Config, log: bool = False, noise_cells: float = 0.0):
+def load_splits(config: Config, log: bool = False, noise_cells: float = 0.0, fractions: int = 0):
     """(train, val, test) subsets of the configured files, split by ``data.split_seed``; with ``noise_cells`` > 0
-    the training events carry noise-only cells (:mod:`graphsr.graphs.noise_cells`; the same events and entries)."""
+    the training events carry noise-only cells (:mod:`graphsr.graphs.noise_cells`; the same events and entries);
+    with ``fractions`` K > 0 every cell carries its first K particles' energy fractions (:class:`CocoaDataset`)."""
     settings = dict(root=config.data.cache, options=graph_options(config), max_events=config.data.max_events, log=log)
-    dataset = CocoaDataset(config.data.train, **settings)
+    dataset = CocoaDataset(config.data.train, fractions=fractions, **settings)
     val, test = config.data.val_fraction, config.data.test_fraction
     train_set, val_set, test_set = dataset.split((1 - val - test, val, test), seed=config.data.split_seed)
     if noise_cells > 0:
