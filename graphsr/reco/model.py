@@ -195,8 +195,8 @@ class ParticleFlow(nn.Module):
         out = self.query_out(z).view(b, q, 4)
         # a query takes cells in proportion to its existence probability: candidates that are no particle take none
         logits = (logits + F.logsigmoid(out[..., 0])[batch]).masked_fill(~valid[batch], -torch.inf)
-        log_incidence = torch.cat([logits, self.unassigned(h)], 1).log_softmax(1)
-        share = log_incidence[:, :q].exp()
+        incidence = torch.cat([logits, self.unassigned(h)], 1)
+        share, log_incidence = incidence.softmax(1)[:, :q], incidence.log_softmax(1)
         particle_energy = ops.scatter(share * energy.unsqueeze(1), batch, b) * torch.exp(0.2 * torch.tanh(out[..., 1]))
         weight = share * energy.clamp_min(0).unsqueeze(1)
         norm = ops.scatter(weight, batch, b).clamp_min(MIN_WEIGHT)
