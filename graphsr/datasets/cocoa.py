@@ -29,8 +29,8 @@ from graphsr.training.checkpoint import save_checkpoint
 
 # Bump when the graph layout changes, so old caches are rebuilt.
 CACHE_VERSION = 2  # 2: events carry the index of their file
-FRACTION_BRANCHES = ("particle_to_node_idx", "particle_to_node_weight")  # read when cells carry their fractions
 KNN_VERSION = 2  # 2: kNN ties broken by index (graphsr.ops.knn); a cache of "knn" / "radius" edges from 1 is stale
+FRACTION_BRANCHES = ("particle_to_node_idx", "particle_to_node_weight")  # read when cells carry their fractions
 
 
 def warn_if_noise_differs(path: str | Path, info=None) -> None:
