@@ -14,6 +14,7 @@ Deterministic for a given checkpoint, events, sampler, steps and seed on CPU.
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 from graphsr.eval import metrics as m
 from graphsr.graphs import collate_events
-from graphsr.inference import HIT_THRESHOLD, occupancy_text
+from graphsr.inference import HIT_THRESHOLD, PRETRAINED, occupancy_text
 
 # The published figures (arXiv 2409.16052), shown beside ours: single electrons 2x (event ECAL energy), and the
 # multi-particle 4x set through a trained particle-flow model (coarse -> super-resolved input)
@@ -329,16 +330,39 @@ def particle_energy_coverage(g: Generated) -> dict:
             **{str(lv): _pair(m.coverage(members[:, found], reference[found], lv)) for lv in COVERAGE_LEVELS}}
 
 
+def report_provenance(argv: list[str] | None = None) -> dict:
+    """What made a report (:func:`graphsr.provenance.report_provenance`): the command line (default ``sys.argv``),
+    the commit of graphsr's source, and the checkpoint given as ``--checkpoint`` with the config it was trained
+    from (read from the checkpoint's own provenance; None where the checkpoint does not record it)."""
+    from graphsr.provenance import option_value, report_provenance as record
+
+    argv = list(sys.argv if argv is None else argv)
+    checkpoint = option_value(argv, "--checkpoint")
+    training = None
+    if checkpoint:
+        path = PRETRAINED if checkpoint == "pretrained" else Path(checkpoint)
+        path = path / "checkpoint.pt" if path.is_dir() else path
+        try:
+            training = torch.load(path, map_location="cpu", weights_only=True).get("provenance")
+        except Exception:  # a missing or foreign file: the report still says what ran
+            training = None
+    return record(argv, checkpoint=checkpoint, training=training)
+
+
 def write_report(g: Generated, results: dict, out_dir: str | Path, *, title: str = "graphsr evaluation",
-                 displays: list | None = None) -> Path:
+                 displays: list | None = None, provenance: dict | None = None) -> Path:
     """``metrics.json``, PNG plots and ``report.md`` in ``out_dir``; returns the report's path.
 
     ``displays``: optional list of (label, png path) of event displays made by the caller, linked in the report.
+    ``provenance``: what made the report, stored as ``metrics.json``'s ``provenance`` (``bench/results_page.py``
+    names the commit, config and command of each table from it); default :func:`report_provenance` of the running
+    command.
     """
     from graphsr import plotting
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    results = {**results, "provenance": report_provenance() if provenance is None else provenance}
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2, default=float))
     ev = results["event"]
     sizes = [int(s) for s in ev["ensemble_size"]]
@@ -520,4 +544,10 @@ def _markdown(r: dict, title: str, displays: list) -> str:
         lines += comparison_markdown(r["comparison"])
     if displays:
         lines += ["## Event displays", ""] + [f"![{label}]({Path(p).name})" for label, p in displays] + [""]
+    if r.get("provenance"):
+        made = r["provenance"]
+        lines += ["## Provenance", "",
+                  f"Command: `{made.get('command') or 'unknown'}`; commit {made.get('commit') or 'unknown'}"
+                  f"{' (with uncommitted changes)' if made.get('dirty') else ''}; checkpoint "
+                  f"{made.get('checkpoint') or 'unknown'}, trained from config {made.get('config') or 'unknown'}.", ""]
     return "\n".join(lines)
