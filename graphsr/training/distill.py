@@ -45,6 +45,23 @@ def _ddim_step(x, denoised, sigma, sigma_next):
     return x + (sigma_next - sigma) * (x - denoised) / sigma
 
 
+def distillation_target(x, sigma, sigma_mid, sigma_next, denoise, per_node=lambda s: s):
+    """The student's denoised target at ``x``: the value whose single DDIM step ``sigma -> sigma_next`` lands where
+    the teacher's two steps ``sigma -> sigma_mid -> sigma_next`` do, ``x - sigma (x_teacher - x) / (sigma_next -
+    sigma)``; at ``sigma_next = 0``, where a DDIM step lands on the denoised value itself, the teacher's sample.
+
+    Args:
+        x: ``[N, F]`` noisy states at ``sigma``.
+        sigma, sigma_mid, sigma_next: noise levels as ``denoise`` takes them (e.g. one per event).
+        denoise: the teacher, ``denoise(x, sigma) -> denoised``.
+        per_node: the levels broadcast against ``x`` (e.g. one per event -> ``[N, 1]``).
+    """
+    s, mid, nxt = per_node(sigma), per_node(sigma_mid), per_node(sigma_next)
+    x_mid = _ddim_step(x, denoise(x, sigma), s, mid)
+    x_teacher = _ddim_step(x_mid, denoise(x_mid, sigma_mid), mid, nxt)
+    return torch.where(nxt > 0, x - s * (x_teacher - x) / (nxt - s), x_teacher)
+
+
 def distill_round(state: dict, out: str | Path, *, steps: int = 500, batch_size: int | None = None,
                   lr: float | None = None, time_limit: float | None = None, device: str = "auto",
                   seed: int = 0) -> dict:
@@ -107,10 +124,7 @@ def distill_round(state: dict, out: str | Path, *, steps: int = 500, batch_size:
             node = lambda s: s[nodes].unsqueeze(1)  # noqa: E731
             x = x0 + node(sigma) * torch.randn(x0.shape, device=device, generator=generator)
             with torch.no_grad():
-                x_mid = _ddim_step(x, teacher(x, sigma, nodes, **kwargs), node(sigma), node(mid))
-                x_teacher = _ddim_step(x_mid, teacher(x_mid, mid, nodes, **kwargs), node(mid), node(nxt))
-                target = torch.where(node(nxt) > 0, x - node(sigma) * (x_teacher - x) / (node(nxt) - node(sigma)),
-                                     x_teacher)
+                target = distillation_target(x, sigma, mid, nxt, lambda y, s: teacher(y, s, nodes, **kwargs), node)
             prepared = student.net.backbone.prepare(batch)
             error = (student(x, sigma, nodes, data=batch, prepared=prepared) - target).pow(2)[:, 0]
             weight = node_weights(batch, coarse_weight)
