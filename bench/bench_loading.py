@@ -9,10 +9,8 @@ Compares, on the same file and branches, in one run (each stage the best of ``--
   PyG batches      torch_geometric's DataLoader on the same events: separating the storage into one Data object per
                    event (what InMemoryDataset does on first access, cached after) and collating them
 
-Measured on 2 CPU cores (5,000 single-electron 2x events, torch_cluster installed; README): before grid edges
-850 events/s file -> batches, 56x a raw read, 88% of it kNN; with grid edges 7,250-7,570 events/s on a quiet
-machine (8.1-8.6x a raw read) and ~4,500 with other jobs running (9-10x); GraphLoader 9x faster than PyG's
-DataLoader (2.7x its collation alone). Target (issue 13): >= 5,000. The machine is shared: compare the ratios.
+On a shared machine compare the ratios to the raw read rather than the absolute rates (docs/data.md, "Graphs and
+loading").
 
 Usage: python bench/bench_loading.py [--events 5000] [--file data/single_electron_2x.root] [--edges grid knn]
 """

@@ -2,12 +2,8 @@
 torch-cluster (when installed) and with the pure-torch path on the CPU, and on another device, compared edge by edge.
 
 graphsr's kNN ranks neighbours exactly and breaks ties by index (graphsr.ops.knn), so every column must equal the
-first. Before that, the regular cell grids' equidistant neighbours were chosen by the backend and by the last bit of
-a float32 cosine. At 2ef38e0, on the 300 first events of data/multi_particle_4x_eval.root, the two CPU paths' fine
-cell graphs (1,099,884 and 1,103,446 edges) had 113,880 edges that only one of them held (the coarse ones 7,656 of
-about 132,000),
-and one particle-flow model counted 4-particle events 76.3% right with torch-cluster, 78.0% without it and 83.1% on
-an H200 (README, "Reproducibility").
+first: the regular cell grids are full of equidistant neighbours, which must not be chosen by the backend or by the
+last bit of a float32 cosine (docs/data.md, "Reproducibility").
 
 Usage: python bench/check_knn_devices.py [--file data/multi_particle_4x_eval.root] [--events 300] [--device cuda]
 Exit status 1 if any graph differs from the first.
