@@ -164,6 +164,43 @@ def test_roundtrip_is_exact_for_every_branch(tmp_path):
     assert ak.all(back["Low_Tree"].cell_e == trees["Low_Tree"].cell_e)
 
 
+def _edit(events: ak.Array, name: str, event: int, edit) -> ak.Array:
+    """``events`` with ``edit`` applied to the list of field ``name`` in one event (element type kept)."""
+    lists = ak.to_list(events[name])
+    lists[event] = edit(lists[event])
+    dtype = ak.to_numpy(ak.flatten(events[name], axis=None)).dtype
+    return ak.with_field(events, ak.values_astype(ak.Array(lists), dtype), name)
+
+
+def test_compare_trees_reports_a_changed_value_a_missing_branch_and_a_changed_length(tmp_path):
+    trees = cocoa_events(5)  # event 1 has no cells
+    back = read_cocoa(write_cocoa(tmp_path / "sr.root", trees))
+    assert compare_trees(trees, back) == []
+    low = back["Low_Tree"]
+    with_low = lambda events: {**back, "Low_Tree": events}  # noqa: E731
+    # one value: the last cell energy of event 3, by 1 MeV of a few hundred (float32 resolves it)
+    changed = _edit(low, "cell_e", 3, lambda e: e[:-1] + [e[-1] + 1.0])
+    assert compare_trees(trees, with_low(changed)) == ["Low_Tree.cell_e: 1 events differ, first 3"]
+    # values in two events, and one inside a list of lists (a cell's parent energies): each named once
+    changed = _edit(_edit(changed, "cell_e", 4, lambda e: [-v for v in e]), "cell_parent_energy", 2,
+                    lambda cells: [[v + 1.0 for v in c] if c else [5.0] for c in cells])
+    assert compare_trees(trees, with_low(changed)) == ["Low_Tree.cell_e: 2 events differ, first 3",
+                                                       "Low_Tree.cell_parent_energy: 1 events differ, first 2"]
+    # a missing branch, and a missing tree
+    assert compare_trees(trees, with_low(low[[f for f in low.fields if f != "cell_x"]])) == [
+        f"Low_Tree: fields {sorted(low.fields)} != {sorted(set(low.fields) - {'cell_x'})}"]
+    assert compare_trees(trees, {"Low_Tree": low}) == ["trees ['High_Tree', 'Low_Tree'] != ['Low_Tree']"]
+    # a changed length: one cell fewer in event 2, one event fewer
+    assert compare_trees(trees, with_low(_edit(low, "cell_layer", 2, lambda e: e[:-1]))) == [
+        "Low_Tree.cell_layer: 1 events differ, first 2"]
+    assert compare_trees(trees, with_low(low[:4])) == ["Low_Tree: 5 events != 4"]
+    # the same values in another type, and NaN equal to NaN
+    assert compare_trees(trees, with_low(ak.with_field(low, ak.values_astype(low.cell_e, np.float64), "cell_e"))) == [
+        "Low_Tree.cell_e: type var * float32 != var * float64"]
+    nan = _edit(low, "cell_e", 0, lambda e: [float("nan")] + e[1:])
+    assert compare_trees({"Low_Tree": nan}, {"Low_Tree": nan}) == []
+
+
 def test_every_branch_cocoa_writes_reads_and_writes_back(tmp_path):
     trees = with_every_cocoa_branch(cocoa_events(6), seed=2)
     low = trees["Low_Tree"]
