@@ -62,13 +62,14 @@ $(DATA)/multi_particle_4x_reco.root: | $(STAMP)
 data: $(DATA)/single_electron_2x.root $(DATA)/multi_particle_4x.root
 
 # ----------------------------------------------------------------------------------------------- main job
+# the demo targets own their runs and replace them (--overwrite), so that they can be run again
 # simulate -> summarise -> train (10 min on CPU at most) -> distil to 4 steps (3 min) + regression baseline (3 min)
 # -> super-resolve and evaluate held-out events
 demo: $(STAMP) $(DATA)/single_electron_2x.root
 	$(GRAPHSR) summary --input $(DATA)/single_electron_2x.root --plot $(REPORT)/data/event_display.png
-	$(GRAPHSR) train --config $(CONFIG) --out $(RUN)
-	$(GRAPHSR) distill --checkpoint $(RUN)/checkpoint.pt --out $(STUDENT) --teacher-steps 32 --rounds 3
-	$(GRAPHSR) train --config $(REGRESSION_CONFIG) --out $(RUN)_regression
+	$(GRAPHSR) train --config $(CONFIG) --out $(RUN) --overwrite
+	$(GRAPHSR) distill --checkpoint $(RUN)/checkpoint.pt --out $(STUDENT) --teacher-steps 32 --rounds 3 --overwrite
+	$(GRAPHSR) train --config $(REGRESSION_CONFIG) --out $(RUN)_regression --overwrite
 	$(GRAPHSR) evaluate --checkpoint $(STUDENT)/checkpoint.pt --input $(INPUT) --out $(REPORT) --events 300 \
 	  --regression $(RUN)_regression/checkpoint.pt
 	@echo "demo done: report in $(REPORT)/report.md"
@@ -77,14 +78,14 @@ demo: $(STAMP) $(DATA)/single_electron_2x.root
 # (+ the regression baseline, 3 min), the particle-flow models (1,200 steps each: ~1.5, 7 and 8 min), evaluate with the downstream particle
 # reconstruction (hand-written and learned); reports/multi_particle_4x/report.md
 demo-multi: $(STAMP) $(DATA)/multi_particle_4x.root $(DATA)/multi_particle_4x_reco.root
-	$(GRAPHSR) train --config configs/multi_particle_4x_cpu.yaml --out runs/multi_particle_4x
-	$(GRAPHSR) train --config configs/multi_particle_4x_cpu_regression.yaml --out runs/multi_particle_4x_regression
+	$(GRAPHSR) train --config configs/multi_particle_4x_cpu.yaml --out runs/multi_particle_4x --overwrite
+	$(GRAPHSR) train --config configs/multi_particle_4x_cpu_regression.yaml --out runs/multi_particle_4x_regression --overwrite
 	# particle-flow models (1,200 steps each) on the reco events: coarse cells, fine truth, and their SR output (an
 	# ensemble of 10, 8 DDIM steps, as evaluate's: ~2 CPU-seconds per event with the CPU config's SR model)
 	$(GRAPHSR) sample --checkpoint runs/multi_particle_4x/checkpoint.pt --input $(DATA)/multi_particle_4x_reco.root \
 	  --output runs/multi_particle_4x/reco_sr.root --overwrite
 	for type in coarse truth sr; do $(GRAPHSR) train-reco --config configs/reco/multi_particle_4x_cpu.yaml \
-	  --input-type $$type --out runs/multi_particle_4x_reco_$$type --data $(DATA)/multi_particle_4x_reco.root \
+	  --input-type $$type --out runs/multi_particle_4x_reco_$$type --overwrite --data $(DATA)/multi_particle_4x_reco.root \
 	  --sr-files runs/multi_particle_4x/reco_sr.root --sr-checkpoint runs/multi_particle_4x/checkpoint.pt || exit 1; done
 	$(GRAPHSR) evaluate --checkpoint runs/multi_particle_4x/checkpoint.pt --input $(DATA)/multi_particle_4x.root \
 	  --out reports/multi_particle_4x --events 300 --regression runs/multi_particle_4x_regression/checkpoint.pt \
@@ -95,14 +96,14 @@ demo-multi: $(STAMP) $(DATA)/multi_particle_4x.root $(DATA)/multi_particle_4x_re
 # the pyramid generator beside the dense one of `make demo` (its checkpoint first): train it (10 min on CPU), evaluate
 # both on the same held-out events ($(REPORT)_pyramid/report.md), then cost against occupancy (bench_pyramid.py)
 demo-pyramid: $(STAMP) $(DATA)/single_electron_2x.root
-	$(GRAPHSR) train --config configs/single_electron_2x_pyramid.yaml --out $(RUN)_pyramid
+	$(GRAPHSR) train --config configs/single_electron_2x_pyramid.yaml --out $(RUN)_pyramid --overwrite
 	$(GRAPHSR) evaluate --checkpoint $(RUN)/checkpoint.pt --compare $(RUN)_pyramid/checkpoint.pt --input $(INPUT) \
 	  --out $(REPORT)_pyramid --events 300
 	$(PY) bench/bench_pyramid.py --checkpoint dense=$(RUN)/checkpoint.pt --checkpoint pyramid=$(RUN)_pyramid/checkpoint.pt
 
-# train (or continue with RESUME=1) the model of CONFIG (its data.train files) into RUN; INPUT is made first
+# train (continue with RESUME=1, replace a run in RUN with OVERWRITE=1) the model of CONFIG (its data.train files) into RUN; INPUT is made first
 train: $(STAMP) $(INPUT)
-	$(GRAPHSR) train --config $(CONFIG) --out $(RUN) $(if $(RESUME),--resume)
+	$(GRAPHSR) train --config $(CONFIG) --out $(RUN) $(if $(RESUME),--resume) $(if $(OVERWRITE),--overwrite)
 
 # super-resolve INPUT with the trained model (MODEL: its 4-step student when distilled) into $(MODEL)/super_resolved.root
 sample: $(STAMP)

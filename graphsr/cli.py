@@ -100,7 +100,7 @@ def _train(args):
         config.train.time_limit = args.time_limit
     if args.generator:
         config.model.generator = args.generator
-    result = train(config, args.out, resume=args.resume, stop_after=args.stop_after)
+    result = train(config, args.out, resume=args.resume, stop_after=args.stop_after, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(f"checkpoint: {result.checkpoint} (step {result.step}, validation loss {result.val_loss:.4f}, "
               f"{result.events_per_second:.0f} events/s)")
@@ -120,7 +120,8 @@ def _train_reco(args):
     for key in ("steps", "device", "time_limit"):
         if getattr(args, key) is not None:
             setattr(config.train, key, getattr(args, key))
-    result = train_reco(config, args.input_type, args.out)
+    result = train_reco(config, args.input_type, args.out, resume=args.resume, overwrite=args.overwrite,
+                        stop_after=args.stop_after)
     print(f"checkpoint: {result.checkpoint} (step {result.step}, validation loss {result.val_loss:.4f}, "
           f"cardinality accuracy {result.val_accuracy:.3f})")
     test = result.test
@@ -284,9 +285,17 @@ def _evaluate(args):
 def _distill(args):
     from graphsr.training.distill import distill
 
+    from graphsr.training.checkpoint import load_checkpoint
+
     path = distill(args.checkpoint, args.out, rounds=args.rounds, teacher_steps=args.teacher_steps, steps=args.steps,
-                   time_limit=args.time_limit, device=args.device, batch_size=args.batch_size)
-    print(f"student: {path} (sample it like any checkpoint: `graphsr sample --checkpoint {path} ...`)")
+                   time_limit=args.time_limit, device=args.device, batch_size=args.batch_size, resume=args.resume,
+                   overwrite=args.overwrite, stop_after=args.stop_after)
+    run = load_checkpoint(path).get("distill_run") or {}
+    if run.get("complete", True):
+        print(f"student: {path} (sample it like any checkpoint: `graphsr sample --checkpoint {path} ...`)")
+    else:
+        print(f"stopped in round {run['round'] + 1} of {run['rounds']} at optimiser step {run['step']}: {path} "
+              "(`graphsr distill ... --resume` continues)")
 
 
 def _calibrate(args):
@@ -294,7 +303,7 @@ def _calibrate(args):
 
     from graphsr.datasets import CocoaDataset
     from graphsr.inference import fit_calibration, load_resolver, occupancy_text
-    from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
+    from graphsr.training.checkpoint import write_calibration
 
     resolver = load_resolver(args.checkpoint, device=args.device)
     config = resolver.config
@@ -305,20 +314,16 @@ def _calibrate(args):
     events = val[:args.events]
     calibration = fit_calibration(resolver, dataset.storage(), events, ensemble=args.ensemble, sampler=args.sampler,
                                   steps=args.steps, eta=args.eta)
-    state = load_checkpoint(args.checkpoint)
-    state["calibration"] = calibration
-    # the settings it was fitted for become the checkpoint's sampling defaults, so that sample and evaluate use them
-    for key in ("sampler", "steps", "eta", "ensemble"):
-        if calibration[key] is not None:
-            state["config"]["sample"][key] = calibration[key]
-    save_checkpoint(state, args.checkpoint)
+    replaced = len(write_calibration(args.checkpoint, calibration).get("replaced_calibrations", []))
     eta = f" (eta {calibration['eta']:g})" if calibration["eta"] is not None else ""
     print(f"calibrated on {len(events)} validation events, {calibration['sampler']} {calibration['steps']} "
           f"steps{eta}, ensembles of {calibration['ensemble']} (now the checkpoint's sampling defaults): spread "
           f"factors coarse {calibration['coarse']:.2f}, fine {calibration['fine']:.2f}; 68% coverage of the event energy "
           f"{calibration['coverage']['event_before']:.3f} -> {calibration['coverage']['event_after']:.3f}, of hit "
           f"cells {calibration['coverage']['cells_before']:.3f} -> {calibration['coverage']['cells_after']:.3f}; "
-          f"{occupancy_text(calibration)}; written to {args.checkpoint}")
+          f"{occupancy_text(calibration)}; written to {args.checkpoint}" +
+          (f" (the {replaced} calibration(s) it replaced are kept in it, under 'replaced_calibrations')"
+           if replaced else ""))
 
 
 def _add_sampling_options(parser, ensemble_default=None):
@@ -341,6 +346,15 @@ def _add_sampling_options(parser, ensemble_default=None):
     parser.add_argument("--generator", choices=["dense", "pyramid"],
                         help="the generator the checkpoint must have been trained with (default: whichever it was)")
     parser.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: CUDA if present)')
+
+
+def _add_run_dir_options(parser):
+    """--resume / --overwrite: a command that trains into a run directory refuses one that holds a run without
+    either."""
+    either = parser.add_mutually_exclusive_group()
+    either.add_argument("--resume", action="store_true", help="continue the run in OUT from OUT/checkpoint.pt")
+    either.add_argument("--overwrite", action="store_true",
+                        help="replace the run in OUT (its checkpoint and history are deleted first)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -389,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=int, help="override train.steps")
     tr.add_argument("--time-limit", type=float, help="stop and checkpoint after this many seconds")
     tr.add_argument("--device", help='"cpu", "cuda", "cuda:1" (default: the config, "auto")')
-    tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    _add_run_dir_options(tr)
     tr.add_argument("--stop-after", type=int, help="leave (with a checkpoint) after this many steps, e.g. to fit a "
                     "batch-queue slot; --resume goes on as if the run had not stopped")
     tr.add_argument("--generator", choices=["dense", "pyramid"],
@@ -412,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     reco.add_argument("--steps", type=int, help="override train.steps")
     reco.add_argument("--time-limit", type=float, help="stop and checkpoint after this many seconds")
     reco.add_argument("--device", help='"cpu", "cuda", "cuda:1" (default: the config, "auto")')
+    reco.add_argument("--stop-after", type=int, help="leave (with a checkpoint) after this many steps; --resume goes "
+                      "on as if the run had not stopped")
+    _add_run_dir_options(reco)
     reco.set_defaults(run=_train_reco)
 
     ph = commands.add_parser("plot-history", help="draw the loss curves of a training run",
@@ -481,6 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--batch-size", type=int, help="events per batch (default: the teacher's config)")
     di.add_argument("--time-limit", type=float, help="seconds per round at most")
     di.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: CUDA if present)')
+    di.add_argument("--stop-after", type=int, help="leave (with a checkpoint) after this many optimiser steps; "
+                    "--resume goes on as if the run had not stopped")
+    _add_run_dir_options(di)
     di.set_defaults(run=_distill)
 
     ca = commands.add_parser("calibrate", help="refit a checkpoint's post-hoc spread and occupancy calibration",

@@ -63,7 +63,8 @@ class GraphLoader:
         pin_memory: put each batch in page-locked memory, so that ``batch.to("cuda", non_blocking=True)`` copies
             while the GPU computes (CUDA only).
         part: ``(rank, world_size)``: yield only this rank's consecutive share of every batch (distributed
-            training; ``batch_size`` is then the global batch, a multiple of ``world_size``).
+            training; ``batch_size`` is then the global batch). Shares differ by at most one event; a rank gets
+            none when a batch holds fewer events than there are ranks.
 
     No worker processes: a batch is gathered in about 2 ms (64 single-electron events), less than sending
     it from a worker would cost.
@@ -71,8 +72,6 @@ class GraphLoader:
 
     def __init__(self, dataset, batch_size: int = 32, shuffle: bool = False, drop_last: bool = False,
                  generator: torch.Generator | None = None, pin_memory: bool = False, part: tuple[int, int] = (0, 1)):
-        if batch_size % part[1]:
-            raise ValueError(f"a batch of {batch_size} events does not split into {part[1]} equal shares")
         if isinstance(dataset, tuple):
             (self.data, self.slices), self.indices, self.transform = dataset, None, None
         else:
@@ -110,8 +109,9 @@ class GraphLoader:
         coarse_count = torch.diff(self.slices["coarse_layer"])
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             events = order[start:start + self.batch_size]
-            size = -(-len(events) // world)
-            first, stop = min(rank * size, len(events)), min((rank + 1) * size, len(events))
+            size, extra = divmod(len(events), world)  # the first `extra` ranks take one event more
+            first = rank * size + min(rank, extra)
+            stop = first + size + (rank < extra)
             share = {"events": (first, stop, len(events))}
             for key, count in (("fine", fine_count[events]), ("coarse", coarse_count[events])):
                 share[key] = (int(count[:first].sum()), int(count[:stop].sum()), int(count.sum()))

@@ -32,9 +32,10 @@ from graphsr.graphs import GraphLoader, GraphOptions, cell_graph, cells_of, coll
 from graphsr.io import file_digest, iter_cocoa, open_cocoa
 from graphsr.reco.config import RecoConfig
 from graphsr.reco.model import ParticleFlow, particle_classes, set_loss
-from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
-from graphsr.training.trainer import (data_factor, ema_update, load_splits, lr_lambda, optimiser_step, resolve_device,
-                                      seen_events)
+from graphsr.training.checkpoint import claim_run_dir, load_checkpoint, save_checkpoint
+from graphsr.training.loop import (ema_update, loop_state, lr_lambda, optimiser_step, resolve_device,
+                                   restore_loop_state, shuffled_batches)
+from graphsr.training.trainer import data_factor, load_splits, seen_events
 
 CHECKPOINT = "checkpoint.pt"
 INPUT_TYPES = {"coarse": "coarse", "truth": "fine", "sr": "fine"}  # input type -> the cells it reads
@@ -141,13 +142,26 @@ def validate(model, loader, which: str, options: GraphOptions, threshold: float,
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
-def train_reco(config: RecoConfig, input_type: str, out_dir: str | Path, progress: bool = True) -> RecoTrainResult:
+def train_reco(config: RecoConfig, input_type: str, out_dir: str | Path, progress: bool = True, *,
+               resume: bool = False, overwrite: bool = False, stop_after: int | None = None) -> RecoTrainResult:
     """Train a particle-flow model on ``input_type`` cells of the config's events, write ``out_dir/checkpoint.pt``
     (at every validation, atomically) and ``out_dir/test_metrics.json`` (its held-out test events, beside the
-    hand-written clustering on the same cells)."""
+    hand-written clustering on the same cells).
+
+    A directory that holds a run is refused unless ``resume`` (continue it exactly: without ``train.time_limit`` the
+    weights are those of an uninterrupted run) or ``overwrite``; ``stop_after`` leaves (with a checkpoint) after
+    this many steps in this call."""
     out_dir = Path(out_dir)
     tc, which = config.train, INPUT_TYPES.get(input_type)
     files = reco_files(config, input_type)
+    claim_run_dir(out_dir, resume=resume, overwrite=overwrite)
+    state = load_checkpoint(out_dir / CHECKPOINT) if resume else None
+    if state is not None and (state.get("input_type") != input_type or state["config"] != config.to_dict()):
+        raise ValueError(f"{out_dir / CHECKPOINT} was trained on {state.get('input_type')!r} input with another "
+                         "config: resume needs the same config and input type")
+    if state is not None and "optimizer" not in state:
+        raise ValueError(f"{out_dir / CHECKPOINT} holds no optimiser state (written by an older graphsr): it cannot "
+                         "be resumed")
     device = resolve_device(tc.device)
     # the incidence loss needs each cell's true particle fractions: from the files' own trees, or for SR cells from
     # the truth at the same fine cells
@@ -164,20 +178,26 @@ def train_reco(config: RecoConfig, input_type: str, out_dir: str | Path, progres
     model = ParticleFlow(config.model).to(device)
     ema = AveragedModel(model, avg_fn=ema_update(tc.ema_decay))
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    step, epoch, started = 0, 0, time.perf_counter()
+    step, epoch, position, started = 0, 0, 0, time.perf_counter()
+    seconds_before = state["seconds"] if state else 0.0
 
     def schedule(step: int) -> float:
         """Warm-up + cosine over train.steps, or over the steps that fit in train.time_limit at the rate so far if
         fewer: a time-limited run ends annealed (and, like any time-limited run, depends on the machine's speed)."""
         total = tc.steps
         if tc.time_limit is not None and step >= tc.warmup:
-            total = min(total, int(step * tc.time_limit / max(time.perf_counter() - started, 1e-9)))
+            elapsed = seconds_before + time.perf_counter() - started
+            total = min(total, int(step * tc.time_limit / max(elapsed, 1e-9)))
         return lr_lambda(tc.warmup, total)(step)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    if state:
+        model.load_state_dict(state["model"])
+        restore_loop_state(state, optimizer, scheduler, ema)
+        step, epoch, position = state["step"], state["epoch"], state["position"]
     val_loader = GraphLoader(val_set, tc.batch_size)
     use_amp = tc.amp and device.type == "cuda"
-    val_loss = val_accuracy = float("nan")
+    val_loss, val_accuracy = (state["val_loss"], state["val_accuracy"]) if state else (float("nan"), float("nan"))
 
     # what the model saw (content hashes and entries; for SR input also of the files that were super-resolved), so
     # that evaluation can refuse to score it on those events
@@ -188,42 +208,43 @@ def train_reco(config: RecoConfig, input_type: str, out_dir: str | Path, progres
 
     def checkpoint():
         return save_checkpoint({
-            "model": model.state_dict(), "ema": ema.state_dict(), "step": step, "config": config.to_dict(),
-            "input_type": input_type, "source_files": list(config.data.train), "events": seen,
-            "factor": data_factor(train_set), "val_loss": val_loss, "val_accuracy": val_accuracy}, out_dir / CHECKPOINT)
+            "model": model.state_dict(), **loop_state(optimizer, scheduler, ema), "step": step, "epoch": epoch,
+            "position": position, "seconds": seconds_before + time.perf_counter() - started,
+            "config": config.to_dict(), "input_type": input_type, "source_files": list(config.data.train),
+            "events": seen, "factor": data_factor(train_set), "val_loss": val_loss, "val_accuracy": val_accuracy},
+            out_dir / CHECKPOINT)
 
-    bar = tqdm(total=tc.steps, disable=None if progress else True, desc=f"training reco ({input_type})", unit="step")
+    first_step = step
+    bar = tqdm(total=tc.steps, initial=step, disable=None if progress else True, desc=f"training reco ({input_type})",
+               unit="step")
+    batches = shuffled_batches(train_set, tc.batch_size, tc.seed, epoch, position)
     while step < tc.steps:
-        loader = GraphLoader(train_set, tc.batch_size, shuffle=True, drop_last=len(train_set) >= tc.batch_size,
-                             generator=torch.Generator().manual_seed(tc.seed + epoch))
-        for batch in loader:
-            model.train()
-            batch = batch.to(device)
-            cells = cells_of(batch, which, options, threshold)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = model(cells)
-            loss, parts = set_loss({k: v.float() if v.is_floating_point() else v for k, v in out.items()}, cells,
-                                   *targets(batch), config.model.incidence_weight)
-            optimiser_step(loss, model, optimizer, scheduler, ema, tc.grad_clip)
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", card=f"{parts['cardinality']:.3f}")
-            out_of_time = tc.time_limit is not None and time.perf_counter() - started > tc.time_limit
-            if step % tc.val_every == 0 or step == tc.steps or out_of_time:
-                val_loss, val_accuracy = validate(ema.module, val_loader, which, options, threshold, device,
-                                                  config.model.incidence_weight)
-                bar.write(f"step {step}: validation loss (EMA) {val_loss:.4f}, cardinality accuracy "
-                          f"{val_accuracy:.3f}")
-                checkpoint()
-            if step >= tc.steps or out_of_time:
-                break
-        else:
-            epoch += 1
-            continue
-        break
+        epoch, position, batch = next(batches)
+        model.train()
+        batch = batch.to(device)
+        cells = cells_of(batch, which, options, threshold)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = model(cells)
+        loss, parts = set_loss({k: v.float() if v.is_floating_point() else v for k, v in out.items()}, cells,
+                               *targets(batch), config.model.incidence_weight)
+        optimiser_step(loss, model, optimizer, scheduler, ema, tc.grad_clip)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", card=f"{parts['cardinality']:.3f}")
+        out_of_time = (tc.time_limit is not None and time.perf_counter() - started > tc.time_limit) or \
+            (stop_after is not None and step - first_step >= stop_after)
+        if step % tc.val_every == 0 or step == tc.steps or out_of_time:
+            val_loss, val_accuracy = validate(ema.module, val_loader, which, options, threshold, device,
+                                              config.model.incidence_weight)
+            bar.write(f"step {step}: validation loss (EMA) {val_loss:.4f}, cardinality accuracy "
+                      f"{val_accuracy:.3f}")
+            checkpoint()
+        if out_of_time:
+            break
     bar.close()
     if step < tc.steps:
-        print(f"stopped at step {step} of {tc.steps} (time limit {tc.time_limit} s)")
+        print(f"stopped at step {step} of {tc.steps} (time limit {tc.time_limit} s, stop_after {stop_after}); "
+              "`--resume` continues")
     from graphsr.eval.reco_report import test_split_metrics
 
     reco = ParticleFlowReco(out_dir / CHECKPOINT, device=device)

@@ -54,3 +54,48 @@ def slim_checkpoint(path: str | Path, out: str | Path) -> Path:
         state.pop(key, None)
     state["ema"] = {k: v.half() if v.is_floating_point() else v for k, v in state["ema"].items()}
     return save_checkpoint(state, out)
+
+
+# what a run directory holds once a run has started (graphsr train, distill, train-reco)
+RUN_FILES = ("checkpoint.pt", "history.csv")
+
+
+def claim_run_dir(out_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Make ``out_dir`` ready for a run, without losing one that is there.
+
+    A directory that holds a run (:data:`RUN_FILES`) is refused unless ``resume`` (continue it: its checkpoint must
+    exist) or ``overwrite`` (its run files are removed first, so that a failed new run leaves no mix of both).
+    Both together are refused. Raises FileExistsError, FileNotFoundError or ValueError naming the directory.
+    """
+    out_dir = Path(out_dir)
+    if resume and overwrite:
+        raise ValueError(f"{out_dir}: resume continues the run there and overwrite replaces it; choose one")
+    held = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if resume:
+        if not (out_dir / RUN_FILES[0]).exists():
+            raise FileNotFoundError(f"{out_dir} holds no checkpoint to resume ({out_dir / RUN_FILES[0]} is missing)")
+    elif held and not overwrite:
+        raise FileExistsError(f"{out_dir} holds a run ({', '.join(held)}): pass --resume to continue it or "
+                              "--overwrite to replace it (or choose another --out)")
+    elif held:
+        for name in held:
+            (out_dir / name).unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def write_calibration(path: str | Path, calibration: dict) -> dict:
+    """Store a refitted calibration in the checkpoint at ``path`` (``graphsr calibrate``); the sampler settings it
+    was fitted for become the checkpoint's sampling defaults. The calibration it replaces, with the sampling
+    defaults it held for, is kept under ``"replaced_calibrations"`` (oldest first), so a refit never loses one.
+    Returns the checkpoint state as written."""
+    state = load_checkpoint(path)
+    if state.get("calibration") is not None:
+        state.setdefault("replaced_calibrations", []).append(
+            {"calibration": state["calibration"], "sample": dict(state["config"]["sample"])})
+    state["calibration"] = calibration
+    for key in ("sampler", "steps", "eta", "ensemble"):
+        if calibration.get(key) is not None:
+            state["config"]["sample"][key] = calibration[key]
+    save_checkpoint(state, path)
+    return state

@@ -22,11 +22,11 @@ from torch.optim.swa_utils import AveragedModel
 
 from graphsr.config import config_from_dict
 from graphsr.diffusion import karras_sigmas
-from graphsr.graphs import GraphLoader
 from graphsr.models.sr3 import EnergyModel, add_inputs, node_weights, state_batch
-from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
-from graphsr.training.trainer import (CHECKPOINT, build_denoiser, ema_update, load_splits, lr_lambda, optimiser_step,
-                                      resolve_device)
+from graphsr.training.checkpoint import claim_run_dir, load_checkpoint, save_checkpoint
+from graphsr.training.loop import (ema_update, loop_state, optimiser_step, resolve_device, restore_loop_state,
+                                   shuffled_batches)
+from graphsr.training.trainer import CHECKPOINT, build_denoiser, load_splits
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +64,24 @@ def distillation_target(x, sigma, sigma_mid, sigma_next, denoise, per_node=lambd
 
 def distill_round(state: dict, out: str | Path, *, steps: int = 500, batch_size: int | None = None,
                   lr: float | None = None, time_limit: float | None = None, device: str = "auto",
-                  seed: int = 0) -> dict:
+                  seed: int = 0, progress: dict | None = None, save_every: int = 100,
+                  stop_after: int | None = None) -> dict:
     """One round: a student with half the teacher's steps. Returns (and writes to ``out/checkpoint.pt``) the
-    student's checkpoint state (without calibration).
+    student's checkpoint state (without calibration); its ``"distill_run"`` entry says whether the round is
+    ``complete``.
 
     Args:
         state: the teacher's checkpoint (from ``graphsr train`` or an earlier round).
         out: run directory of the student.
         steps, batch_size, lr: the student's optimisation (default batch size and learning rate: the teacher's
             config, the learning rate a third of it, constant after a short warm-up).
-        time_limit: stop (with a checkpoint) after this many seconds.
+        time_limit: end the round (complete, with a checkpoint) after this many seconds.
         device: where to train.
         seed: seed of the student's noise.
+        progress: the ``"distill_run"`` record to carry in the checkpoint (:func:`distill`); when it holds a
+            ``"student"`` (the checkpoint of this round, interrupted), the round goes on from there exactly.
+        save_every: optimiser steps between the checkpoints of an unfinished round.
+        stop_after: leave (with a checkpoint, the round incomplete) after this many optimiser steps.
     """
     config = config_from_dict(state["config"])
     if config.diffusion.parameterisation == "regression":
@@ -107,70 +113,128 @@ def distill_round(state: dict, out: str | Path, *, steps: int = 500, batch_size:
     train_set, _, _ = load_splits(config)
     generator = torch.Generator(device).manual_seed(seed)
     coarse_weight = config.diffusion.coarse_weight
-    started, step, epoch = time.perf_counter(), 0, 0
+    progress = dict(progress or {})
+    resumed = progress.pop("student", None)
+    step, epoch, position, seconds_before = 0, 0, 0, 0.0
+    torch.manual_seed(seed)  # the global generator drives dropout: a round does not depend on what ran before
+    if resumed is not None:
+        student.load_state_dict(resumed["model"])
+        restore_loop_state(resumed, optimizer, scheduler, ema, generator)
+        run = resumed["distill_run"]
+        step, epoch, position, seconds_before = run["step"], run["epoch"], run["position"], run["seconds"]
+    started, first_step = time.perf_counter(), step
     losses = []
-    while step < steps and (time_limit is None or time.perf_counter() - started < time_limit):
-        loader = GraphLoader(train_set, batch_size, shuffle=True, drop_last=len(train_set) >= batch_size,
-                             generator=torch.Generator().manual_seed(seed + 1000 + epoch))
-        for batch in loader:
-            batch = add_inputs(batch.to(device), factor)
-            fine, coarse = energy_model.encode(batch)
-            x0 = torch.cat([fine, coarse]).unsqueeze(1)
-            nodes = state_batch(batch)
-            kwargs = {"data": batch, "prepared": teacher.net.backbone.prepare(batch)}
-            # a student grid level per event (not the last, 0), and the teacher's two levels below it
-            index = torch.randint(0, len(student_grid) - 1, (batch.num_graphs,), device=device, generator=generator)
-            sigma, mid, nxt = grid[2 * index], grid[2 * index + 1], grid[2 * index + 2]
-            node = lambda s: s[nodes].unsqueeze(1)  # noqa: E731
-            x = x0 + node(sigma) * torch.randn(x0.shape, device=device, generator=generator)
-            with torch.no_grad():
-                target = distillation_target(x, sigma, mid, nxt, lambda y, s: teacher(y, s, nodes, **kwargs), node)
-            prepared = student.net.backbone.prepare(batch)
-            error = (student(x, sigma, nodes, data=batch, prepared=prepared) - target).pow(2)[:, 0]
-            weight = node_weights(batch, coarse_weight)
-            per_event = torch.zeros(batch.num_graphs, device=device).index_add_(0, nodes, weight * error)
-            loss = (per_event / torch.zeros_like(per_event).index_add_(0, nodes, weight)).mean()
-            optimiser_step(loss, student, optimizer, scheduler, ema, tc.grad_clip)
-            losses.append(loss.item())
-            step += 1
-            if step >= steps or (time_limit is not None and time.perf_counter() - started > time_limit):
-                break
-        epoch += 1
+
+    def checkpoint(complete: bool) -> dict:
+        seconds = seconds_before + time.perf_counter() - started
+        student_state = {**state, "model": student.state_dict(), **loop_state(optimizer, scheduler, ema, generator),
+                         "sampling_sigmas": student_grid.cpu().tolist(), "calibration": None,
+                         "distill_run": {**progress, "complete": complete, "step": step, "epoch": epoch,
+                                         "position": position, "seconds": seconds,
+                                         "teacher": None if complete else state}}
+        if complete:
+            student_state["distillation"] = [*state.get("distillation", []),
+                                             {"from_steps": len(grid) - 1, "to_steps": len(student_grid) - 1,
+                                              "optimiser_steps": step, "seconds": seconds}]
+        save_checkpoint(student_state, Path(out) / CHECKPOINT)
+        return student_state
+
+    batches = shuffled_batches(train_set, batch_size, seed + 1000, epoch, position)
+    stopped = False
+    while step < steps and (time_limit is None or seconds_before + time.perf_counter() - started < time_limit):
+        epoch, position, batch = next(batches)
+        batch = add_inputs(batch.to(device), factor)
+        fine, coarse = energy_model.encode(batch)
+        x0 = torch.cat([fine, coarse]).unsqueeze(1)
+        nodes = state_batch(batch)
+        kwargs = {"data": batch, "prepared": teacher.net.backbone.prepare(batch)}
+        # a student grid level per event (not the last, 0), and the teacher's two levels below it
+        index = torch.randint(0, len(student_grid) - 1, (batch.num_graphs,), device=device, generator=generator)
+        sigma, mid, nxt = grid[2 * index], grid[2 * index + 1], grid[2 * index + 2]
+        node = lambda s: s[nodes].unsqueeze(1)  # noqa: E731
+        x = x0 + node(sigma) * torch.randn(x0.shape, device=device, generator=generator)
+        with torch.no_grad():
+            target = distillation_target(x, sigma, mid, nxt, lambda y, s: teacher(y, s, nodes, **kwargs), node)
+        prepared = student.net.backbone.prepare(batch)
+        error = (student(x, sigma, nodes, data=batch, prepared=prepared) - target).pow(2)[:, 0]
+        weight = node_weights(batch, coarse_weight)
+        per_event = torch.zeros(batch.num_graphs, device=device).index_add_(0, nodes, weight * error)
+        loss = (per_event / torch.zeros_like(per_event).index_add_(0, nodes, weight)).mean()
+        optimiser_step(loss, student, optimizer, scheduler, ema, tc.grad_clip)
+        losses.append(loss.item())
+        step += 1
+        if stop_after is not None and step - first_step >= stop_after and step < steps:
+            stopped = True
+            break
+        if step % save_every == 0 and step < steps:
+            checkpoint(complete=False)
+    if stopped:
+        log.info("stopped distillation at optimiser step %d of %d of this round; resume continues", step, steps)
+        return checkpoint(complete=False)
     log.info("distilled %d -> %d sampling steps in %d optimiser steps (%.0f s), last loss %.4g",
-             len(grid) - 1, len(student_grid) - 1, step, time.perf_counter() - started,
+             len(grid) - 1, len(student_grid) - 1, step, seconds_before + time.perf_counter() - started,
              sum(losses[-20:]) / max(len(losses[-20:]), 1))
-    student_state = {**state, "model": student.state_dict(), "ema": ema.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "sampling_sigmas": student_grid.cpu().tolist(), "calibration": None,
-                     "distillation": [*state.get("distillation", []),
-                                      {"from_steps": len(grid) - 1, "to_steps": len(student_grid) - 1,
-                                       "optimiser_steps": step, "seconds": time.perf_counter() - started}]}
-    save_checkpoint(student_state, Path(out) / CHECKPOINT)
-    return student_state
+    return checkpoint(complete=True)
 
 
 def distill(checkpoint: str | Path, out: str | Path, *, rounds: int | None = None, teacher_steps: int | None = None,
-            calibrate: bool = True, **round_args) -> Path:
+            calibrate: bool = True, resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
+            **round_args) -> Path:
     """Progressive distillation of a trained checkpoint: ``rounds`` halvings (default: down to one step), each
     written over ``out/checkpoint.pt``; then the student's spread calibration on validation events.
 
     ``teacher_steps``: the teacher samples on the Karras grid of this many DDIM steps instead of its config's, so
     that, e.g., 32 steps and 3 rounds give a 4-step student that follows the 32-step sampler (whose ensemble mean is
-    unbiased where 4 plain DDIM steps are not; README, "Few-step sampling: distillation")."""
-    state = load_checkpoint(checkpoint)
-    if teacher_steps is not None:
-        if state.get("sampling_sigmas") is not None:
-            raise ValueError(f"{checkpoint} is a distilled student: it samples on its own grid only, so "
-                             "teacher_steps cannot change it; distil the checkpoint of graphsr train")
-        d = config_from_dict(state["config"]).diffusion
-        state = {**state, "sampling_sigmas": karras_sigmas(teacher_steps, d.sigma_min, d.sigma_max).tolist()}
-    steps = len(teacher_grid(state)) - 1
-    rounds = rounds if rounds is not None else max(steps.bit_length() - 1, 0)
-    if rounds < 1 or steps % (2 ** rounds):
-        raise ValueError(f"{checkpoint} samples with {steps} steps: {rounds} halving round(s) do not fit")
-    for _ in range(rounds):
-        state = distill_round(state, out, **round_args)
+    unbiased where 4 plain DDIM steps are not; docs/distillation.md).
+
+    A directory that holds a run is refused unless ``resume`` (continue it exactly, with the same settings: the
+    student's weights are those of an uninterrupted run) or ``overwrite``. ``stop_after``: leave (with a
+    checkpoint, uncalibrated) after this many optimiser steps in this call."""
+    claim_run_dir(out, resume=resume, overwrite=overwrite)
     path = Path(out) / CHECKPOINT
+    settings = {"checkpoint": str(checkpoint), "rounds": rounds, "teacher_steps": teacher_steps,
+                **{k: v for k, v in round_args.items() if k not in ("device", "save_every")}}
+    first_round, saved = 0, None
+    if resume:
+        saved = load_checkpoint(path)
+        run = saved.get("distill_run")
+        if run is None:
+            raise ValueError(f"{path} is not an interrupted distillation (no distill_run record): it cannot be resumed")
+        if run["settings"] != settings:
+            differ = sorted(k for k in settings.keys() | run["settings"].keys()
+                            if settings.get(k) != run["settings"].get(k))
+            raise ValueError(f"{path} was distilled with other settings ({', '.join(differ)} differ); resume needs "
+                             "the same ones")
+        first_round, rounds = run["round"] + run["complete"], run["rounds"]
+        state = saved if run["complete"] else run["teacher"]
+    else:
+        state = load_checkpoint(checkpoint)
+        if teacher_steps is not None:
+            if state.get("sampling_sigmas") is not None:
+                raise ValueError(f"{checkpoint} is a distilled student: it samples on its own grid only, so "
+                                 "teacher_steps cannot change it; distil the checkpoint of graphsr train")
+            d = config_from_dict(state["config"]).diffusion
+            state = {**state, "sampling_sigmas": karras_sigmas(teacher_steps, d.sigma_min, d.sigma_max).tolist()}
+        steps = len(teacher_grid(state)) - 1
+        rounds = rounds if rounds is not None else max(steps.bit_length() - 1, 0)
+        if rounds < 1 or steps % (2 ** rounds):
+            raise ValueError(f"{checkpoint} samples with {steps} steps: {rounds} halving round(s) do not fit")
+    state.pop("distill_run", None)
+    done = 0
+    for r in range(first_round, rounds):
+        progress = {"settings": settings, "rounds": rounds, "round": r}
+        if saved is not None and r == first_round and not saved["distill_run"]["complete"]:
+            progress["student"] = saved
+        left = None if stop_after is None else stop_after - done
+        if left is not None and left <= 0:  # stopped between rounds: the last one is complete on disk
+            return path
+        before = saved["distill_run"]["step"] if "student" in progress else 0
+        state = distill_round(state, out, progress=progress, stop_after=left, **round_args)
+        if not state["distill_run"]["complete"]:
+            return path
+        done += state["distill_run"]["step"] - before
+        state = {**state, "distill_run": None}
+    state = load_checkpoint(path) if first_round >= rounds else state
     config = config_from_dict(state["config"])
     if calibrate and config.sample.calibration_events > 0:
         from graphsr.inference import SuperResolver, fit_calibration
@@ -178,6 +242,7 @@ def distill(checkpoint: str | Path, out: str | Path, *, rounds: int | None = Non
         _, val_set, _ = load_splits(config)
         resolver = SuperResolver(path, device=round_args.get("device", "auto"))
         events = torch.as_tensor(val_set.indices()[:config.sample.calibration_events])
+        state = load_checkpoint(path)
         state["calibration"] = fit_calibration(resolver, val_set.storage(), events)
         save_checkpoint(state, path)
     return path

@@ -7,9 +7,7 @@ weights after N steps are the same with or without interruptions. On CUDA, kerne
 
 from __future__ import annotations
 
-import gc
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -28,18 +26,13 @@ from graphsr.io import file_digest
 from graphsr.models.pyramid import Pyramid
 from graphsr.models.sr3 import EnergyModel, SR3Network, add_inputs, node_weights, state_batch
 from graphsr.provenance import provenance
-from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
+from graphsr.training.checkpoint import claim_run_dir, load_checkpoint, save_checkpoint
 from graphsr.training.history import History
+from graphsr.training.loop import ema_update, lr_lambda, optimiser_step, resolve_device  # noqa: F401 (re-exported)
 
 CHECKPOINT = "checkpoint.pt"
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def graph_options(config: Config) -> GraphOptions:
@@ -125,37 +118,6 @@ def build_loss(config: Config) -> DiffusionLoss:
                          p_mean=d.p_mean, p_std=d.p_std, min_snr_gamma=d.min_snr_gamma)
 
 
-def lr_lambda(warmup: int, total: int):
-    """Linear warm-up, then cosine decay to zero."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
-
-
-def ema_update(decay: float):
-    """EMA step with a warm-up: decay min(decay, (1 + n) / (10 + n)) after n updates, so that early checkpoints
-    are not dominated by the random initial weights."""
-    def update(averaged, current, num_averaged):
-        n = float(num_averaged)
-        d = min(decay, (1 + n) / (10 + n))
-        return d * averaged + (1 - d) * current
-    return update
-
-
-def optimiser_step(loss: torch.Tensor, model: torch.nn.Module, optimizer, scheduler, ema, grad_clip: float) -> None:
-    """One update, the same for every trainer (denoiser, distilled student, particle flow): backward, clip the
-    gradient norm, step the optimiser and the learning-rate schedule, then the EMA copy."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    scheduler.step()
-    ema.update_parameters(model)
-
-
 @dataclass
 class TrainResult:
     checkpoint: Path
@@ -221,18 +183,23 @@ def validation_loss(loss_fn, denoiser, loader, energy_model, device, factor: int
 
 
 def train(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, overwrite: bool = False) -> TrainResult:
     """Train (or, with ``resume``, continue training) and write ``out_dir/checkpoint.pt`` and
     ``out_dir/history.csv`` (:mod:`graphsr.training.history`: every step's loss and learning rate, every
     validation loss; TensorBoard too when installed).
 
     ``stop_after``: leave (with a checkpoint) after this many steps in this call, e.g. to fit a batch-queue slot;
     a later ``resume`` goes on exactly as if the run had not stopped.
+
+    A directory that holds a run is refused unless ``resume`` or ``overwrite`` is given
+    (:func:`~graphsr.training.checkpoint.claim_run_dir`).
     """
     out_dir = Path(out_dir)
     tc = config.train
     rank, world, device = distributed_setup(tc.device)
     main = rank == 0  # writes checkpoints, history and logs
+    if main:
+        claim_run_dir(out_dir, resume=resume, overwrite=overwrite)
     if world > 1 and config.model.generator != "dense":
         raise ValueError("distributed training supports the dense generator only")
     if world > 1 and not main:  # rank 0 builds (or checks) the graph cache first, the others then read it
@@ -285,12 +252,6 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     seconds_before = state.get("seconds", 0.0) if state else 0.0
     record = provenance("train", config=config.to_dict(), inputs=config.data.train, seed=tc.seed)
     history = History(out_dir, resume_step=step if state else None) if main else None
-    model = denoiser
-    if world > 1:  # gradients averaged over the ranks' equal shares of every batch
-        from torch.nn.parallel import DistributedDataParallel
-
-        model = DistributedDataParallel(denoiser, device_ids=[device.index] if device.type == "cuda" else None)
-
     pin = device.type == "cuda"  # page-locked batches copy to the GPU while it computes
     val_loader = GraphLoader(val_set, tc.batch_size)
     use_amp = tc.amp and device.type == "cuda"
@@ -328,12 +289,17 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
             batch = batch.to(device, non_blocking=pin)
             draws = {} if isinstance(denoiser, Pyramid) else \
                 dict(zip(("sigma", "noise"), _share_of_draws(loss_fn, share, noise, device)))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = _loss(loss_fn, model, batch, energy_model, noise, factor, coarse_weight, **draws)
+            first, stop, total = share["events"]
+            loss = None
+            if stop > first:  # a rank gets no event when the batch holds fewer than there are ranks
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = _loss(loss_fn, denoiser, batch, energy_model, noise, factor, coarse_weight, **draws)
+                # this rank's part of the whole batch's mean over events: the ranks' gradients are summed
+                loss = loss * ((stop - first) / total)
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
             optimiser_step(loss, denoiser, optimizer, scheduler, ema, tc.grad_clip)
-            step, position, events_seen = step + 1, i + 1, events_seen + share["events"][2]
-            train_loss = loss.item()
+            step, position, events_seen = step + 1, i + 1, events_seen + total
+            train_loss = loss.item() if loss is not None else 0.0
             rate = events_seen / (time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4f}", events_per_s=f"{rate:.0f}")
@@ -342,7 +308,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
             if world > 1:  # the whole batch's loss; every rank stops at the same step
                 import torch.distributed as dist
 
-                flags = torch.tensor([train_loss / world, float(out_of_time)], device=device)
+                flags = torch.tensor([train_loss, float(out_of_time)], device=device)
                 dist.all_reduce(flags)
                 train_loss, out_of_time = float(flags[0]), bool(flags[1] > 0)
             validate = (step % tc.val_every == 0 or step == tc.steps or out_of_time) and main
@@ -367,10 +333,6 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     if world > 1:
         import torch.distributed as dist
 
-        # drop the DDP wrapper (it holds the process group) while every rank is still alive: freed only when
-        # train() returned, after a peer had exited, its gloo teardown could hang (pytorch#75097)
-        model = loss = None
-        gc.collect()
         dist.barrier()  # rank 0's last checkpoint is written
         dist.destroy_process_group()
     if not main:
