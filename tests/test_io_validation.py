@@ -276,6 +276,96 @@ def test_flattened_counts_inconsistent(tmp_path, negative):
                  low_branches="cell_parent_energy", high_branches=None)
 
 
+# ------------------------------------------------------------------------ branch types and nesting
+def write_changed(path, tree: str, replace: dict, num_events: int = 4):
+    """A file of :func:`cocoa_events` laid out as COCOA does, with branches of ``tree`` replaced (None: removed)."""
+    trees = cocoa_events(num_events)
+    raw = {name: to_branches(events) for name, events in trees.items()}
+    for name, values in replace.items():
+        raw[tree].pop(name, None)
+        if values is not None:
+            raw[tree][name] = values
+    return write_raw(path, raw), trees
+
+
+def expect_type_error(path, tree, branch, match, **branches):
+    """Refused before any event is read: the error names the file, tree and branch, and no event."""
+    with pytest.raises(CocoaFormatError, match=match) as error:
+        read_all(path, **branches)
+    found = error.value
+    assert (found.file, found.tree, found.branch, found.event) == (str(path), tree, branch, None)
+    assert str(found).startswith(f"file {path}, tree {tree!r}, branch {branch!r}: ")
+    return found
+
+
+def test_other_widths_of_numbers_are_read_in_cocoas_types(tmp_path):
+    trees = cocoa_events(4)
+    low, high = trees["Low_Tree"], trees["High_Tree"]
+    wide_high, _ = write_changed(tmp_path / "high.root", "High_Tree", {
+        "cell_e": ak.values_astype(high.cell_e, np.float64) * (1 + 1e-12)})  # below float32's resolution
+    wide_low, _ = write_changed(tmp_path / "low.root", "Low_Tree", {
+        "cell_layer": ak.values_astype(low.cell_layer, np.int64),
+        "cell_eta": ak.values_astype(low.cell_eta, np.float64),
+        "cell_parent_energy_flat": ak.values_astype(ak.flatten(low.cell_parent_energy, axis=2), np.float64)})
+    assert open_cocoa(wide_high).types["High_Tree"]["cell_e"] == "var * float64"
+    assert open_cocoa(wide_low).types["Low_Tree"]["cell_parent_energy"] == "var * var * float64"
+    for path, tree, names in ((wide_high, "High_Tree", ["cell_e"]),
+                              (wide_low, "Low_Tree", ["cell_layer", "cell_eta", "cell_parent_energy"])):
+        back = read_cocoa(path)[tree]
+        for name in names:  # COCOA's types, and the values of the original float32 / int32 events
+            assert str(back[name].type.content) == str(trees[tree][name].type.content), name
+            assert ak.array_equal(back[name], trees[tree][name]), name
+
+
+def test_an_integer_that_does_not_fit_cocoas_type(tmp_path):
+    layer = ak.to_list(cocoa_events(4)["Low_Tree"].cell_layer)
+    layer[2][0] += 2**32  # the same layer modulo 2^32: a cast without a check would take it
+    path, _ = write_changed(tmp_path / "big.root", "Low_Tree",
+                            {"cell_layer": ak.values_astype(ak.Array(layer), np.int64)})
+    expect_error(path, "Low_Tree", "cell_layer", 2, "does not fit COCOA's type int32", **GRAPH)
+
+
+def as_int32(array):
+    return ak.values_astype(array, np.int32)
+
+
+FLOAT_VECTOR, INT_VECTOR = r"var \* float32 \(vector<float>\)", r"var \* int32 \(vector<int>\)"
+NESTED = r"var \* var \* float32 \(vector<vector<float>>\)"
+
+
+@pytest.mark.parametrize("tree,branch,replace,match", [
+    # one number per event where COCOA writes one per cell
+    ("High_Tree", "cell_e", lambda e: {"cell_e": ak.Array(np.ones(4, np.float32))},
+     f"holds one float32 per event where COCOA's {FLOAT_VECTOR} holds one entry per cell"),
+    # no numbers, and numbers that need not be whole where COCOA writes integers
+    ("Low_Tree", "cell_e", lambda e: {"cell_e": e.cell_e > 100},
+     f"holds bool values where COCOA's {FLOAT_VECTOR} holds float32: not numbers"),
+    ("Low_Tree", "cell_layer", lambda e: {"cell_layer": ak.values_astype(e.cell_layer, np.float32) + 0.5},
+     f"holds float32 values where COCOA's {INT_VECTOR} holds int32: not whole numbers"),
+    # one level of nesting too many: vector<vector<float>> for COCOA's vector<float> (in graphsr's flattened form)
+    ("Low_Tree", "cell_e", lambda e: {"cell_e": None, "cell_e_flat": e.cell_e,
+                                      "cell_e_counts": as_int32(ak.ones_like(e.cell_e))},
+     f"is {NESTED}: 1 level of nesting more than COCOA's {FLOAT_VECTOR}"),
+    # one too few: vector<float> for COCOA's vector<vector<float>>
+    ("Low_Tree", "cell_parent_energy", lambda e: {
+        "cell_parent_energy_flat": None, "cell_parent_energy_counts": None,
+        "cell_parent_energy": ak.flatten(e.cell_parent_energy, axis=2)},
+     f"is {FLOAT_VECTOR}: 1 level of nesting less than COCOA's {NESTED}"),
+    ("Low_Tree", "cell_parent_energy", lambda e: {
+        "cell_parent_energy_counts": ak.values_astype(ak.num(e.cell_parent_energy, axis=2), np.float32)},
+     r"cell_parent_energy_counts is var \* float32, not a list of integers"),
+])
+def test_branches_of_another_type_or_nesting_are_refused(tmp_path, tree, branch, replace, match):
+    path, _ = write_changed(tmp_path / "odd.root", tree, replace(cocoa_events(4)[tree]))
+    expect_type_error(path, tree, branch, match, low_branches="all", high_branches="all")
+    with pytest.raises(CocoaFormatError, match=match):
+        read_cocoa(path)
+    # refused where it is read: the other tree's branches, or the other branches of its tree, read as before
+    other = (dict(low_branches=["cell_layer"], high_branches=None) if tree == "High_Tree" else
+             dict(low_branches=["particle_e"], high_branches=["cell_e"]))
+    assert sum(len(chunk) for chunk in read_all(path, **other)) == 4
+
+
 # ------------------------------------------------------------------------ cells: lengths, positions, granularity
 GRAPH = dict(low_branches=GRAPH_BRANCHES_LOW, high_branches=GRAPH_BRANCHES_HIGH)
 

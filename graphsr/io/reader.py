@@ -12,6 +12,13 @@ Real COCOA output needs no conversion: pass its files to :func:`iter_cocoa` / :f
 (``"Use_high_granularity": true``) give paired coarse / fine events; plain files give coarse events only
 (``chunk.high is None``).
 
+Before any event is read, every requested branch that COCOA writes must have COCOA's form
+(:data:`~graphsr.io.branches.COCOA_TYPES`), judged from the branch types in the file: a list of numbers per event (one
+entry per cell, particle, ...), or of lists of numbers for COCOA's ``vector<vector<float>>``. Numbers of another
+width are cast to COCOA's type when read (a ``double`` energy to ``float``, an ``int64`` layer to ``int32``; refused
+where a value does not fit); a scalar where COCOA writes a list, a level of nesting more or less than COCOA's, values
+that are no numbers (``bool``) and numbers that need not be whole where COCOA writes integers are refused.
+
 Every chunk is validated before it is returned, with whole-chunk numpy passes (no loop over events), as far as
 the branches read allow:
 
@@ -47,6 +54,7 @@ import numpy as np
 import uproot
 
 from graphsr.detector.geometry import ETA_MAX, Geometry
+from graphsr.io.branches import COCOA_TYPES
 from graphsr.io.errors import CocoaFormatError
 from graphsr.io.writer import (
     COUNTS_SUFFIX,
@@ -88,6 +96,8 @@ class CocoaFile:
             ``"flattened"`` (``<name>_flat`` + ``<name>_counts``)}.
         provenance: what graphsr recorded about how it made the file (:mod:`graphsr.provenance`); None for files
             graphsr did not write.
+        types: tree name -> {branch: awkward type of one event's entry as stored, e.g. ``"var * float32"``}, for
+            every branch in the file and every list-of-lists branch under its COCOA name.
     """
 
     path: Path
@@ -96,6 +106,7 @@ class CocoaFile:
     branches: dict[str, tuple[str, ...]]
     nested: dict[str, dict[str, str]]
     provenance: dict | None = None
+    types: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def generated_trees(self) -> tuple[str, ...]:
@@ -153,11 +164,21 @@ def _is_nested_vector(branch) -> bool:
     return "vector<vector<" in branch.typename.replace("std::", "").replace(" ", "")
 
 
-def _tree_branches(tree) -> tuple[tuple[str, ...], dict[str, str]]:
-    """Branch names as returned by the reader, and the form of each list-of-lists branch."""
+def _branch_type(branch) -> str:
+    """The awkward type of one event's entry of ``branch`` (``"var * float32"`` for ``vector<float>``)."""
+    try:
+        return str(branch.interpretation.awkward_form(branch.file).type)
+    except Exception:  # a class uproot cannot interpret
+        return f"uninterpretable ({branch.typename})"
+
+
+def _tree_branches(tree) -> tuple[tuple[str, ...], dict[str, str], dict[str, str]]:
+    """Branch names as returned by the reader, the form of each list-of-lists branch and the type of every branch
+    (:attr:`CocoaFile.types`)."""
     names = list(tree.keys(recursive=False))
     counters = {tree[name].count_branch.name for name in names if tree[name].count_branch is not None}
     nested, logical = {}, []
+    types = {name: _branch_type(tree[name]) for name in names}
     for name in names:
         base = name.removesuffix(FLAT_SUFFIX)
         if name in counters or (name.endswith(COUNTS_SUFFIX)
@@ -166,11 +187,56 @@ def _tree_branches(tree) -> tuple[tuple[str, ...], dict[str, str]]:
         if name.endswith(FLAT_SUFFIX) and base + COUNTS_SUFFIX in names:
             nested[base] = "flattened"
             logical.append(base)
+            types[base] = f"var * {types[name]}"
             continue
         if _is_nested_vector(tree[name]):
             nested[name] = "vector"
         logical.append(name)
-    return tuple(logical), nested
+    return tuple(logical), nested, types
+
+
+INTEGERS = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
+FLOATS = ("float32", "float64")
+_CPP = {"float32": "float", "float64": "double", "int8": "char", "uint8": "unsigned char", "int16": "short",
+        "uint16": "unsigned short", "int32": "int", "uint32": "unsigned int", "int64": "long",
+        "uint64": "unsigned long", "bool": "bool"}
+
+
+def _split_type(type_: str) -> tuple[int, str]:
+    """``(levels of lists, element type)`` of an awkward type: ``"var * var * float32"`` -> ``(2, "float32")``."""
+    depth = 0
+    while type_.startswith("var * "):
+        type_, depth = type_[len("var * "):], depth + 1
+    return depth, type_
+
+
+def _cpp_type(type_: str) -> str:
+    depth, element = _split_type(type_)
+    return "vector<" * depth + _CPP.get(element, element) + ">" * depth
+
+
+def _type_problem(name: str, found: str) -> str | None:
+    """Why a branch of COCOA's ``name`` stored as ``found`` (:func:`_branch_type`) cannot be read as COCOA's, or
+    None when it can (cast if need be)."""
+    expected = f"var * {COCOA_TYPES[name]}"
+    depth, element = _split_type(found)
+    want_depth, want_element = _split_type(expected)
+    what = f"{found} ({_cpp_type(found)})"
+    cocoa = f"COCOA's {expected} ({_cpp_type(expected)})"
+    if found.startswith("uninterpretable"):
+        return f"is {found}, not {cocoa}"
+    per = counter_name(name)[1:].replace("_", " ")
+    if depth == 0:
+        return f"holds one {element} per event where {cocoa} holds one entry per {per}"
+    if depth != want_depth:
+        levels = abs(depth - want_depth)
+        return (f"is {what}: {levels} level{'s' * (levels > 1)} of nesting {'more' if depth > want_depth else 'less'}"
+                f" than {cocoa}")
+    allowed = INTEGERS if want_element in INTEGERS else INTEGERS + FLOATS
+    if element not in allowed:
+        why = "not whole numbers" if element in FLOATS else "not numbers"
+        return f"holds {element} values where {cocoa} holds {want_element}: {why}"
+    return None
 
 
 def _inspect(path: Path, file) -> CocoaFile:
@@ -189,16 +255,16 @@ def _inspect(path: Path, file) -> CocoaFile:
     entries = {t: file[t].num_entries for t in trees}
     if len(set(entries.values())) > 1:
         raise CocoaFormatError(f"trees hold different numbers of events: {entries}", file=path, tree=trees[1])
-    branches, nested = {}, {}
+    branches, nested, types = {}, {}, {}
     for t in trees:
-        branches[t], nested[t] = _tree_branches(file[t])
+        branches[t], nested[t], types[t] = _tree_branches(file[t])
     provenance = None
     if PROVENANCE_KEY in file:
         try:
             provenance = json.loads(str(file[PROVENANCE_KEY]))
         except json.JSONDecodeError as exc:
             raise CocoaFormatError(f"{PROVENANCE_KEY} is not JSON ({exc})", file=path) from exc
-    return CocoaFile(path, mode, entries[trees[0]], branches, nested, provenance)
+    return CocoaFile(path, mode, entries[trees[0]], branches, nested, provenance, types)
 
 
 def _open(path: str | PathLike):
@@ -243,13 +309,31 @@ def _event_of(flat_index: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _TreeReader:
-    """Reads chosen branches of one tree, joining flattened lists of lists back together."""
+    """Reads chosen branches of one tree, joining flattened lists of lists back together; refuses branches of
+    COCOA's whose type is not COCOA's form and casts those of another width to COCOA's type."""
 
     path: Path
     name: str
     tree: object
     branches: tuple[str, ...]
     nested: dict[str, str] = field(default_factory=dict)
+    types: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.casts = {}  # branch -> numpy type COCOA writes it in
+        for b in self.branches:
+            counts = self.types.get(b + COUNTS_SUFFIX) if self.nested.get(b) == "flattened" else None
+            if counts is not None and _split_type(counts) not in {(1, t) for t in INTEGERS}:
+                raise CocoaFormatError(f"{b}{COUNTS_SUFFIX} is {counts}, not a list of integers (the inner lengths "
+                                       f"of {b}{FLAT_SUFFIX})", file=self.path, tree=self.name, branch=b)
+            if b not in COCOA_TYPES or b not in self.types:
+                continue
+            problem = _type_problem(b, self.types[b])
+            if problem is not None:
+                raise CocoaFormatError(problem, file=self.path, tree=self.name, branch=b)
+            element, cocoa = _split_type(self.types[b])[1], _split_type(COCOA_TYPES[b])[1]
+            if element != cocoa:
+                self.casts[b] = np.dtype(cocoa)
 
     def physical(self) -> list[str]:
         names = []
@@ -268,7 +352,19 @@ class _TreeReader:
                 columns[b] = self._join(b, arrays[b + FLAT_SUFFIX], arrays[b + COUNTS_SUFFIX], start)
             else:
                 columns[b] = arrays[b]
+            if b in self.casts:
+                columns[b] = self._cast(b, columns[b], start)
         return ak.zip(columns, depth_limit=1)
+
+    def _cast(self, name: str, column: ak.Array, start: int) -> ak.Array:
+        """``column`` in COCOA's type; integers must keep their value."""
+        cast = ak.values_astype(column, self.casts[name])
+        if self.casts[name].kind in "iu":  # COCOA's integer branches are lists of numbers, never of lists
+            bad = ak.to_numpy(ak.any(cast != column, axis=1))
+            if bad.any():
+                raise CocoaFormatError(f"a value does not fit COCOA's type {self.casts[name]}", file=self.path,
+                                       tree=self.name, branch=name, event=start + _first(bad))
+        return cast
 
     def _join(self, name: str, flat: ak.Array, counts: ak.Array, start: int) -> ak.Array:
         """``var * var`` array from the values of each event and the inner lengths of its outer elements."""
@@ -586,13 +682,14 @@ class _FileReader:
             optional = (*MAPPING_BRANCHES, *TRUTH_BRANCHES) if info.mode == PLAIN else ()
             self.low = _TreeReader(info.path, info.low_tree, self.file[info.low_tree],
                                    _resolve(info, info.low_tree, low_branches, optional=optional),
-                                   info.nested[info.low_tree])
+                                   info.nested[info.low_tree], info.types[info.low_tree])
             if not self.low.branches:
                 raise ValueError(f"no branches to read from {info.low_tree} of {info.path}")
             self.high = None
             if info.high_tree is not None and high_branches is not None:
                 self.high = _TreeReader(info.path, info.high_tree, self.file[info.high_tree],
-                                        _resolve(info, info.high_tree, high_branches), info.nested[info.high_tree])
+                                        _resolve(info, info.high_tree, high_branches), info.nested[info.high_tree],
+                                        info.types[info.high_tree])
                 if not self.high.branches:
                     self.high = None
         except Exception:
