@@ -22,6 +22,7 @@ from graphsr.io.select import select_cells
 from graphsr.io.writer import MAPPING_BRANCHES
 from graphsr.models.sr3 import EnergyModel, add_inputs, parent_sums, state_batch
 from graphsr.provenance import file_hash, provenance
+from graphsr.simulation.topoclustering import neighbour_edges
 from graphsr.training.checkpoint import load_checkpoint
 from graphsr.training.trainer import build_denoiser, resolve_device
 
@@ -101,7 +102,7 @@ class SuperResolver:
 
     def outside_training_range(self, storage, events: torch.Tensor) -> float:
         """Fraction of ``events`` whose coarse ECAL energy or hottest coarse cell lies outside the 0.1-99.9%
-        range of the training events (0 when the checkpoint has no record)."""
+        range of the training events (0 when the checkpoint has no record); events without cells do not count."""
         if not self.training_range:
             return 0.0
         batch = collate_events(*storage, torch.as_tensor(events))
@@ -112,7 +113,8 @@ class SuperResolver:
         for value, key in ((total, "event_energy"), (hottest, "hottest_cell")):
             lo, hi = self.training_range[key]
             outside |= (value < lo) | (value > hi)
-        return float(outside.float().mean())
+        with_cells = torch.diff(batch._slice_dict["coarse_layer"]) > 0  # nothing is generated for the others
+        return float(outside[with_cells].float().mean()) if with_cells.any() else 0.0
 
     def warn_if_outside(self, storage, events: torch.Tensor, where: str) -> float:
         """Warn when some events lie outside the training range (:meth:`outside_training_range`)."""
@@ -290,7 +292,7 @@ def ensemble_summary(samples: torch.Tensor, batch, mode: str, raw: torch.Tensor 
     multi-particle events, false local maxima)."""
     raw = samples if raw is None else raw
     return {"batch": batch, "samples": samples, "mode": mode, "mean": raw.mean(0),
-            "spread": samples.std(0) if samples.size(0) > 1 else torch.zeros_like(samples[0]),
+            "spread": samples.std(0) if samples.size(0) > 1 and samples[0].numel() else torch.zeros_like(samples[0]),
             "estimate": point_estimate(raw, batch, count_scale=count_scale)}
 
 
@@ -636,7 +638,8 @@ def output_trees(data, slices, estimate: torch.Tensor, mean: torch.Tensor, sprea
                  geometry: Geometry | None = None, inputs: ak.Array | None = None, layers=None) -> dict:
     """COCOA super-resolution trees of generated events: ``Low_Tree`` the coarse cells used, ``High_Tree`` the
     generated fine cells in block order (MeV: ``cell_e`` the :func:`point_estimate`, ``cell_e_mean`` the ensemble
-    mean, ``cell_e_spread`` the ensemble standard deviation), with the mapping between them. Readable by
+    mean, ``cell_e_spread`` the ensemble standard deviation) and their neighbour graph
+    (``cell_to_cell_edge_start/_end``, as COCOA writes it), with the mapping between them. Readable by
     :func:`graphsr.io.iter_cocoa` like any COCOA file.
 
     ``inputs``: the input's coarse-tree events, whose branches ``Low_Tree`` keeps, restricted to the coarse cells
@@ -649,7 +652,7 @@ def output_trees(data, slices, estimate: torch.Tensor, mean: torch.Tensor, sprea
     factor = round(np.sqrt(len(data.fine_layer) / max(len(data.coarse_layer), 1))) or 1
     coarse_geometry = geometry.coarsen(factor)
 
-    def cells(cell_ids, geom, counts, energy):
+    def cells(cell_ids, geom, counts, energy, edges=False):
         layer, ieta, iphi = geom.cell_index(cell_ids.numpy())
         eta, phi = geom.cell_center(layer, ieta, iphi)
         x, y, z = geom.cell_position(layer, ieta, iphi)
@@ -657,6 +660,13 @@ def output_trees(data, slices, estimate: torch.Tensor, mean: torch.Tensor, sprea
                    "cell_z": (z, np.float32), "cell_eta": (eta, np.float32), "cell_phi": (phi, np.float32)}
         out = {name: ak.unflatten(np.asarray(v, dtype=dt), counts) for name, (v, dt) in columns.items()}
         out["cell_e"] = _unflatten(energy * MEV_PER_GEV, counts, np.float32)
+        if edges:  # COCOA's cell neighbour graph: per event, (neighbour, cell) pairs of in-event cell indices
+            event = np.repeat(np.arange(len(counts)), counts)
+            start, end = neighbour_edges(event, layer, ieta, iphi, geom)
+            first = np.cumsum(counts) - counts
+            per_event = np.bincount(event[end], minlength=len(counts))
+            out["cell_to_cell_edge_start"] = ak.unflatten((start - first[event[start]]).astype(np.int32), per_event)
+            out["cell_to_cell_edge_end"] = ak.unflatten((end - first[event[end]]).astype(np.int32), per_event)
         return out
 
     low = cells(data.coarse_cell, coarse_geometry, nc, data.coarse_energy)
@@ -671,7 +681,7 @@ def output_trees(data, slices, estimate: torch.Tensor, mean: torch.Tensor, sprea
                             ("particle_eta", eta), ("particle_phi", phi)):
             low[name] = _unflatten(value, counts, np.float32)
         low["particle_pdgid"] = _unflatten(data.particle_pdgid, counts, np.int32)
-    high = cells(data.fine_cell, geometry, nf, estimate)
+    high = cells(data.fine_cell, geometry, nf, estimate, edges=True)
     high["cell_e_mean"] = _unflatten(mean * MEV_PER_GEV, nf, np.float32)
     high["cell_e_spread"] = _unflatten(spread * MEV_PER_GEV, nf, np.float32)
     if inputs is not None:

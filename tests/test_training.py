@@ -508,9 +508,15 @@ def test_a_calibration_holds_for_the_sampling_it_was_fitted_with(trained, tmp_pa
     # refitted for other settings, which become the checkpoint's sampling defaults
     assert main(["calibrate", "--checkpoint", str(path), "--events", "4", "--sampler", "ddim", "--steps", "2",
                  "--eta", "0.5", "--ensemble", "2", "--device", "cpu"]) == 0
+    before = state["calibration"]
     state = load_checkpoint(path)
     assert {k: state["calibration"][k] for k in ("sampler", "steps", "eta", "ensemble", "events")} == \
         {"sampler": "ddim", "steps": 2, "eta": 0.5, "ensemble": 2, "events": 4}
+    # the calibration it replaced stays in the checkpoint, with the sampling defaults it held for
+    (replaced,) = state["replaced_calibrations"]
+    assert replaced["calibration"] == before
+    assert {k: replaced["sample"][k] for k in ("sampler", "steps", "ensemble")} == \
+        {"sampler": "heun", "steps": 3, "ensemble": 3}
     assert {k: state["config"]["sample"][k] for k in ("sampler", "steps", "eta", "ensemble")} == \
         {"sampler": "ddim", "steps": 2, "eta": 0.5, "ensemble": 2}
     with warnings.catch_warnings(record=True) as caught:
@@ -549,3 +555,129 @@ def test_the_shipped_pretrained_model_improves_on_the_coarse_energy(tmp_path):
     # coarse: noise (~1% of 50 GeV) and the +2% bias of the topocluster selection; an untrained model is far off
     sr_error, coarse_error = ((sr - truth) / truth).abs().mean(), ((coarse - truth) / truth).abs().mean()
     assert sr_error < 0.6 * coarse_error and sr_error < 0.01
+
+
+def test_a_run_directory_that_holds_a_run_is_never_replaced_silently(trained, data_file, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    config, result = trained
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("checkpoint.pt", "history.csv"):
+        shutil.copy(result.checkpoint.parent / name, run / name)
+    before = {name: (run / name).read_bytes() for name in ("checkpoint.pt", "history.csv")}
+    short = config_from_dict({**config.to_dict(), "train": {**config.to_dict()["train"], "steps": 2}})
+    short.sample.calibration_events = 0
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(short.to_dict()))
+    args = ["train", "--config", str(config_file), "--out", str(run), "--device", "cpu"]
+    assert main(args) == 1
+    error = capsys.readouterr().err
+    assert str(run) in error and "--resume" in error and "--overwrite" in error
+    assert {name: (run / name).read_bytes() for name in before} == before  # nothing lost
+    with pytest.raises(SystemExit):  # argparse: not both
+        main(args + ["--resume", "--overwrite"])
+    with pytest.raises(ValueError, match="choose one"):
+        train(short, run, resume=True, overwrite=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
+        train(short, tmp_path / "empty", resume=True, progress=False)
+    assert (run / "checkpoint.pt").read_bytes() == before["checkpoint.pt"]
+    # --overwrite replaces the run: a 2-step checkpoint and a 2-row history
+    assert main(args + ["--overwrite"]) == 0
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 2
+    assert len((run / "history.csv").read_text().splitlines()) == 3
+
+
+def _without_cells(events: ak.Array, empty: np.ndarray) -> ak.Array:
+    """The events with no cells (and nothing that points at a cell) where ``empty`` holds: a legal COCOA file."""
+    from graphsr.io.writer import counter_name
+
+    out = {}
+    for name in events.fields:
+        column = events[name]
+        if counter_name(name) in ("ncell", "nlow_high_cell_edge", "ncell_to_cell_edge") or \
+                name.startswith("particle_to_node"):
+            column = ak.where(empty, column[:, :0] if name.startswith("cell") or "cell_edge" in name
+                              else column[:, :, :0], column)
+        out[name] = column
+    return ak.zip(out, depth_limit=1)
+
+
+def test_events_without_cells_flow_through_every_command(trained, data_file, tmp_path, capsys):
+    _, result = trained
+    trees = read_cocoa(data_file, entry_stop=20)
+    empty = np.arange(20) % 5 == 4  # every fifth event
+    path = write_cocoa(tmp_path / "holes.root", {name: _without_cells(t, empty) for name, t in trees.items()})
+    assert main(["summary", "--input", str(path), "--plot", str(tmp_path / "summary" / "display.png"),
+                 "--cache", str(tmp_path / "cache")]) == 0
+    assert f"{path}: 16 events with ECAL cells" in capsys.readouterr().out
+    out = tmp_path / "sr.root"
+    assert main(["sample", "--checkpoint", str(result.checkpoint), "--input", str(path), "--output", str(out),
+                 "--device", "cpu"]) == 0
+    back = read_cocoa(out)
+    low, high = back["Low_Tree"], back["High_Tree"]
+    assert len(low) == len(high) == 20  # one entry per input entry, the empty ones empty
+    assert ak.num(high.cell_e).to_numpy()[empty].tolist() == [0] * 4
+    assert np.array_equal(ak.num(high.cell_e).to_numpy(), 4 * ak.num(low.cell_e).to_numpy())
+    assert (ak.num(high.cell_e).to_numpy()[~empty] > 0).all()
+    assert main(["evaluate", "--checkpoint", str(result.checkpoint), "--input", str(path), "--split", "all",
+                 "--out", str(tmp_path / "report"), "--ensemble", "2", "--displays", "0", "--device", "cpu"]) == 0
+    assert "on 16 events" in capsys.readouterr().out
+
+
+def test_sample_writes_the_resolvers_numbers_in_mev_on_the_right_cells(trained, data_file, tmp_path):
+    from graphsr.datasets import read_events
+    from graphsr.detector import Geometry
+    from graphsr.detector.geometry import ETA_MAX
+
+    _, result = trained
+    out = tmp_path / "sr.root"
+    assert main(["sample", "--checkpoint", str(result.checkpoint), "--input", str(data_file), "--output", str(out),
+                 "--max-events", "6", "--seed", "3", "--ensemble", "3", "--mode", "conserving",
+                 "--device", "cpu"]) == 0
+    resolver = SuperResolver(result.checkpoint, device="cpu")
+    storage = read_events(data_file, resolver.graph_options, max_events=6, factor=2)
+    expected = resolver(storage, torch.arange(6), seed=3, ensemble=3, mode="conserving")
+    back = read_cocoa(out)
+    low, high = back["Low_Tree"], back["High_Tree"]
+    # cell by cell, in MeV: the point estimate, the ensemble mean and its standard deviation, each where it belongs
+    for branch, key in (("cell_e", "estimate"), ("cell_e_mean", "mean"), ("cell_e_spread", "spread")):
+        written = ak.to_numpy(ak.flatten(high[branch])).astype(np.float64)
+        assert np.allclose(written, 1000 * expected[key].double().numpy(), rtol=1e-6, atol=1e-3), branch
+    # conserving: each coarse cell's children sum to its measured energy (the input's Low_Tree cell_e, in MeV)
+    measured = read_cocoa(data_file, entry_stop=6)["Low_Tree"]
+    ecal = measured.cell_layer < 3
+    assert ak.all(low.cell_e == measured.cell_e[ecal])
+    parent = ak.flatten(low.low_cell_to_high_cell_edge + np.cumsum(ak.num(low.cell_e)) - ak.num(low.cell_e))
+    child = ak.flatten(low.high_cell_to_low_cell_edge + np.cumsum(ak.num(high.cell_e)) - ak.num(high.cell_e))
+    coarse_e = ak.to_numpy(ak.flatten(low.cell_e)).astype(np.float64)
+    for branch in ("cell_e", "cell_e_mean"):
+        fine_e = ak.to_numpy(ak.flatten(high[branch])).astype(np.float64)
+        sums = np.zeros_like(coarse_e)
+        np.add.at(sums, ak.to_numpy(parent), fine_e[ak.to_numpy(child)])
+        assert np.allclose(sums, coarse_e, atol=1e-3 + 1e-5 * np.abs(coarse_e).max()), branch
+    # every fine cell sits in its parent: a 2x2 block's centres average to the parent's centre
+    def centres(axis):  # phi as unit vectors, so that blocks across the +-pi seam average right
+        fine = ak.to_numpy(ak.flatten(high[axis])).astype(np.float64)[ak.to_numpy(child)]
+        coarse = ak.to_numpy(ak.flatten(low[axis])).astype(np.float64)
+        to_plane = (lambda a: np.exp(1j * a)) if axis == "cell_phi" else (lambda a: a + 0j)  # noqa: E731
+        centre = np.zeros(len(coarse), complex)
+        np.add.at(centre, ak.to_numpy(parent), to_plane(fine) / 4)
+        return centre, to_plane(coarse)
+
+    for axis in ("cell_eta", "cell_phi"):
+        centre, coarse = centres(axis)
+        assert np.abs(np.angle(centre / coarse) if axis == "cell_phi" else centre - coarse).max() < 1e-4, axis
+    # the fine cell graph, as COCOA writes it: in-event indices, both directions, neighbours one cell apart
+    start, end = high.cell_to_cell_edge_start, high.cell_to_cell_edge_end
+    assert ak.all(ak.num(start) == ak.num(end)) and ak.all(ak.num(start) > 0)
+    for e in range(6):
+        a, b = start[e].to_numpy(), end[e].to_numpy()
+        assert a.min() >= 0 and max(a.max(), b.max()) < len(high.cell_e[e]) and not (a == b).any()
+        assert set(zip(a.tolist(), b.tolist())) == set(zip(b.tolist(), a.tolist()))
+        layer, eta = high.cell_layer[e].to_numpy(), high.cell_eta[e].to_numpy()
+        same = layer[a] == layer[b]
+        pitch = 2 * ETA_MAX / Geometry.cocoa().n[layer[a]]  # in-layer neighbours: at most one cell apart in eta
+        assert same.any() and (np.abs(eta[a] - eta[b])[same] <= 1.001 * pitch[same]).all()

@@ -77,9 +77,11 @@ def select_cells(events: ak.Array, keep: ak.Array) -> ak.Array:
         if "particle_to_node_idx" in fields:
             index = flat("particle_to_node_idx")[0].astype(np.int64)
             is_cell = index < counts[event]
-            cell = np.where(is_cell, index + cell_offsets[event], 0)
-            ok = ~is_cell | flat_keep[cell]
-            renumbered = np.where(is_cell, new_index[cell] - kept_offsets[event], index - counts[event] + kept[event])
+            cell = index[is_cell] + cell_offsets[event[is_cell]]  # (a chunk of events without cells has none)
+            ok = ~is_cell
+            ok[is_cell] = flat_keep[cell]
+            renumbered = index - counts[event] + kept[event]
+            renumbered[is_cell] = new_index[cell] - kept_offsets[event[is_cell]]
         for name in present:
             values = flat(name)[0]
             if name == "particle_to_node_idx":

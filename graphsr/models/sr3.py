@@ -29,6 +29,8 @@ state ``x`` holding the fine targets first, then the coarse ones.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -63,7 +65,7 @@ def add_inputs(batch, factor: int):
 
 def parent_sums(energy: torch.Tensor, data) -> torch.Tensor:
     """Sum of the children of every coarse cell; ``energy`` is ``[..., Nf]``."""
-    flat = energy.reshape(-1, energy.size(-1))
+    flat = energy.reshape(math.prod(energy.shape[:-1]), energy.size(-1))  # -1 is ambiguous for empty events
     out = flat.new_zeros(flat.size(0), data.coarse_energy.size(0))
     out.index_add_(1, data.fine_parent, flat)
     return out.reshape(*energy.shape[:-1], -1)
