@@ -625,6 +625,12 @@ def test_events_without_cells_flow_through_every_command(trained, data_file, tmp
     assert main(["evaluate", "--checkpoint", str(result.checkpoint), "--input", str(path), "--split", "all",
                  "--out", str(tmp_path / "report"), "--ensemble", "2", "--displays", "0", "--device", "cpu"]) == 0
     assert "on 16 events" in capsys.readouterr().out
+    # training leaves them out: the 16 events with cells split into train / validation / test
+    config = tiny_config(path, tmp_path / "cache", steps=2, val_every=2)
+    config.sample.calibration_events = 0
+    state = load_checkpoint(train(config, tmp_path / "run", progress=False).checkpoint)
+    assert sum(len(state["events"][part][0]["entries"]) for part in ("train", "val")) <= 16
+    assert not set(state["events"]["train"][0]["entries"].tolist()) & set(np.flatnonzero(empty).tolist())
 
 
 def test_sample_writes_the_resolvers_numbers_in_mev_on_the_right_cells(trained, data_file, tmp_path):
