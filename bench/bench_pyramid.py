@@ -194,7 +194,8 @@ def cost_table(checkpoints: dict[str, str], cases: list[str], device: str, ensem
 
 def quality_table(checkpoints: dict[str, str], path: str, events: int, ensemble: int, device: str):
     from graphsr.datasets import CocoaDataset
-    from graphsr.eval.compare import evaluate_other, side_by_side
+    from graphsr.eval.compare import side_by_side
+    from graphsr.eval.evaluate import evaluate_other
     from graphsr.inference import unseen_events
 
     resolvers = {name: load_resolver(c, device=device) for name, c in checkpoints.items()}

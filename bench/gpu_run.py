@@ -29,8 +29,8 @@ from graphsr.datasets import CocoaDataset
 from graphsr.eval.evaluate import compute_metrics, generate
 from graphsr.inference import SuperResolver, unseen_events
 from graphsr.training.checkpoint import slim_checkpoint
-from graphsr.training.distill import distill
-from graphsr.training.trainer import graph_options, train
+from graphsr.pipelines import distill, train  # each ends calibrated, as graphsr train / distill
+from graphsr.training.trainer import graph_options
 
 
 class Tee:

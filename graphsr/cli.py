@@ -87,7 +87,7 @@ def _summary(args):
 
 def _train(args):
     from graphsr.config import load_config
-    from graphsr.training.trainer import train
+    from graphsr.pipelines import train
 
     config = load_config(args.config)
     if args.data:
@@ -108,7 +108,8 @@ def _train(args):
 
 def _train_reco(args):
     from graphsr.eval.reco_report import cardinality_lines
-    from graphsr.reco import load_reco_config, train_reco
+    from graphsr.pipelines import train_reco
+    from graphsr.reco import load_reco_config
 
     config = load_reco_config(args.config)
     if args.data:
@@ -125,6 +126,8 @@ def _train_reco(args):
     print(f"checkpoint: {result.checkpoint} (step {result.step}, validation loss {result.val_loss:.4f}, "
           f"cardinality accuracy {result.val_accuracy:.3f})")
     test = result.test
+    if test is None:  # paused by --stop-after
+        return
     print("\n".join(cardinality_lines(f"{test['events']} held-out test events ({args.input_type} cells), accuracy "
                                        "per true count:", {"learned": test["learned"],
                                                            "hand clustering": test["hand_clustering"]})))
@@ -229,7 +232,8 @@ def _evaluate(args):
     results = compute_metrics(generated)
     results["calibration"] = resolver.calibration if calibrated else None
     if other is not None:
-        from graphsr.eval.compare import evaluate_other, side_by_side
+        from graphsr.eval.compare import side_by_side
+        from graphsr.eval.evaluate import evaluate_other
 
         results["comparison"] = side_by_side({
             f"{config.model.generator}: {args.checkpoint}": results,
@@ -283,7 +287,7 @@ def _evaluate(args):
 
 
 def _distill(args):
-    from graphsr.training.distill import distill
+    from graphsr.pipelines import distill
 
     from graphsr.training.checkpoint import load_checkpoint
 
@@ -299,24 +303,15 @@ def _distill(args):
 
 
 def _calibrate(args):
-    import torch
+    from graphsr.inference import occupancy_text
+    from graphsr.pipelines import calibrate
+    from graphsr.training.checkpoint import load_checkpoint
 
-    from graphsr.datasets import CocoaDataset
-    from graphsr.inference import fit_calibration, load_resolver, occupancy_text
-    from graphsr.training.checkpoint import write_calibration
-
-    resolver = load_resolver(args.checkpoint, device=args.device)
-    config = resolver.config
-    dataset = CocoaDataset(config.data.train, root=config.data.cache, options=resolver.graph_options,
-                           max_events=config.data.max_events)
-    v, t = config.data.val_fraction, config.data.test_fraction
-    val = torch.as_tensor(dataset.split((1 - v - t, v, t), seed=config.data.split_seed)[1].indices())
-    events = val[:args.events]
-    calibration = fit_calibration(resolver, dataset.storage(), events, ensemble=args.ensemble, sampler=args.sampler,
-                                  steps=args.steps, eta=args.eta)
-    replaced = len(write_calibration(args.checkpoint, calibration).get("replaced_calibrations", []))
+    calibration = calibrate(args.checkpoint, events=args.events, device=args.device, ensemble=args.ensemble,
+                            sampler=args.sampler, steps=args.steps, eta=args.eta)
+    replaced = len(load_checkpoint(args.checkpoint).get("replaced_calibrations", []))
     eta = f" (eta {calibration['eta']:g})" if calibration["eta"] is not None else ""
-    print(f"calibrated on {len(events)} validation events, {calibration['sampler']} {calibration['steps']} "
+    print(f"calibrated on {calibration['events']} validation events, {calibration['sampler']} {calibration['steps']} "
           f"steps{eta}, ensembles of {calibration['ensemble']} (now the checkpoint's sampling defaults): spread "
           f"factors coarse {calibration['coarse']:.2f}, fine {calibration['fine']:.2f}; 68% coverage of the event energy "
           f"{calibration['coverage']['event_before']:.3f} -> {calibration['coverage']['event_after']:.3f}, of hit "

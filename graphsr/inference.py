@@ -15,19 +15,19 @@ from graphsr.config import Config, config_from_dict
 from graphsr.datasets.cocoa import warn_if_noise_differs
 from graphsr.diffusion import get_sampler, karras_sigmas
 from graphsr.detector import Geometry
+from graphsr.detector.geometry import LAYER_NAMES
 from graphsr.graphs import GraphOptions, build_storage, collate_events
-from graphsr.graphs.build import MEV_PER_GEV
 from graphsr.io import ALL_BRANCHES, GRAPH_BRANCHES_HIGH, CocoaWriter, file_digest, iter_cocoa, open_cocoa
 from graphsr.io.select import select_cells
 from graphsr.io.writer import MAPPING_BRANCHES
 from graphsr.models.sr3 import EnergyModel, add_inputs, parent_sums, state_batch
 from graphsr.provenance import file_hash, provenance
+from graphsr.units import HIT_THRESHOLD, MEV_PER_GEV
 from graphsr.simulation.topoclustering import neighbour_edges
 from graphsr.training.checkpoint import load_checkpoint
 from graphsr.training.trainer import build_denoiser, resolve_device
 
 
-HIT_THRESHOLD = 0.001  # GeV: a fine cell counts as hit above 1 MeV
 PRETRAINED = Path(__file__).parent / "pretrained" / "single_electron_2x.pt"
 
 
@@ -519,7 +519,6 @@ def fit_occupancy(ensembles: list[tuple[torch.Tensor, object]], threshold: float
 def occupancy_text(calibration: dict) -> str:
     """One line on a calibration's occupancy factors: per layer with truth hits, the factor and the estimate's hits
     before -> after against the truth's (validation events)."""
-    from graphsr.eval.evaluate import LAYER_NAMES
 
     occupancy = calibration.get("occupancy")
     if not occupancy:

@@ -11,7 +11,7 @@ import pytest
 from graphsr.config import config_from_dict
 from graphsr.io import write_cocoa
 from graphsr.simulation import SingleElectronGun, simulate_events
-from graphsr.training.trainer import train
+from graphsr.pipelines import train
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 

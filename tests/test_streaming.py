@@ -14,7 +14,7 @@ from graphsr.inference import SuperResolver, seen_entries
 from graphsr.io import read_cocoa, write_cocoa
 from graphsr.simulation import SingleElectronGun, simulate_events
 from graphsr.training.checkpoint import load_checkpoint
-from graphsr.training.trainer import train
+from graphsr.pipelines import train
 
 from test_training import tiny_config
 

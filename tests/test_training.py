@@ -23,7 +23,8 @@ from graphsr.inference import SuperResolver
 from graphsr.io import open_cocoa, read_cocoa, write_cocoa
 from graphsr.simulation import SingleElectronGun, simulate_events
 from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
-from graphsr.training.trainer import _loss, build_denoiser, build_loss, fit_energy_model, load_splits, train
+from graphsr.pipelines import train  # training, then the calibration, as graphsr train
+from graphsr.training.trainer import _loss, build_denoiser, build_loss, fit_energy_model, load_splits
 from graphsr.datasets import CocoaDataset
 from graphsr.graphs import GraphOptions, collate_events
 

@@ -64,6 +64,8 @@ COCOA_LAYERS = (
     Layer("HCAL3", 3585.57, 4063.84, 32, 25.0),
 )
 NUM_ECAL_LAYERS = 3
+LAYER_NAMES = tuple(layer.name for layer in COCOA_LAYERS)
+SEED_LAYER = 1  # ECAL2, the deepest-resolution ECAL layer: its local maxima seed showers in both reconstructions
 
 
 def _namespace(x):

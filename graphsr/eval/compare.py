@@ -1,18 +1,11 @@
 """Two generators side by side (e.g. dense and pyramid) on the same held-out events, for the evaluation report.
 
-:func:`evaluate_other` runs a second checkpoint exactly as :func:`graphsr.eval.evaluate.generate` ran the first;
-:func:`side_by_side` keeps the figures that tell the generators apart from each one's
+:func:`~graphsr.eval.evaluate.evaluate_other` runs a second checkpoint exactly as
+:func:`~graphsr.eval.evaluate.generate` ran the first; :func:`side_by_side` keeps the figures that tell the generators apart from each one's
 :func:`~graphsr.eval.evaluate.compute_metrics`; :func:`comparison_markdown` writes them as a report section.
 """
 
 from __future__ import annotations
-
-from graphsr.eval.evaluate import compute_metrics, generate
-
-
-def evaluate_other(resolver, storage, events, **generate_args) -> dict:
-    """:func:`~graphsr.eval.evaluate.compute_metrics` of another checkpoint on the same events and settings."""
-    return compute_metrics(generate(resolver, storage, events, **generate_args))
 
 
 def _value(pair) -> float | None:

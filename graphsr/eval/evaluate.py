@@ -24,8 +24,11 @@ import torch
 from tqdm import tqdm
 
 from graphsr.eval import metrics as m
+from graphsr.eval.compare import comparison_markdown
 from graphsr.graphs import collate_events
-from graphsr.inference import HIT_THRESHOLD, PRETRAINED, occupancy_text
+from graphsr.detector.geometry import LAYER_NAMES
+from graphsr.inference import PRETRAINED, occupancy_text
+from graphsr.units import HIT_THRESHOLD
 
 # The published figures (arXiv 2409.16052), shown beside ours: single electrons 2x (event ECAL energy), and the
 # multi-particle 4x set through a trained particle-flow model (coarse -> super-resolved input)
@@ -34,7 +37,6 @@ PUBLISHED = {"coarse_spread": 0.0057, "sr_spread": 0.0034, "ratio": 0.0034 / 0.0
              "multi_particle": {"cardinality": {"1": (0.9938, 0.9941), "2": (0.8852, 0.9102), "3": (0.7762, 0.8197),
                                                 "4": (0.8132, 0.8142)},
                                 "energy": (0.37, 0.27), "eta": (0.03, 0.02), "phi": (0.11, 0.09)}}
-LAYER_NAMES = ("ECAL1", "ECAL2", "ECAL3", "HCAL1", "HCAL2", "HCAL3")
 # shower shapes and the event features of FPD / KPD / AUC use the cells within this distance in eta and in phi of
 # each layer's leading cell: the shower (the multi-particle gun's photons lie ~0.1 from the electron), without the
 # noise-only clusters elsewhere, whose energy in the super-resolved output would set the widths (it is counted with
@@ -273,6 +275,12 @@ def compute_metrics(g: Generated, ensemble_sizes=(1, 2, 5, 10, 25)) -> dict:
         out["particles"] = particle_reconstruction(g)
     out["published"] = PUBLISHED
     return out
+
+
+def evaluate_other(resolver, storage, events, **generate_args) -> dict:
+    """:func:`compute_metrics` of another checkpoint on the same events and settings (:func:`generate`), for
+    :func:`graphsr.eval.compare.side_by_side`."""
+    return compute_metrics(generate(resolver, storage, events, **generate_args))
 
 
 def shifted_summary(g: Generated) -> dict:
@@ -539,8 +547,6 @@ def _markdown(r: dict, title: str, displays: list) -> str:
                          f"{_fmt(v['super_resolved_bias'])} | {_fmt(v['coverage_68'], 3)} |")
         lines.append("")
     if "comparison" in r:
-        from graphsr.eval.compare import comparison_markdown
-
         lines += comparison_markdown(r["comparison"])
     if displays:
         lines += ["## Event displays", ""] + [f"![{label}]({Path(p).name})" for label, p in displays] + [""]

@@ -22,11 +22,11 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from graphsr.detector import Geometry
+from graphsr.detector.geometry import SEED_LAYER
 from graphsr.eval.metrics import as_numpy
 from graphsr.simulation.guns import wrap_phi
 from graphsr.simulation.topoclustering import neighbour_edges
 
-SEED_LAYER = 1          # ECAL2
 SEED_THRESHOLD = 1.0    # GeV in the seed cell
 RADIUS = 0.1            # cells further than this from every seed (eta, phi) join no particle (~3.5 Moliere radii)
 MATCH_RADIUS = 0.1      # largest Delta R of a reconstructed-true match

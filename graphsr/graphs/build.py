@@ -19,7 +19,7 @@ from graphsr import ops
 from graphsr.detector import NUM_ECAL_LAYERS, Geometry, neighbours
 from graphsr.graphs.data import PairData
 
-MEV_PER_GEV = 1000.0
+from graphsr.units import MEV_PER_GEV  # noqa: E402,F401 (the unit every layer shares; importable from here too)
 EDGES = ("grid", "knn", "radius")
 
 

@@ -37,7 +37,7 @@ from torch import nn
 from graphsr import ops
 from graphsr.config import ModelConfig
 from graphsr.detector import Geometry
-from graphsr.graphs.build import MEV_PER_GEV
+from graphsr.units import MEV_PER_GEV
 from graphsr.graphs.transforms import SignedLog
 from graphsr.nn import GraphTransformer, NoiseEmbedding
 

@@ -41,7 +41,7 @@ from torch import nn
 from torch_geometric.utils import to_dense_batch
 
 from graphsr import ops
-from graphsr.eval.reconstruction import SEED_LAYER
+from graphsr.detector.geometry import SEED_LAYER
 from graphsr.graphs.cells import CellGraph
 from graphsr.nn import Block, CellTransformer
 from graphsr.nn.transformer import wrap_phi

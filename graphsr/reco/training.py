@@ -16,7 +16,6 @@ rate then anneals to zero by the time limit (or the last step, whichever comes f
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -121,7 +120,9 @@ class RecoTrainResult:
     step: int
     val_loss: float
     val_accuracy: float
-    test: dict
+    test_set: object          # the held-out test events (a dataset subset)
+    paused: bool = False      # left early by stop_after, to be resumed
+    test: dict | None = None  # their metrics (graphsr.pipelines.train_reco)
 
 
 @torch.no_grad()
@@ -144,9 +145,9 @@ def validate(model, loader, which: str, options: GraphOptions, threshold: float,
 
 def train_reco(config: RecoConfig, input_type: str, out_dir: str | Path, progress: bool = True, *,
                resume: bool = False, overwrite: bool = False, stop_after: int | None = None) -> RecoTrainResult:
-    """Train a particle-flow model on ``input_type`` cells of the config's events, write ``out_dir/checkpoint.pt``
-    (at every validation, atomically) and ``out_dir/test_metrics.json`` (its held-out test events, beside the
-    hand-written clustering on the same cells).
+    """Train a particle-flow model on ``input_type`` cells of the config's events and write ``out_dir/checkpoint.pt``
+    (at every validation, atomically). Scoring it on its held-out test events is the next step
+    (:func:`graphsr.pipelines.train_reco` runs both, as ``graphsr train-reco`` does).
 
     A directory that holds a run is refused unless ``resume`` (continue it exactly: without ``train.time_limit`` the
     weights are those of an uninterrupted run) or ``overwrite``; ``stop_after`` leaves (with a checkpoint) after
@@ -154,7 +155,7 @@ def train_reco(config: RecoConfig, input_type: str, out_dir: str | Path, progres
     out_dir = Path(out_dir)
     tc, which = config.train, INPUT_TYPES.get(input_type)
     files = reco_files(config, input_type)
-    claim_run_dir(out_dir, resume=resume, overwrite=overwrite)
+    claim_run_dir(out_dir, resume=resume, overwrite=overwrite)  # (reco_files checked the inputs)
     state = load_checkpoint(out_dir / CHECKPOINT) if resume else None
     if state is not None and (state.get("input_type") != input_type or state["config"] != config.to_dict()):
         raise ValueError(f"{out_dir / CHECKPOINT} was trained on {state.get('input_type')!r} input with another "
@@ -245,12 +246,8 @@ def train_reco(config: RecoConfig, input_type: str, out_dir: str | Path, progres
     if step < tc.steps:
         print(f"stopped at step {step} of {tc.steps} (time limit {tc.time_limit} s, stop_after {stop_after}); "
               "`--resume` continues")
-    from graphsr.eval.reco_report import test_split_metrics
-
-    reco = ParticleFlowReco(out_dir / CHECKPOINT, device=device)
-    test = test_split_metrics(reco, test_set)
-    (out_dir / "test_metrics.json").write_text(json.dumps(test, indent=2, default=float))
-    return RecoTrainResult(out_dir / CHECKPOINT, step, val_loss, val_accuracy, test)
+    paused = stop_after is not None and step - first_step >= stop_after and step < tc.steps
+    return RecoTrainResult(out_dir / CHECKPOINT, step, val_loss, val_accuracy, test_set, paused)
 
 
 class ParticleFlowReco:

@@ -61,7 +61,8 @@ RUN_FILES = ("checkpoint.pt", "history.csv")
 
 
 def claim_run_dir(out_dir: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
-    """Make ``out_dir`` ready for a run, without losing one that is there.
+    """Make ``out_dir`` ready for a run, without losing one that is there (call it once the run's inputs are
+    checked, so that a refused run removes nothing).
 
     A directory that holds a run (:data:`RUN_FILES`) is refused unless ``resume`` (continue it: its checkpoint must
     exist) or ``overwrite`` (its run files are removed first, so that a failed new run leaves no mix of both).
@@ -80,21 +81,20 @@ def claim_run_dir(out_dir: str | Path, *, resume: bool = False, overwrite: bool 
     elif held:
         for name in held:
             (out_dir / name).unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir
 
 
-def write_calibration(path: str | Path, calibration: dict) -> dict:
-    """Store a refitted calibration in the checkpoint at ``path`` (``graphsr calibrate``); the sampler settings it
-    was fitted for become the checkpoint's sampling defaults. The calibration it replaces, with the sampling
-    defaults it held for, is kept under ``"replaced_calibrations"`` (oldest first), so a refit never loses one.
-    Returns the checkpoint state as written."""
+def write_calibration(path: str | Path, calibration: dict, *, sampling_defaults: bool = True) -> dict:
+    """Store a calibration in the checkpoint at ``path``; with ``sampling_defaults`` the sampler settings it was
+    fitted for become the checkpoint's sampling defaults (``graphsr calibrate`` for other settings). The calibration
+    it replaces, with the sampling defaults it held for, is kept under ``"replaced_calibrations"`` (oldest first), so
+    a refit never loses one. Returns the checkpoint state as written."""
     state = load_checkpoint(path)
     if state.get("calibration") is not None:
         state.setdefault("replaced_calibrations", []).append(
             {"calibration": state["calibration"], "sample": dict(state["config"]["sample"])})
     state["calibration"] = calibration
-    for key in ("sampler", "steps", "eta", "ensemble"):
+    for key in ("sampler", "steps", "eta", "ensemble") if sampling_defaults else ():
         if calibration.get(key) is not None:
             state["config"]["sample"][key] = calibration[key]
     save_checkpoint(state, path)

@@ -7,7 +7,7 @@ deterministic DDIM steps ``sigma_i -> sigma_mid -> sigma_next``; the student is 
 ``sigma_i -> sigma_next`` lands on the same point, i.e. its denoised estimate must be
 ``x - sigma_i (x_teacher - x) / (sigma_next - sigma_i)`` (at ``sigma_next = 0``: the teacher's sample itself).
 The student samples on exactly that grid, which its checkpoint stores (``sampling_sigmas``). Distillation keeps the
-teacher's energy model and graphs; the student's spread calibration is refitted at the end, on validation events.
+teacher's energy model and graphs; its spread calibration is refitted afterwards (:mod:`graphsr.pipelines`).
 """
 
 from __future__ import annotations
@@ -178,10 +178,10 @@ def distill_round(state: dict, out: str | Path, *, steps: int = 500, batch_size:
 
 
 def distill(checkpoint: str | Path, out: str | Path, *, rounds: int | None = None, teacher_steps: int | None = None,
-            calibrate: bool = True, resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
-            **round_args) -> Path:
+            resume: bool = False, overwrite: bool = False, stop_after: int | None = None, **round_args) -> Path:
     """Progressive distillation of a trained checkpoint: ``rounds`` halvings (default: down to one step), each
-    written over ``out/checkpoint.pt``; then the student's spread calibration on validation events.
+    written over ``out/checkpoint.pt``. The student's spread calibration is the next step:
+    :func:`graphsr.pipelines.distill` runs both, as ``graphsr distill`` does.
 
     ``teacher_steps``: the teacher samples on the Karras grid of this many DDIM steps instead of its config's, so
     that, e.g., 32 steps and 3 rounds give a 4-step student that follows the 32-step sampler (whose ensemble mean is
@@ -190,12 +190,12 @@ def distill(checkpoint: str | Path, out: str | Path, *, rounds: int | None = Non
     A directory that holds a run is refused unless ``resume`` (continue it exactly, with the same settings: the
     student's weights are those of an uninterrupted run) or ``overwrite``. ``stop_after``: leave (with a
     checkpoint, uncalibrated) after this many optimiser steps in this call."""
-    claim_run_dir(out, resume=resume, overwrite=overwrite)
     path = Path(out) / CHECKPOINT
     settings = {"checkpoint": str(checkpoint), "rounds": rounds, "teacher_steps": teacher_steps,
                 **{k: v for k, v in round_args.items() if k not in ("device", "save_every")}}
     first_round, saved = 0, None
     if resume:
+        claim_run_dir(out, resume=True, overwrite=overwrite)
         saved = load_checkpoint(path)
         run = saved.get("distill_run")
         if run is None:
@@ -219,6 +219,7 @@ def distill(checkpoint: str | Path, out: str | Path, *, rounds: int | None = Non
         rounds = rounds if rounds is not None else max(steps.bit_length() - 1, 0)
         if rounds < 1 or steps % (2 ** rounds):
             raise ValueError(f"{checkpoint} samples with {steps} steps: {rounds} halving round(s) do not fit")
+        claim_run_dir(out, overwrite=overwrite)
     state.pop("distill_run", None)
     done = 0
     for r in range(first_round, rounds):
@@ -234,15 +235,4 @@ def distill(checkpoint: str | Path, out: str | Path, *, rounds: int | None = Non
             return path
         done += state["distill_run"]["step"] - before
         state = {**state, "distill_run": None}
-    state = load_checkpoint(path) if first_round >= rounds else state
-    config = config_from_dict(state["config"])
-    if calibrate and config.sample.calibration_events > 0:
-        from graphsr.inference import SuperResolver, fit_calibration
-
-        _, val_set, _ = load_splits(config)
-        resolver = SuperResolver(path, device=round_args.get("device", "auto"))
-        events = torch.as_tensor(val_set.indices()[:config.sample.calibration_events])
-        state = load_checkpoint(path)
-        state["calibration"] = fit_calibration(resolver, val_set.storage(), events)
-        save_checkpoint(state, path)
     return path

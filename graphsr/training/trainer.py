@@ -125,6 +125,7 @@ class TrainResult:
     train_loss: float
     val_loss: float
     events_per_second: float
+    paused: bool = False  # left early by stop_after, to be resumed (a time limit ends a run: it is not paused)
 
 
 def _loss(loss_fn, denoiser, batch, energy_model: EnergyModel, generator, factor: int, coarse_weight: float,
@@ -186,7 +187,8 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
           stop_after: int | None = None, overwrite: bool = False) -> TrainResult:
     """Train (or, with ``resume``, continue training) and write ``out_dir/checkpoint.pt`` and
     ``out_dir/history.csv`` (:mod:`graphsr.training.history`: every step's loss and learning rate, every
-    validation loss; TensorBoard too when installed).
+    validation loss; TensorBoard too when installed). The spread calibration is the next step:
+    :func:`graphsr.pipelines.train` runs both, as ``graphsr train`` does.
 
     ``stop_after``: leave (with a checkpoint) after this many steps in this call, e.g. to fit a batch-queue slot;
     a later ``resume`` goes on exactly as if the run had not stopped.
@@ -198,8 +200,6 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     tc = config.train
     rank, world, device = distributed_setup(tc.device)
     main = rank == 0  # writes checkpoints, history and logs
-    if main:
-        claim_run_dir(out_dir, resume=resume, overwrite=overwrite)
     if world > 1 and config.model.generator != "dense":
         raise ValueError("distributed training supports the dense generator only")
     if world > 1 and not main:  # rank 0 builds (or checks) the graph cache first, the others then read it
@@ -214,6 +214,8 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
         dist.barrier()
     if len(train_set) == 0:
         raise ValueError(f"no training events in {config.data.train}")
+    if main:
+        claim_run_dir(out_dir, resume=resume, overwrite=overwrite)
 
     state = load_checkpoint(out_dir / CHECKPOINT) if resume else None
     changed = [key for key in config_differences(state["config"], config.to_dict()) if key not in RESUMABLE] \
@@ -262,7 +264,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     seen = state["events"] if state else {"train": seen_events(train_set), "val": seen_events(val_set)}
     data_range = state["training_range"] if state else training_range(train_set, factor)
 
-    def checkpoint(calibration=None):
+    def checkpoint():
         cuda_rng = {"cuda_rng_state": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
         return save_checkpoint({
             "model": denoiser.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
@@ -271,7 +273,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
             "epoch": epoch, "position": position, "config": config.to_dict(), "energy_model": energy_model.state(),
             "graph_options": {**asdict(graph_options(config)), "layers": list(config.data.layers)},
             "factor": factor, "val_loss": val_loss, "events": seen, "training_range": data_range,
-            "calibration": calibration, "seconds": seconds_before + time.perf_counter() - started,
+            "calibration": None, "seconds": seconds_before + time.perf_counter() - started,
             "provenance": record,
         }, out_dir / CHECKPOINT)
 
@@ -335,23 +337,12 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
 
         dist.barrier()  # rank 0's last checkpoint is written
         dist.destroy_process_group()
-    if not main:
-        return TrainResult(out_dir / CHECKPOINT, step, train_loss, val_loss,
-                           events_seen / max(time.perf_counter() - started, 1e-9))
-    history.close()
-    if step < tc.steps:
-        logger.info(f"stopped at step {step} of {tc.steps} (time limit {tc.time_limit} s, stop_after {stop_after}); "
-                    "`--resume` continues")
-    slot_only = stop_after is not None and step - first_step >= stop_after and step < tc.steps
-    calibrated = energy_model.kind == "shares"
-    if calibrated and config.sample.calibration_events > 0 and len(val_set) and not slot_only:
-        from graphsr.inference import fit_calibration, load_resolver, occupancy_text
-
-        resolver = load_resolver(out_dir / CHECKPOINT, device=device)
-        events = torch.as_tensor(val_set.indices()[:config.sample.calibration_events])
-        calibration = fit_calibration(resolver, val_set.storage(), events)
-        checkpoint(calibration)
-        logger.info(f"calibrated on {len(events)} validation events: spread factors coarse "
-                    f"{calibration['coarse']:.2f}, fine {calibration['fine']:.2f}; {occupancy_text(calibration)}")
-    return TrainResult(out_dir / CHECKPOINT, step, train_loss, val_loss,
-                       events_seen / max(time.perf_counter() - started, 1e-9))
+    paused = stop_after is not None and step - first_step >= stop_after and step < tc.steps
+    result = TrainResult(out_dir / CHECKPOINT, step, train_loss, val_loss,
+                         events_seen / max(time.perf_counter() - started, 1e-9), paused)
+    if main:
+        history.close()
+        if step < tc.steps:
+            logger.info(f"stopped at step {step} of {tc.steps} (time limit {tc.time_limit} s, stop_after "
+                        f"{stop_after}); `--resume` continues")
+    return result
