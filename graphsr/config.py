@@ -54,9 +54,8 @@ class DiffusionConfig:
     p_std: float = 1.2                        # EDM: ... and its std
     sigma_min: float = 0.002                  # sampling range
     # 20, not EDM's 80: training draws sigma above 20 once in 4,000 (ln sigma 3.5 sd above p_mean), so the network
-    # is untrained higher up; with 80, the few-step grid's early steps land there. Event-energy bias 80 -> 20: the
-    # 30-minute model -0.11% -> -0.04%, the multi-particle one -0.49% -> -0.05%, the demo's +0.03% -> +0.09%
-    # (README, "Sampling grid"). 20 sigma_data is still pure noise.
+    # is untrained higher up, and a few-step grid starting at 80 spends its first steps there, which biases the
+    # event energy (docs/energy_model.md, "The sampling grid"). 20 sigma_data is still pure noise.
     sigma_max: float = 20.0
     min_snr_gamma: float | None = None        # min-SNR loss weighting (None: off)
     coarse_weight: float = 1.0                # loss weight of the coarse totals against the fine shares, per event
@@ -187,13 +186,38 @@ def config_from_dict(values: dict, cls=Config):
     return _build(cls, values or {}, "config")
 
 
-def load_config(path: str | Path, cls=Config):
-    """Read a YAML config into dataclass ``cls`` (default :class:`Config`, the super-resolution run's; e.g.
-    :class:`graphsr.reco.RecoConfig`); errors name the file and the offending key."""
+def _merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` on top, section by section (a list or a value is replaced whole)."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_config_file(path: str | Path, _seen: tuple = ()) -> dict:
+    """The settings of a YAML config as nested dicts, with ``extends: other.yaml`` (a path relative to the file)
+    resolved: the other file's settings, with this file's on top. So a variant names only what differs from its
+    base."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"config file not found: {path}")
+        raise FileNotFoundError(f"config file not found: {path}" + (f" (extended by {_seen[-1]})" if _seen else ""))
+    if path.resolve() in _seen:
+        raise ValueError(f"{path}: extends itself through {' -> '.join(map(str, _seen))}")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(values).__name__}")
+    base = values.pop("extends", None)
+    if base is None:
+        return values
+    return _merged(read_config_file(path.parent / base, (*_seen, path.resolve())), values)
+
+
+def load_config(path: str | Path, cls=Config):
+    """Read a YAML config (:func:`read_config_file`, ``extends:`` included) into dataclass ``cls`` (default
+    :class:`Config`, the super-resolution run's; e.g. :class:`graphsr.reco.RecoConfig`); errors name the file and
+    the offending key."""
+    values = read_config_file(path)
     try:
-        return config_from_dict(yaml.safe_load(path.read_text()), cls)
+        return config_from_dict(values, cls)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None

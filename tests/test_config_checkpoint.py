@@ -7,6 +7,8 @@ import torch
 from graphsr.config import Config, config_differences, config_from_dict, load_config
 from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 def test_config_reads_nested_values_and_rejects_unknown_keys(tmp_path):
     path = tmp_path / "run.yaml"
@@ -84,3 +86,27 @@ def test_shipped_configs_load(path):
     config = load_config(path)
     assert config.diffusion.parameterisation in PARAMETERISATIONS
     assert config.sample.sampler in SAMPLERS and config.sample.mode in MODES
+
+
+def test_a_config_extends_another_with_only_what_differs(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: {width: 32, depth: 2}\ntrain: {steps: 2000, lr: 2.0e-3}\n"
+                                        "data: {layers: [0, 1, 2]}\n")
+    (tmp_path / "variants").mkdir()
+    (tmp_path / "variants" / "short.yaml").write_text("extends: ../base.yaml\ntrain: {steps: 600}\n"
+                                                      "data: {layers: [1]}\n")
+    config = load_config(tmp_path / "variants" / "short.yaml")
+    # section by section: the variant's value wins, the rest of the section is the base's; lists are replaced whole
+    assert (config.train.steps, config.train.lr, config.model.width, config.data.layers) == (600, 0.002, 32, [1])
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ValueError, match="extends itself"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match="missing.yaml.*extended by"):
+        load_config(tmp_path / "orphan.yaml")
+
+
+def test_the_regression_baseline_differs_from_the_demo_only_where_it_says():
+    base, regression = (load_config(CONFIGS / name) for name in ("single_electron_2x.yaml",
+                                                                    "single_electron_2x_regression.yaml"))
+    assert config_differences(base.to_dict(), regression.to_dict()) == \
+        ["diffusion.parameterisation", "train.steps", "train.time_limit"]

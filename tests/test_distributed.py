@@ -90,7 +90,8 @@ def test_ranks_take_distinct_consecutive_shares_that_cover_each_batch(tmp_path):
             assert [share["events"][:2] for _, share in firsts] == [(0, 2), (2, 4), (4, 5)]
 
 
-@pytest.mark.parametrize("processes, batch_size", [(3, 5), (2, 1)])  # shares of 2, 2, 1; a rank with no event
+@pytest.mark.parametrize("processes, batch_size", [pytest.param(3, 5, marks=pytest.mark.slow), (2, 1)])  # shares of
+# 2, 2, 1 (three processes: make test-slow); a rank with no event
 def test_uneven_shares_weight_every_event_as_one_process_does(tmp_path, processes, batch_size):
     data = tmp_path / "e.root"
     write_cocoa(data, simulate_events(SingleElectronGun(), 30, factor=2, seed=11, neighbour_branches=False))

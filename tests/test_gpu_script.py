@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from graphsr.inference import SuperResolver
@@ -15,6 +16,7 @@ from graphsr.inference import SuperResolver
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # the whole GPU run in miniature (~30 s): make test-slow
 def test_gpu_script_runs_every_step_on_the_cpu(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
     done = subprocess.run([str(ROOT / "bench" / "gpu.sh"), "--device", "cpu", "--tiny"], env=env, cwd=ROOT,
@@ -31,6 +33,7 @@ def test_gpu_script_runs_every_step_on_the_cpu(tmp_path):
     assert "super-resolution" in (tmp_path / "gpu_log.txt").read_text()
 
 
+@pytest.mark.slow  # ~60 s
 def test_multi_particle_gpu_script_runs_every_step_on_the_cpu(tmp_path):
     """bench/gpu_multi.sh with a tiny model and a few factor-4 events: simulate, train, super-resolve the two
     particle-flow files, train the SR-input particle-flow model on both, evaluate with all three; what comes back."""

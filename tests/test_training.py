@@ -145,6 +145,7 @@ def test_resume_continues_exactly(data_file, tmp_path):
     assert resumed.step == 8
 
 
+@pytest.mark.slow  # a second process, killed and resumed (~15 s); resume itself is in the default suite
 def test_a_killed_training_process_resumes_to_the_same_weights(data_file, tmp_path):
     """SIGKILL (no chance to clean up) right after the first checkpoint, then ``--resume``."""
     import os
