@@ -20,7 +20,7 @@ CONFIG      ?= configs/single_electron_2x.yaml
 REGRESSION_CONFIG ?= configs/single_electron_2x_regression.yaml
 RUN         ?= runs/single_electron_2x
 # the 4-step student of RUN's 32-step sampler (graphsr distill): what the demo evaluates, and what `make sample` /
-# `make eval` use once it exists; 4 plain DDIM steps bias the event energy by about -0.1% (README, "Few-step sampling")
+# `make eval` use once it exists; 4 plain DDIM steps bias the event energy by about -0.1% (docs/distillation.md)
 STUDENT     ?= $(RUN)_4step
 MODEL       ?= $(if $(wildcard $(STUDENT)/checkpoint.pt),$(STUDENT),$(RUN))
 INPUT       ?= $(DATA)/single_electron_2x.root

@@ -28,9 +28,9 @@ from graphsr.config import load_config
 from graphsr.datasets import CocoaDataset
 from graphsr.eval.evaluate import compute_metrics, generate
 from graphsr.inference import SuperResolver, unseen_events
-from graphsr.training.checkpoint import slim_checkpoint
+from graphsr.models.factory import graph_options
 from graphsr.pipelines import distill, train  # each ends calibrated, as graphsr train / distill
-from graphsr.training.trainer import graph_options
+from graphsr.training.checkpoint import slim_checkpoint
 
 
 class Tee:

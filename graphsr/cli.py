@@ -160,7 +160,7 @@ def _resolver(args):
 def _sample(args):
     import glob
 
-    from graphsr.inference import expand_inputs, super_resolve_file, super_resolve_files
+    from graphsr.pipelines.super_resolve import expand_inputs, super_resolve_file, super_resolve_files
 
     inputs = expand_inputs(args.input)
     # several inputs (or a pattern, or a directory as --output): --output is a directory, one file per input

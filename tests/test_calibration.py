@@ -10,7 +10,8 @@ import torch
 
 from graphsr.config import config_from_dict
 from graphsr.graphs import build_storage, collate_events
-from graphsr.inference import SuperResolver, _smallest_reaching, central_coverage, fit_calibration
+from graphsr.inference import SuperResolver, central_coverage, fit_calibration
+from graphsr.inference.calibration import _smallest_reaching
 from graphsr.models.sr3 import EnergyModel
 
 from conftest import make_toy_events

@@ -528,7 +528,7 @@ def test_a_calibration_holds_for_the_sampling_it_was_fitted_with(trained, tmp_pa
 
 
 def test_calibration_takes_the_smallest_factor_that_reaches_the_level():
-    from graphsr.inference import _smallest_reaching
+    from graphsr.inference.calibration import _smallest_reaching
 
     # coverage that rises to 0.70 at x = 4 and falls beyond (members pushed apart land on a parent's extremes):
     # 0.70 - 0.05 (log2 x - 2)^2 = 0.68 at log2 x = 2 - sqrt(0.4), x = 2.583; a bisection over [0.25, 16] ran to 16
@@ -542,7 +542,7 @@ def test_calibration_takes_the_smallest_factor_that_reaches_the_level():
 
 
 def test_the_shipped_pretrained_model_improves_on_the_coarse_energy(tmp_path):
-    """The GPU-trained model in graphsr/pretrained (README, "Pretrained model") loads on the CPU and, on events it
+    """The GPU-trained model in graphsr/pretrained (docs/gpu.md) loads on the CPU and, on events it
     never saw (another seed), estimates the event ECAL energy closer to the fine truth than the coarse cells do."""
     path = tmp_path / "unseen.root"
     write_cocoa(path, simulate_events(SingleElectronGun(), 12, factor=2, seed=99, neighbour_branches=False))

@@ -2,8 +2,8 @@
 
 PyG's ``DataLoader`` works on graphsr datasets too, but it separates every event into its own ``Data`` object and
 collates them again in Python. :class:`GraphLoader` gathers the chosen events' rows with index arithmetic on the
-storage and offsets the index keys in one go: measured by ``bench/bench_loading.py`` on 5,000 single-electron
-events, about twice as fast as PyG's collation alone and several times faster with the separation it needs.
+storage and offsets the index keys in one go, without the per-event objects (``bench/bench_loading.py`` compares
+the two).
 """
 
 from __future__ import annotations

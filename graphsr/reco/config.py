@@ -27,7 +27,7 @@ class ParticleFlowConfig:
     match_radius: float = 0.1                 # evaluation: largest Delta R of a reconstructed-true match
     incidence_weight: float = 0.0             # training: weight of the published model's incidence loss against
                                               # the cells' true particle fractions (0: none; > 0: the training
-                                              # files need particle_to_node_idx / _weight; README, "Downstream")
+                                              # files need particle_to_node_idx / _weight; docs/reconstruction.md)
 
 
 @dataclass

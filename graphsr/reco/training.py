@@ -31,7 +31,7 @@ from graphsr.graphs import GraphLoader, GraphOptions, cell_graph, cells_of, coll
 from graphsr.io import file_digest, iter_cocoa, open_cocoa
 from graphsr.reco.config import RecoConfig
 from graphsr.reco.model import ParticleFlow, particle_classes, set_loss
-from graphsr.training.checkpoint import claim_run_dir, load_checkpoint, save_checkpoint
+from graphsr.training.checkpoint import claim_run_dir, load_checkpoint, model_weights, save_checkpoint
 from graphsr.training.loop import (ema_update, loop_state, lr_lambda, optimiser_step, resolve_device,
                                    restore_loop_state, shuffled_batches)
 from graphsr.training.trainer import data_factor, load_splits, seen_events
@@ -274,10 +274,7 @@ class ParticleFlowReco:
         self.config: RecoConfig = config_from_dict(state["config"], RecoConfig)
         self.device = resolve_device(str(device))
         self.model = ParticleFlow(self.config.model).to(self.device).eval()
-        weights = state["ema"] if use_ema else state["model"]
-        if use_ema:  # AveragedModel prefixes the wrapped module's keys and counts updates
-            weights = {k.removeprefix("module."): v for k, v in weights.items() if k.startswith("module.")}
-        self.model.load_state_dict(weights)
+        self.model.load_state_dict(model_weights(state, use_ema))
         self.input_type, self.step, self.factor = state["input_type"], state["step"], state["factor"]
         self.cell_set, self.source_files = INPUT_TYPES[self.input_type], state["source_files"]
         self.events = state["events"]

@@ -99,3 +99,12 @@ def write_calibration(path: str | Path, calibration: dict, *, sampling_defaults:
             state["config"]["sample"][key] = calibration[key]
     save_checkpoint(state, path)
     return state
+
+
+def model_weights(state: dict, use_ema: bool = True) -> dict:
+    """The state dict of a checkpoint's model to load into a fresh one: its EMA weights (recommended; stored by
+    ``torch.optim.swa_utils.AveragedModel``, which prefixes the wrapped module's keys and counts its updates) or its
+    raw weights."""
+    if not use_ema:
+        return state["model"]
+    return {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}

@@ -22,11 +22,12 @@ from torch.optim.swa_utils import AveragedModel
 
 from graphsr.config import config_from_dict
 from graphsr.diffusion import karras_sigmas
+from graphsr.models.factory import build_denoiser
 from graphsr.models.sr3 import EnergyModel, add_inputs, node_weights, state_batch
-from graphsr.training.checkpoint import claim_run_dir, load_checkpoint, save_checkpoint
+from graphsr.training.checkpoint import claim_run_dir, load_checkpoint, model_weights, save_checkpoint
 from graphsr.training.loop import (ema_update, loop_state, optimiser_step, resolve_device, restore_loop_state,
                                    shuffled_batches)
-from graphsr.training.trainer import CHECKPOINT, build_denoiser, load_splits
+from graphsr.training.trainer import CHECKPOINT, load_splits
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,7 @@ def distill_round(state: dict, out: str | Path, *, steps: int = 500, batch_size:
     energy_model = EnergyModel(**state["energy_model"])
     factor = state["factor"]
     teacher = build_denoiser(config).to(device).eval()
-    weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-    teacher.load_state_dict(weights)
+    teacher.load_state_dict(model_weights(state))
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = copy.deepcopy(teacher).train()

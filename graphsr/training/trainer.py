@@ -19,25 +19,22 @@ from tqdm import tqdm
 
 from graphsr.config import RESUMABLE, Config, config_differences
 from graphsr.datasets import CocoaDataset
-from graphsr.diffusion import Denoiser, DiffusionLoss
-from graphsr.graphs import GraphLoader, GraphOptions, collate_events
+from graphsr.graphs import GraphLoader, collate_events
 from graphsr.graphs.noise_cells import NoiseCells
 from graphsr.io import file_digest
+
+# the model factory and the loop helpers stay importable from here
+from graphsr.models.factory import build_denoiser, build_loss, graph_options  # noqa: F401
 from graphsr.models.pyramid import Pyramid
-from graphsr.models.sr3 import EnergyModel, SR3Network, add_inputs, node_weights, state_batch
+from graphsr.models.sr3 import EnergyModel, add_inputs, node_weights, state_batch
 from graphsr.provenance import provenance
 from graphsr.training.checkpoint import claim_run_dir, load_checkpoint, save_checkpoint
 from graphsr.training.history import History
-from graphsr.training.loop import ema_update, lr_lambda, optimiser_step, resolve_device  # noqa: F401 (re-exported)
+from graphsr.training.loop import ema_update, lr_lambda, optimiser_step, resolve_device  # noqa: F401
 
 CHECKPOINT = "checkpoint.pt"
 
 logger = logging.getLogger(__name__)
-
-
-def graph_options(config: Config) -> GraphOptions:
-    d = config.data
-    return GraphOptions(layers=tuple(d.layers), edges=d.edges, k=d.k, k_between=d.k_between, reach=d.reach)
 
 
 def load_splits(config: Config, log: bool = False, noise_cells: float = 0.0, fractions: int = 0):
@@ -97,25 +94,6 @@ def training_range(train, factor: int) -> dict:
 def data_factor(train) -> int:
     """Fine cells per coarse cell per side of the training data (every coarse cell has factor**2 children)."""
     return round((train._data.fine_layer.numel() / max(train._data.coarse_layer.numel(), 1)) ** 0.5)
-
-
-def build_denoiser(config: Config) -> Denoiser:
-    """The model of ``config.model.generator``: the dense denoiser, or the pyramid
-    (:class:`~graphsr.models.pyramid.Pyramid`)."""
-    if config.model.generator == "pyramid":
-        return Pyramid(config, graph_options(config))
-    if config.model.generator != "dense":
-        raise ValueError(f"unknown generator {config.model.generator!r}; choose 'dense' or 'pyramid'")
-    d = config.diffusion
-    return Denoiser(SR3Network(config.model), parameterisation=d.parameterisation, sigma_data=d.sigma_data,
-                    schedule=d.schedule)
-
-
-def build_loss(config: Config) -> DiffusionLoss:
-    """The training loss of the config's parameterisation (``coarse_weight`` enters through :func:`_loss`)."""
-    d = config.diffusion
-    return DiffusionLoss(parameterisation=d.parameterisation, schedule=d.schedule, sigma_data=d.sigma_data,
-                         p_mean=d.p_mean, p_std=d.p_std, min_snr_gamma=d.min_snr_gamma)
 
 
 @dataclass
