@@ -23,7 +23,7 @@ import numpy as np
 
 from graphsr.detector import Geometry
 from graphsr.detector.neighbours import neighbours
-from graphsr.io.reader import HIGH_TO_LOW, LOW_TO_HIGH
+from graphsr.io.inspect import HIGH_TO_LOW, LOW_TO_HIGH
 
 LAYOUTS = ("around", "scattered")
 
