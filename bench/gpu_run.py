@@ -133,9 +133,11 @@ def main():
     log(f"built the graphs in {time.perf_counter() - t:.1f} s ({figures['graph_building_events_per_s']:.0f} events/s)")
     result = train(config, work / "teacher", progress=False)
     figures["training"] = {"steps": result.step, "events_per_s": result.events_per_second,
+                           "step_events_per_s": result.step_events_per_second,
                            "val_loss": result.val_loss, "seconds": args.train_seconds}
-    log(f"trained {result.step} steps of {config.train.batch_size} events: {result.events_per_second:.0f} events/s "
-        f"(target 3000), validation loss {result.val_loss:.4f}")
+    log(f"trained {result.step} steps of {config.train.batch_size} events: {result.step_events_per_second:.0f} "
+        f"events/s in the training steps ({result.events_per_second:.0f} with validation and checkpoints; target "
+        f"3000), validation loss {result.val_loss:.4f}")
     slim_checkpoint(result.checkpoint, out / "teacher.pt")
     save_figures()
 

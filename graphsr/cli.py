@@ -47,37 +47,25 @@ def _noise_list(text: str) -> list[float]:
 
 
 def _summary(args):
-    import torch
-
     from graphsr.datasets import CocoaDataset
+    from graphsr.datasets.summary import dataset_summary
     from graphsr.graphs import GraphOptions
     from graphsr.plotting import energy_histograms, event_display
 
     dataset = CocoaDataset([args.input], root=args.cache, options=GraphOptions(), max_events=args.max_events)
-    data = dataset.storage()[0]
-    slices = dataset.slices
-    fine, coarse = torch.diff(slices["fine_layer"]).float(), torch.diff(slices["coarse_layer"]).float()
-    nonzero = (data.fine_energy > 0).float().mean()
-    print(f"{args.input}: {len(dataset)} events with ECAL cells")
+    n = dataset_summary(dataset)
+    coarse, fine, e_coarse, e_fine = n["coarse_cells"], n["fine_cells"], n["coarse_energy"], n["fine_energy"]
+    print(f"{args.input}: {n['events']} events with ECAL cells")
     print(f"  coarse ECAL cells per event: mean {coarse.mean():.1f}, sd {coarse.std():.1f}, "
           f"range {int(coarse.min())}-{int(coarse.max())}")
     print(f"  fine ECAL cells per event:   mean {fine.mean():.1f}, sd {fine.std():.1f}, "
-          f"range {int(fine.min())}-{int(fine.max())}, {100 * nonzero:.0f}% nonzero")
-    print(f"  fine edges per event: {torch.diff(slices['fine_edge_index']).float().mean():.0f}, "
-          f"coarse edges: {torch.diff(slices['coarse_edge_index']).float().mean():.0f}")
-    owner = lambda counts: torch.arange(len(counts)).repeat_interleave(counts.long())  # noqa: E731
-    e_coarse = torch.zeros(len(dataset)).index_add_(0, owner(coarse), data.coarse_energy)
-    e_fine = torch.zeros(len(dataset)).index_add_(0, owner(fine), data.fine_energy)
+          f"range {int(fine.min())}-{int(fine.max())}, {100 * n['fine_nonzero']:.0f}% nonzero")
+    print(f"  fine edges per event: {n['fine_edges']:.0f}, coarse edges: {n['coarse_edges']:.0f}")
     print(f"  ECAL energy per event: coarse {e_coarse.mean():.2f} GeV, fine {e_fine.mean():.2f} GeV, "
           f"relative spread of coarse vs fine {((e_coarse - e_fine) / e_fine).std():.4f}")
-    # coarse cells none of whose children hold energy: noise only (boundary cells, noise-only topoclusters)
-    fine_owner = owner(fine)
-    parent = data.fine_parent + slices["coarse_layer"][:-1][fine_owner]
-    child_energy = torch.zeros(len(data.coarse_energy)).index_add_(0, parent, data.fine_energy.abs())
-    empty = child_energy == 0
-    print(f"  coarse ECAL cells with empty children (noise only): {empty.sum() / len(dataset):.2f} per event, "
-          f"{data.coarse_energy[empty].sum() / len(dataset):.3f} GeV measured in them per event")
-    plot = Path(args.plot)
+    print(f"  coarse ECAL cells with empty children (noise only): {n['noise_only_cells']:.2f} per event, "
+          f"{n['noise_only_energy']:.3f} GeV measured in them per event")
+    data, plot = dataset.storage()[0], Path(args.plot)
     event_display(dataset[0], plot, title=f"{Path(args.input).name}, event {int(dataset[0].event)}")
     energy_histograms({"fine cells": data.fine_energy[data.fine_energy > 0].log10().numpy(),
                        "coarse cells": data.coarse_energy[data.coarse_energy > 0].log10().numpy()},
@@ -103,7 +91,8 @@ def _train(args):
     result = train(config, args.out, resume=args.resume, stop_after=args.stop_after, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(f"checkpoint: {result.checkpoint} (step {result.step}, validation loss {result.val_loss:.4f}, "
-              f"{result.events_per_second:.0f} events/s)")
+              f"{result.events_per_second:.0f} events/s with validation and checkpoints, "
+              f"{result.step_events_per_second:.0f} in the training steps alone)")
 
 
 def _train_reco(args):
@@ -174,97 +163,16 @@ def _sample(args):
         print(f"wrote {n} super-resolved events to {path}")
 
 
-def _shifted_inputs(resolver, args, seed: int = 7) -> dict:
-    """The model on single electrons outside the default training range (pT 30 and 80 GeV at eta ~ 0, and pT 50
-    GeV at |eta| 0.4-0.6), simulated here: spread ratio, bias and coverage of the event energy."""
-    import torch
-
-    from graphsr.eval.evaluate import generate, shifted_summary
-    from graphsr.graphs import build_storage
-    from graphsr.simulation import SingleElectronGun, simulate_events
-
-    guns = {"pT 30 GeV, eta ~ 0": SingleElectronGun(pt_min=30_000, pt_max=31_000),
-            "pT 80 GeV, eta ~ 0": SingleElectronGun(pt_min=80_000, pt_max=81_000),
-            "pT 50 GeV, |eta| 0.4-0.6": SingleElectronGun(eta_min=0.4, eta_max=0.6)}
-    out = {}
-    for i, (name, gun) in enumerate(guns.items()):
-        events = simulate_events(gun, args.shifted_inputs, factor=resolver.factor, seed=seed + i,
-                                 neighbour_branches=False)
-        storage = build_storage(events["Low_Tree"], events["High_Tree"], resolver.graph_options,
-                                factor=resolver.factor)
-        indices = torch.arange(len(storage[1]["event"]) - 1)
-        outside = resolver.outside_training_range(storage, indices)
-        g = generate(resolver, storage, indices, ensemble=args.ensemble, sampler=args.sampler, steps=args.steps,
-                     seed=args.seed, mode=args.mode, calibrated=not args.uncalibrated, progress=False)
-        out[name] = {**shifted_summary(g), "outside_training_range": outside}
-    return out
-
-
 def _evaluate(args):
-    import torch
+    from graphsr.pipelines.evaluate import Sampling, evaluate
 
-    from graphsr.datasets import read_events
-    from graphsr.eval.evaluate import compute_metrics, generate, write_report
-    from graphsr.inference import SuperResolver, load_resolver, seen_entries
-    from graphsr.io import open_cocoa
-    from graphsr.plotting import event_display
-
-    resolver = _resolver(args)
-    config = resolver.config
-    other = load_resolver(args.compare, device=args.device) if args.compare else None
-    seen = [seen_entries(r, args.input, args.split) for r in (resolver, other) if r is not None]
-    seen = torch.cat([s for s in seen if s is not None] or [torch.zeros(0, dtype=torch.long)]).unique()  # by either
-    # reads only the events it scores, chunk by chunk: memory grows with --events, not with the file
-    storage = read_events(args.input, resolver.graph_options, exclude=seen, max_events=args.events or None,
-                          factor=resolver.factor)
-    events = torch.arange(len(storage[1]["event"]) - 1)
-    entries = open_cocoa(args.input).num_events
-    where = (f"the {entries - len(seen)} events of {args.input} the model neither trained nor validated on"
-             if args.split == "test" else f"all {entries} events of {args.input} (a file the model never saw)")
-    where = f"{where}, unseen by {args.compare} too" if other is not None else where
-    print(f"evaluating {resolver.step}-step checkpoint on {len(events)} events ({where})")
-    resolver.warn_if_outside(storage, events, args.input)
-    regression = SuperResolver(args.regression, device=args.device) if args.regression else None
-    calibrated = not args.uncalibrated
-    generated = generate(resolver, storage, events, ensemble=args.ensemble, sampler=args.sampler,
-                         steps=args.steps, seed=args.seed, mode=args.mode, regression=regression,
-                         calibrated=calibrated)
-    results = compute_metrics(generated)
-    results["calibration"] = resolver.calibration if calibrated else None
-    if other is not None:
-        from graphsr.eval.compare import side_by_side
-        from graphsr.eval.evaluate import evaluate_other
-
-        results["comparison"] = side_by_side({
-            f"{config.model.generator}: {args.checkpoint}": results,
-            f"{other.config.model.generator}: {args.compare}": evaluate_other(
-                other, storage, events, ensemble=args.ensemble, sampler=args.sampler, steps=args.steps,
-                seed=args.seed, mode=args.mode, calibrated=calibrated)})
-    if args.shifted_inputs:
-        results["shifted_inputs"] = _shifted_inputs(resolver, args)
-    if args.reco:
-        from graphsr.eval.reco_report import evaluate_reco
-
-        results["reco"] = evaluate_reco(generated, args.reco, args.input, device=args.device)
+    sampling = Sampling(ensemble=args.ensemble, sampler=args.sampler, steps=args.steps, seed=args.seed,
+                        mode=args.mode, calibrated=not args.uncalibrated)
+    results, report = evaluate(_resolver(args), args.input, args.out, sampling=sampling, split=args.split,
+                               events=args.events, compare=args.compare, regression=args.regression,
+                               reco=args.reco or (), shifted=args.shifted_inputs, displays=args.displays,
+                               device=args.device, echo=print)
     out = Path(args.out)
-    displays = []
-    for i, event in enumerate(events[:args.displays].tolist()):
-        single = resolver(storage, torch.tensor([event]), sampler=args.sampler, steps=args.steps,
-                          ensemble=args.ensemble, seed=args.seed, mode=args.mode, calibrated=calibrated,
-                          record_steps=True)
-        data = single["batch"].cpu()
-        path = event_display(data, out / f"event_{i}.png", {"one sample": single["samples"][0].cpu(),
-                                                          f"estimate of {single['samples'].shape[0]}":
-                                                          single["estimate"].cpu()},
-                             title=f"event {int(data.event)}: coarse / truth / super-resolved")
-        trajectory = single["trajectory"].cpu()
-        picks = sorted({0, len(trajectory) // 3, 2 * len(trajectory) // 3, len(trajectory) - 1})
-        steps_path = event_display(data, out / f"event_{i}_denoising.png",
-                                   {f"step {s + 1} estimate": trajectory[s] for s in picks},
-                                   title=f"event {int(data.event)}: denoised estimate along the sampler's steps")
-        displays += [(f"event {i}", path), (f"event {i} denoising", steps_path)]
-    report = write_report(generated, results, out, title=f"graphsr evaluation: {Path(args.input).name}",
-                          displays=displays)
     ev = results["event"]
     print(f"headline: relative spread of the event ECAL energy against the fine truth: coarse "
           f"{ev['coarse']['spread']['value']:.4f}, super-resolved (mean of {args.ensemble}) "

@@ -104,6 +104,7 @@ class TrainResult:
     val_loss: float
     events_per_second: float
     paused: bool = False  # left early by stop_after, to be resumed (a time limit ends a run: it is not paused)
+    step_events_per_second: float = float("nan")  # the training steps' own rate: validation and checkpoints left out
 
 
 def _loss(loss_fn, denoiser, batch, energy_model: EnergyModel, generator, factor: int, coarse_weight: float,
@@ -236,6 +237,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     val_loader = GraphLoader(val_set, tc.batch_size)
     use_amp = tc.amp and device.type == "cuda"
     started, events_seen, first_step = time.perf_counter(), 0, step
+    aside = 0.0  # seconds of validation and checkpoints, which the training steps' own rate leaves out
     train_loss = val_loss = float("nan")
 
     # what the model saw (file content hashes and entries), so that evaluation can refuse to score it
@@ -292,6 +294,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
                 dist.all_reduce(flags)
                 train_loss, out_of_time = float(flags[0]), bool(flags[1] > 0)
             validate = (step % tc.val_every == 0 or step == tc.steps or out_of_time) and main
+            set_aside = time.perf_counter()
             if validate:
                 ema.module.eval()
                 val_loss = validation_loss(loss_fn, ema.module, val_loader, energy_model, device, factor,
@@ -303,6 +306,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
                             train_loss=train_loss, val_loss=val_loss if validate else None, events_per_s=rate)
             if validate:
                 checkpoint()
+            aside += time.perf_counter() - set_aside
             if step >= tc.steps or out_of_time:
                 break
         else:
@@ -316,8 +320,9 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
         dist.barrier()  # rank 0's last checkpoint is written
         dist.destroy_process_group()
     paused = stop_after is not None and step - first_step >= stop_after and step < tc.steps
-    result = TrainResult(out_dir / CHECKPOINT, step, train_loss, val_loss,
-                         events_seen / max(time.perf_counter() - started, 1e-9), paused)
+    elapsed = time.perf_counter() - started
+    result = TrainResult(out_dir / CHECKPOINT, step, train_loss, val_loss, events_seen / max(elapsed, 1e-9), paused,
+                         events_seen / max(elapsed - aside, 1e-9))
     if main:
         history.close()
         if step < tc.steps:
