@@ -592,15 +592,17 @@ def test_a_run_directory_that_holds_a_run_is_never_replaced_silently(trained, da
     assert len((run / "history.csv").read_text().splitlines()) == 3
 
 
-def _without_cells(events: ak.Array, empty: np.ndarray) -> ak.Array:
-    """The events with no cells (and nothing that points at a cell) where ``empty`` holds: a legal COCOA file."""
+def _without_cells(events: ak.Array, empty: np.ndarray, particle_nodes: bool = False) -> ak.Array:
+    """The events with no cells (and nothing that points at a cell) where ``empty`` holds: a legal COCOA file.
+    ``particle_nodes``: keep the particles' node lists, whose indices then point past the (no) cells, at tracks, as
+    COCOA numbers them."""
     from graphsr.io.writer import counter_name
 
     out = {}
     for name in events.fields:
         column = events[name]
         if counter_name(name) in ("ncell", "nlow_high_cell_edge", "ncell_to_cell_edge") or \
-                name.startswith("particle_to_node"):
+                (name.startswith("particle_to_node") and not particle_nodes):
             column = ak.where(empty, column[:, :0] if name.startswith("cell") or "cell_edge" in name
                               else column[:, :, :0], column)
         out[name] = column
@@ -624,6 +626,16 @@ def test_events_without_cells_flow_through_every_command(trained, data_file, tmp
     assert ak.num(high.cell_e).to_numpy()[empty].tolist() == [0] * 4
     assert np.array_equal(ak.num(high.cell_e).to_numpy(), 4 * ak.num(low.cell_e).to_numpy())
     assert (ak.num(high.cell_e).to_numpy()[~empty] > 0).all()
+    # a chunk of the file in which no event has cells (entries 0-4, read 5 at a time)
+    from graphsr.pipelines.super_resolve import super_resolve_file
+
+    leading = np.arange(20) < 5
+    source = write_cocoa(tmp_path / "leading.root", {name: _without_cells(t, leading, particle_nodes=True)
+                                                     for name, t in trees.items()})
+    resolver = SuperResolver(result.checkpoint, device="cpu")
+    assert super_resolve_file(resolver, source, tmp_path / "leading_sr.root", step_size=5, progress=False) == 20
+    written = ak.num(read_cocoa(tmp_path / "leading_sr.root")["High_Tree"].cell_e).to_numpy()
+    assert (written[:5] == 0).all() and (written[5:] > 0).all()
     assert main(["evaluate", "--checkpoint", str(result.checkpoint), "--input", str(path), "--split", "all",
                  "--out", str(tmp_path / "report"), "--ensemble", "2", "--displays", "0", "--device", "cpu"]) == 0
     assert "on 16 events" in capsys.readouterr().out
