@@ -30,8 +30,8 @@ def main():
           f"{'write evt/s':>12} {'MB/1k evt':>10}")
     for name, gun, factor in (("single-electron", SingleElectronGun(), 2), ("multi-particle", MultiParticleGun(), 4)):
         particles = gun.sample(args.events, np.random.default_rng(0))
+        simulate_events(gun, 50, factor=factor, seed=0)  # warm-up of the showers and of the rest, untimed
         _, t_showers = timed(lambda: simulate_showers(particles, np.random.default_rng(0)))
-        simulate_events(gun, 50, factor=factor, seed=0)  # warm-up
         events, t_full = timed(lambda: simulate_events(gun, args.events, factor=factor, seed=1))
         _, t_lean = timed(lambda: simulate_events(gun, args.events, factor=factor, seed=1, neighbour_branches=False))
         with tempfile.TemporaryDirectory() as tmp:
