@@ -1,12 +1,45 @@
-"""The generator, its loss and its graphs as a config asks for them: what training, sampling and distillation build."""
+"""The generator, its loss and its graphs as a config asks for them: what training, sampling and distillation build.
+
+Both generators show training one interface (:class:`DenseGenerator` and :class:`~graphsr.models.pyramid.Pyramid`):
+``fit(batch)`` fits what is standardised on the training events before the first step, ``loss(loss_fn, batch,
+generator, factor, coarse_weight, energy_model=..., sigma=..., noise=...)`` is the loss of a batch, and
+``draws_whole_batch`` says whether the trainer draws the batch's noise levels and noise itself (so that ranks of a
+distributed run draw what one process would).
+"""
 
 from __future__ import annotations
+
+import torch
 
 from graphsr.config import Config
 from graphsr.diffusion import Denoiser, DiffusionLoss
 from graphsr.graphs import GraphOptions
 from graphsr.models.pyramid import Pyramid
-from graphsr.models.sr3 import SR3Network
+from graphsr.models.sr3 import EnergyModel, SR3Network, add_inputs, node_weights, state_batch
+
+
+class DenseGenerator(Denoiser):
+    """The dense generator: the denoiser of every child of every coarse cell (and of each coarse cell's total),
+    with the training interface it shares with the pyramid (the module docstring). Its weights are the
+    :class:`~graphsr.diffusion.Denoiser`'s: checkpoints load either way."""
+
+    draws_whole_batch = True
+
+    def fit(self, batch) -> None:
+        """Nothing to fit: the energy model's standardisation lives beside the weights (``energy_model``)."""
+
+    def loss(self, loss_fn, batch, generator, factor: int, coarse_weight: float = 1.0, *,
+             energy_model: EnergyModel, sigma: torch.Tensor | None = None,
+             noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of a batch: fine and coarse targets in one state, each event's two parts weighted per
+        :func:`~graphsr.models.sr3.node_weights` (the regression baseline has no coarse target); ``sigma`` and
+        ``noise`` fix the noise level of each event and the noise of each node."""
+        batch = add_inputs(batch, factor)
+        fine, coarse = energy_model.encode(batch)
+        weight = node_weights(batch, coarse_weight if energy_model.kind == "shares" else 0.0)
+        return loss_fn(self, torch.cat([fine, coarse]).unsqueeze(1), batch=state_batch(batch),
+                       num_graphs=batch.num_graphs, generator=generator, data=batch, node_weight=weight, sigma=sigma,
+                       noise=noise)
 
 
 def graph_options(config: Config) -> GraphOptions:
@@ -23,8 +56,8 @@ def build_denoiser(config: Config) -> Denoiser:
     if config.model.generator != "dense":
         raise ValueError(f"unknown generator {config.model.generator!r}; choose 'dense' or 'pyramid'")
     d = config.diffusion
-    return Denoiser(SR3Network(config.model), parameterisation=d.parameterisation, sigma_data=d.sigma_data,
-                    schedule=d.schedule)
+    return DenseGenerator(SR3Network(config.model), parameterisation=d.parameterisation, sigma_data=d.sigma_data,
+                          schedule=d.schedule)
 
 
 def build_loss(config: Config) -> DiffusionLoss:

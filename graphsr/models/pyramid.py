@@ -168,6 +168,8 @@ class Pyramid(nn.Module):
         options: how hit graphs are built (those of the dataset's graphs).
     """
 
+    draws_whole_batch = False  # each level draws its own noise (trained on one process only)
+
     def __init__(self, config: Config, options: GraphOptions = GraphOptions()):
         super().__init__()
         p = config.pyramid
@@ -207,11 +209,13 @@ class Pyramid(nn.Module):
             level.share_stats.copy_(torch.tensor([model.mean, model.std]))
 
     def loss(self, loss_fn, batch, generator: torch.Generator | None, factor: int,
-             coarse_weight: float = 1.0) -> torch.Tensor:
+             coarse_weight: float = 1.0, **dense_only) -> torch.Tensor:
         """Sum over levels of the occupancy loss and the energy loss (each averaged per event), teacher-forced.
 
         ``loss_fn``: the run's :class:`~graphsr.diffusion.DiffusionLoss`; ``coarse_weight`` weights the first
-        level's totals as in the dense path (later levels have none to learn)."""
+        level's totals as in the dense path (later levels have none to learn). The dense generator's
+        ``energy_model``, ``sigma`` and ``noise`` do not apply: each level has its own standardisation
+        (:meth:`fit`) and draws its own noise."""
         self.check_factor(factor)
         total = 0.0
         for i, (level, (parents, bits, graph)) in enumerate(zip(self.levels, self.teacher_forced(batch))):

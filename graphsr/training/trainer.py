@@ -25,8 +25,7 @@ from graphsr.io import file_digest
 
 # the model factory and the loop helpers stay importable from here
 from graphsr.models.factory import build_denoiser, build_loss, graph_options  # noqa: F401
-from graphsr.models.pyramid import Pyramid
-from graphsr.models.sr3 import EnergyModel, add_inputs, node_weights, state_batch
+from graphsr.models.sr3 import EnergyModel
 from graphsr.provenance import provenance
 from graphsr.training.checkpoint import claim_run_dir, load_checkpoint, save_checkpoint
 from graphsr.training.history import History
@@ -109,17 +108,10 @@ class TrainResult:
 
 def _loss(loss_fn, denoiser, batch, energy_model: EnergyModel, generator, factor: int, coarse_weight: float,
           sigma: torch.Tensor | None = None, noise: torch.Tensor | None = None):
-    """The loss of a batch: fine and coarse targets in one state, each event's two parts weighted per
-    :func:`~graphsr.models.sr3.node_weights` (the regression baseline has no coarse target); ``sigma`` and
-    ``noise`` fix the noise level of each event and the noise of each node."""
-    if isinstance(denoiser, Pyramid):  # every level's two stages
-        return denoiser.loss(loss_fn, batch, generator, factor, coarse_weight)
-    batch = add_inputs(batch, factor)
-    fine, coarse = energy_model.encode(batch)
-    weight = node_weights(batch, coarse_weight if energy_model.kind == "shares" else 0.0)
-    return loss_fn(denoiser, torch.cat([fine, coarse]).unsqueeze(1), batch=state_batch(batch),
-                   num_graphs=batch.num_graphs, generator=generator, data=batch, node_weight=weight, sigma=sigma,
-                   noise=noise)
+    """The loss of a batch, whichever the generator (:mod:`graphsr.models.factory`); ``sigma`` and ``noise`` fix
+    the dense generator's noise level of each event and noise of each node."""
+    return denoiser.loss(loss_fn, batch, generator, factor, coarse_weight, energy_model=energy_model, sigma=sigma,
+                         noise=noise)
 
 
 def _share_of_draws(loss_fn, share: dict, generator, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,7 +201,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
 
     torch.manual_seed(tc.seed)  # model initialisation; afterwards the global generator drives dropout
     denoiser = build_denoiser(config).to(device)
-    if isinstance(denoiser, Pyramid) and not state:  # each level's log-share standardisation
+    if not state:  # what the generator standardises on the training events (the pyramid: each level's log-shares)
         denoiser.fit(collate_events(train_set._data, train_set.slices, torch.as_tensor(train_set.indices())).to(device))
     ema = AveragedModel(denoiser, avg_fn=ema_update(tc.ema_decay))
     loss_fn = build_loss(config)
@@ -269,8 +261,8 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
                 continue
             denoiser.train()
             batch = batch.to(device, non_blocking=pin)
-            draws = {} if isinstance(denoiser, Pyramid) else \
-                dict(zip(("sigma", "noise"), _share_of_draws(loss_fn, share, noise, device)))
+            draws = dict(zip(("sigma", "noise"), _share_of_draws(loss_fn, share, noise, device))) \
+                if denoiser.draws_whole_batch else {}
             first, stop, total = share["events"]
             loss = None
             if stop > first:  # a rank gets no event when the batch holds fewer than there are ranks
