@@ -34,6 +34,7 @@ def close(a: dict, b: dict):
         assert (x - y).abs().max() <= 1e-3 * x.abs().max() + 1e-6, (key, (x - y).abs().max().item())
 
 
+@pytest.mark.slow  # three trainings (~25 s); the default suite keeps the 2-rank run with an empty rank below
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path):
     data = tmp_path / "e.root"
     write_cocoa(data, simulate_events(SingleElectronGun(), 48, factor=2, seed=11, neighbour_branches=False))

@@ -112,7 +112,7 @@ def test_split_metrics(reco, test_set) -> dict:
     """A trained model on the held-out test events of its own data, beside the hand-written clustering on the same
     cells (:func:`graphsr.reco.train_reco` writes it to ``test_metrics.json``)."""
     events = torch.as_tensor(test_set.indices())
-    batch = collate_events(test_set._data, test_set.slices, events)
+    batch = collate_events(*test_set.storage(), events)
     if reco.cell_set == "coarse":
         energy, pos, layer, event, cell = (batch.coarse_energy, batch.coarse_pos, batch.coarse_layer,
                                            batch.coarse_batch, batch.coarse_cell)

@@ -184,7 +184,7 @@ class SuperResolver:
         trajectory = []
         callback = (lambda info: trajectory.append(info["denoised"][:, 0].clone())) if record_steps else None
         # the graph-only work (edge embeddings, cross edges) once for every step
-        net_args = {"data": batch, "prepared": self.denoiser.net.backbone.prepare(batch)}
+        net_args = {"data": batch, "prepared": self.denoiser.prepare(batch)}
         if not self.generative:  # deterministic baseline: one evaluation gives the prediction
             ones = torch.ones(batch.num_graphs, device=self.device)
             target = self.denoiser(torch.zeros_like(x), ones, nodes, **net_args)[:, 0]

@@ -28,6 +28,11 @@ class DenseGenerator(Denoiser):
     def fit(self, batch) -> None:
         """Nothing to fit: the energy model's standardisation lives beside the weights (``energy_model``)."""
 
+    def prepare(self, batch) -> dict:
+        """What depends on the graphs alone (edges and their embeddings), computed once and passed to every call
+        on the same batch as ``prepared``: a sampler's steps, a distillation teacher's two steps."""
+        return self.net.backbone.prepare(batch)
+
     def loss(self, loss_fn, batch, generator, factor: int, coarse_weight: float = 1.0, *,
              energy_model: EnergyModel, sigma: torch.Tensor | None = None,
              noise: torch.Tensor | None = None) -> torch.Tensor:

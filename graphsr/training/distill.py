@@ -147,7 +147,7 @@ def distill_round(state: dict, out: str | Path, *, steps: int = 500, batch_size:
         fine, coarse = energy_model.encode(batch)
         x0 = torch.cat([fine, coarse]).unsqueeze(1)
         nodes = state_batch(batch)
-        kwargs = {"data": batch, "prepared": teacher.net.backbone.prepare(batch)}
+        kwargs = {"data": batch, "prepared": teacher.prepare(batch)}
         # a student grid level per event (not the last, 0), and the teacher's two levels below it
         index = torch.randint(0, len(student_grid) - 1, (batch.num_graphs,), device=device, generator=generator)
         sigma, mid, nxt = grid[2 * index], grid[2 * index + 1], grid[2 * index + 2]
@@ -155,7 +155,7 @@ def distill_round(state: dict, out: str | Path, *, steps: int = 500, batch_size:
         x = x0 + node(sigma) * torch.randn(x0.shape, device=device, generator=generator)
         with torch.no_grad():
             target = distillation_target(x, sigma, mid, nxt, lambda y, s: teacher(y, s, nodes, **kwargs), node)
-        prepared = student.net.backbone.prepare(batch)
+        prepared = student.prepare(batch)
         error = (student(x, sigma, nodes, data=batch, prepared=prepared) - target).pow(2)[:, 0]
         weight = node_weights(batch, coarse_weight)
         per_event = torch.zeros(batch.num_graphs, device=device).index_add_(0, nodes, weight * error)

@@ -58,13 +58,13 @@ def energy_kind(config: Config) -> str:
 
 def fit_energy_model(train, kind: str) -> EnergyModel:
     """The fine target's standardisation, from every training fine cell."""
-    return EnergyModel.fit(kind, collate_events(train._data, train.slices, torch.as_tensor(train.indices())))
+    return EnergyModel.fit(kind, collate_events(*train.storage(), torch.as_tensor(train.indices())))
 
 
 def seen_events(subset) -> list[dict]:
     """What a model saw of each file of a :class:`~graphsr.datasets.CocoaDataset` subset: ``[{"path", "sha256",
     "entries"}]``, entries sorted (int64 tensors), for every file of the dataset (empty where none)."""
-    data, slices = subset._data, subset.slices
+    data, slices = subset.storage()
     index = torch.as_tensor(subset.indices())
     files, entries = data.file[slices["file"][index]], data.event[slices["event"][index]]
     return [{"path": str(path), "sha256": file_digest(path), "entries": torch.sort(entries[files == i])[0]}
@@ -75,7 +75,7 @@ def training_range(train, factor: int) -> dict:
     """Range of the training events' coarse ECAL energy (GeV) and of their hottest coarse cell: the 0.1% to 99.9%
     quantiles widened by a tenth of their distance on each side, so that events like the training ones are almost
     never outside. :class:`~graphsr.inference.SuperResolver` warns about inputs outside it."""
-    data, slices = train._data, train.slices
+    data, slices = train.storage()
     index = torch.as_tensor(train.indices())
     starts, counts = slices["coarse_energy"][index], torch.diff(slices["coarse_energy"])[index]
     owner = torch.repeat_interleave(torch.arange(len(index)), counts)
@@ -92,7 +92,8 @@ def training_range(train, factor: int) -> dict:
 
 def data_factor(train) -> int:
     """Fine cells per coarse cell per side of the training data (every coarse cell has factor**2 children)."""
-    return round((train._data.fine_layer.numel() / max(train._data.coarse_layer.numel(), 1)) ** 0.5)
+    data = train.storage()[0]
+    return round((data.fine_layer.numel() / max(data.coarse_layer.numel(), 1)) ** 0.5)
 
 
 @dataclass
@@ -202,7 +203,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     torch.manual_seed(tc.seed)  # model initialisation; afterwards the global generator drives dropout
     denoiser = build_denoiser(config).to(device)
     if not state:  # what the generator standardises on the training events (the pyramid: each level's log-shares)
-        denoiser.fit(collate_events(train_set._data, train_set.slices, torch.as_tensor(train_set.indices())).to(device))
+        denoiser.fit(collate_events(*train_set.storage(), torch.as_tensor(train_set.indices())).to(device))
     ema = AveragedModel(denoiser, avg_fn=ema_update(tc.ema_decay))
     loss_fn = build_loss(config)
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
