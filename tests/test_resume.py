@@ -53,13 +53,15 @@ def teacher(data_file, tmp_path_factory):
     return train(config, out / "run", progress=False).checkpoint
 
 
-@pytest.mark.parametrize("stop_after", [2, 4])  # inside the first round; inside the second (rounds of 3 steps)
+@pytest.mark.parametrize("stop_after", [2, 3, 4])  # inside the first round, at its end, inside the second (3 steps)
 def test_distillation_resumes_exactly_within_and_across_rounds(teacher, tmp_path, stop_after):
     settings = dict(rounds=2, steps=3, device="cpu", save_every=1)
     straight = distill(teacher, tmp_path / "straight", **settings)
     stopped = distill(teacher, tmp_path / "stopped", stop_after=stop_after, **settings)
     run = load_checkpoint(stopped)["distill_run"]
-    assert not run["complete"] and (run["round"], run["step"]) == divmod(stop_after, 3)
+    # stopped at a round's end: that round is complete on disk, and resuming starts the next one
+    assert (run["round"], run["step"], run["complete"]) == \
+        ((0, 3, True) if stop_after == 3 else (*divmod(stop_after, 3), False))
     torch.manual_seed(999)
     distill(teacher, tmp_path / "stopped", resume=True, **settings)
     a, b = load_checkpoint(straight), load_checkpoint(stopped)

@@ -193,7 +193,7 @@ def distill(checkpoint: str | Path, out: str | Path, *, rounds: int | None = Non
     path = Path(out) / CHECKPOINT
     settings = {"checkpoint": str(checkpoint), "rounds": rounds, "teacher_steps": teacher_steps,
                 **{k: v for k, v in round_args.items() if k not in ("device", "save_every")}}
-    first_round, saved = 0, None
+    first_round, interrupted = 0, None  # the checkpoint of a round to go on with, when resuming inside one
     if resume:
         claim_run_dir(out, resume=True, overwrite=overwrite)
         saved = load_checkpoint(path)
@@ -206,7 +206,8 @@ def distill(checkpoint: str | Path, out: str | Path, *, rounds: int | None = Non
             raise ValueError(f"{path} was distilled with other settings ({', '.join(differ)} differ); resume needs "
                              "the same ones")
         first_round, rounds = run["round"] + run["complete"], run["rounds"]
-        state = saved if run["complete"] else run["teacher"]
+        state = {**saved, "distill_run": None} if run["complete"] else run["teacher"]
+        interrupted = None if run["complete"] else saved
     else:
         state = load_checkpoint(checkpoint)
         if teacher_steps is not None:
@@ -224,12 +225,12 @@ def distill(checkpoint: str | Path, out: str | Path, *, rounds: int | None = Non
     done = 0
     for r in range(first_round, rounds):
         progress = {"settings": settings, "rounds": rounds, "round": r}
-        if saved is not None and r == first_round and not saved["distill_run"]["complete"]:
-            progress["student"] = saved
+        if interrupted is not None and r == first_round:
+            progress["student"] = interrupted
         left = None if stop_after is None else stop_after - done
         if left is not None and left <= 0:  # stopped between rounds: the last one is complete on disk
             return path
-        before = saved["distill_run"]["step"] if "student" in progress else 0
+        before = interrupted["distill_run"]["step"] if "student" in progress else 0
         state = distill_round(state, out, progress=progress, stop_after=left, **round_args)
         if not state["distill_run"]["complete"]:
             return path
