@@ -13,6 +13,7 @@ import torch
 from graphsr.detector.geometry import LAYER_NAMES
 from graphsr.eval import metrics as m
 from graphsr.eval.compare import comparison_markdown
+from graphsr.eval.reco_report import reco_markdown
 from graphsr.eval.reference import COVERAGE_LEVELS, PUBLISHED, SHOWER_WINDOW
 from graphsr.inference import PRETRAINED, occupancy_text
 from graphsr.units import HIT_THRESHOLD
@@ -138,28 +139,47 @@ def _particles_markdown(particles: dict) -> list[str]:
 
 
 def _markdown(r: dict, title: str, displays: list) -> str:
-    ev = r["event"]
+    """``report.md``: one section after the other, each written from its part of the results."""
     lines = [f"# {title}", "",
              f"{r['events']} held-out events, {r['fine_cells']} fine cells, ensemble of {r['ensemble']} samples, "
-             f"{r['ms_per_event']:.0f} ms per event (all samples).", "",
-             "## How close: event ECAL energy against the fine truth", "",
-             "| | relative spread | bias | published |", "|---|---|---|---|",
-             f"| coarse cells | {_fmt(ev['coarse']['spread'])} | {_fmt(ev['coarse']['bias'])} | "
-             f"{PUBLISHED['coarse_spread']} |",
-             f"| super-resolved (ensemble mean, {r['mode']} mode) | {_fmt(ev['super_resolved']['spread'])} | "
-             f"{_fmt(ev['super_resolved']['bias'])} | {PUBLISHED['sr_spread']} |",
-             f"| super-resolved (one sample) | {_fmt(ev['single_sample']['spread'])} | "
-             f"{_fmt(ev['single_sample']['bias'])} | |",
-             *([f"| regression baseline | {_fmt(ev['regression']['spread'])} | {_fmt(ev['regression']['bias'])} | |"]
-               if "regression" in ev else []),
-             f"| ratio SR / coarse | {ev['ratio']:.3f} | | {PUBLISHED['ratio']:.3f} |", "",
-             "Ensemble size: " + ", ".join(f"{s}: {_fmt(v)}" for s, v in ev["ensemble_size"].items()),
-             " (published: 2: 0.0041, 5: 0.0036, 10: 0.0034, 25: 0.0032).", "",
-             "![ensemble size](ensemble_size.png) ![residuals](event_energy_residual.png)", "",
-             "Per layer (relative spread, coarse -> super-resolved): " + "; ".join(
-                 f"{name}: {_fmt(v['coarse_spread'])} -> {_fmt(v['super_resolved_spread'])}"
-                 for name, v in ev["per_layer"].items()), "",
-             "## Where wrong: cells, shapes and invented energy", "",
+             f"{r['ms_per_event']:.0f} ms per event (all samples).", ""]
+    lines += _event_markdown(r) + _cells_markdown(r)
+    if "particles" in r:
+        lines += _particles_markdown(r["particles"])
+    if "reco" in r:
+        lines += reco_markdown(r["reco"], PUBLISHED["multi_particle"])
+    lines += _coverage_markdown(r) + _shifted_markdown(r)
+    if "comparison" in r:
+        lines += comparison_markdown(r["comparison"])
+    if displays:
+        lines += ["## Event displays", ""] + [f"![{label}]({Path(p).name})" for label, p in displays] + [""]
+    return "\n".join(lines + _provenance_markdown(r))
+
+
+def _event_markdown(r: dict) -> list[str]:
+    ev = r["event"]
+    published = ", ".join(f"{s}: {v}" for s, v in PUBLISHED["ensemble_spread"].items() if v)
+    return ["## How close: event ECAL energy against the fine truth", "",
+            "| | relative spread | bias | published |", "|---|---|---|---|",
+            f"| coarse cells | {_fmt(ev['coarse']['spread'])} | {_fmt(ev['coarse']['bias'])} | "
+            f"{PUBLISHED['coarse_spread']} |",
+            f"| super-resolved (ensemble mean, {r['mode']} mode) | {_fmt(ev['super_resolved']['spread'])} | "
+            f"{_fmt(ev['super_resolved']['bias'])} | {PUBLISHED['sr_spread']} |",
+            f"| super-resolved (one sample) | {_fmt(ev['single_sample']['spread'])} | "
+            f"{_fmt(ev['single_sample']['bias'])} | |",
+            *([f"| regression baseline | {_fmt(ev['regression']['spread'])} | {_fmt(ev['regression']['bias'])} | |"]
+              if "regression" in ev else []),
+            f"| ratio SR / coarse | {ev['ratio']:.3f} | | {PUBLISHED['ratio']:.3f} |", "",
+            "Ensemble size: " + ", ".join(f"{s}: {_fmt(v)}" for s, v in ev["ensemble_size"].items()),
+            f" (published: {published}).", "",
+            "![ensemble size](ensemble_size.png) ![residuals](event_energy_residual.png)", "",
+            "Per layer (relative spread, coarse -> super-resolved): " + "; ".join(
+                f"{name}: {_fmt(v['coarse_spread'])} -> {_fmt(v['super_resolved_spread'])}"
+                for name, v in ev["per_layer"].items()), ""]
+
+
+def _cells_markdown(r: dict) -> list[str]:
+    lines = ["## Where wrong: cells, shapes and invented energy", "",
              "| layer | estimate | RMSE / GeV | W1 / GeV | hits / event | hit precision | hit recall | "
              "hallucinated | hallucinated GeV / event |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -187,13 +207,11 @@ def _markdown(r: dict, title: str, displays: list) -> str:
     for name, v in r["physics_distances"].items():
         lines.append(f"| {name} | {_fmt_g(v['fpd'])} | {_fmt_g(v['kpd'])} | {_fmt(v['classifier_auc'], 3)} |")
     lines += ["", "![cells](cells_ECAL2.png) ![width](shape_ECAL2_width_eta.png)", ""]
-    if "particles" in r:
-        lines += _particles_markdown(r["particles"])
-    if "reco" in r:
-        from graphsr.eval.reco_report import reco_markdown
+    return lines
 
-        lines += reco_markdown(r["reco"], PUBLISHED["multi_particle"])
-    lines += ["## How sure: ensemble calibration", ""]
+
+def _coverage_markdown(r: dict) -> list[str]:
+    lines = ["## How sure: ensemble calibration", ""]
     if "coverage" in r:
         cov = r["coverage"]
         rows = [("event ECAL energy", cov["event_energy"]), ("coarse cells (sum of children)", cov["coarse_cells"]),
@@ -210,32 +228,37 @@ def _markdown(r: dict, title: str, displays: list) -> str:
             f"{layer} {_fmt(v, 3)}" for layer, v in cov["hit_cells_per_layer"].items()) +
             f". Calibration: {r.get('calibration') or 'none (raw ensemble)'}. Cells whose truth is zero are not "
             "counted (see the hallucinated energy above).", ""]
-    lines += [              "![calibration](calibration.png)", "",
+    lines += ["![calibration](calibration.png)", "",
               "## Consistency with the measured coarse cells", "",
               f"Children of a parent sum to within {r['consistency']['parent_sum_mean_abs_gev']:.4f} GeV of the "
               f"measured parent on average, {r['consistency']['parent_minus_measured_in_noise_sd']:.2f} noise sigmas "
               "(sd): the posterior mode removes noise, so it moves totals off the measurement by about the noise; "
               "`--mode conserving` holds them to the measurement.", ""]
-    if "shifted_inputs" in r:
-        lines += ["## Inputs outside the training range", "",
-                  "Single electrons simulated for this report, unlike the training events (which are pT 50 GeV at "
-                  "eta ~ 0 for the default model): what the model does off its training distribution. The CLI "
-                  "warns when an input's coarse energies lie outside the training range.", "",
-                  "| events | outside training range | coarse spread | SR spread | ratio | SR bias | 68% coverage |",
-                  "|---|---|---|---|---|---|---|"]
-        for name, v in r["shifted_inputs"].items():
-            lines.append(f"| {name} ({v['events']}) | {100 * v['outside_training_range']:.0f}% | "
-                         f"{_fmt(v['coarse_spread'])} | {_fmt(v['super_resolved_spread'])} | {v['ratio']:.2f} | "
-                         f"{_fmt(v['super_resolved_bias'])} | {_fmt(v['coverage_68'], 3)} |")
-        lines.append("")
-    if "comparison" in r:
-        lines += comparison_markdown(r["comparison"])
-    if displays:
-        lines += ["## Event displays", ""] + [f"![{label}]({Path(p).name})" for label, p in displays] + [""]
-    if r.get("provenance"):
-        made = r["provenance"]
-        lines += ["## Provenance", "",
-                  f"Command: `{made.get('command') or 'unknown'}`; commit {made.get('commit') or 'unknown'}"
-                  f"{' (with uncommitted changes)' if made.get('dirty') else ''}; checkpoint "
-                  f"{made.get('checkpoint') or 'unknown'}, trained from config {made.get('config') or 'unknown'}.", ""]
-    return "\n".join(lines)
+    return lines
+
+
+def _shifted_markdown(r: dict) -> list[str]:
+    if "shifted_inputs" not in r:
+        return []
+    lines = ["## Inputs outside the training range", "",
+             "Single electrons simulated for this report, unlike the training events (which are pT 50 GeV at "
+             "eta ~ 0 for the default model): what the model does off its training distribution. The CLI "
+             "warns when an input's coarse energies lie outside the training range.", "",
+             "| events | outside training range | coarse spread | SR spread | ratio | SR bias | 68% coverage |",
+             "|---|---|---|---|---|---|---|"]
+    for name, v in r["shifted_inputs"].items():
+        lines.append(f"| {name} ({v['events']}) | {100 * v['outside_training_range']:.0f}% | "
+                     f"{_fmt(v['coarse_spread'])} | {_fmt(v['super_resolved_spread'])} | {v['ratio']:.2f} | "
+                     f"{_fmt(v['super_resolved_bias'])} | {_fmt(v['coverage_68'], 3)} |")
+    lines.append("")
+    return lines
+
+
+def _provenance_markdown(r: dict) -> list[str]:
+    if not r.get("provenance"):
+        return []
+    made = r["provenance"]
+    return ["## Provenance", "",
+            f"Command: `{made.get('command') or 'unknown'}`; commit {made.get('commit') or 'unknown'}"
+            f"{' (with uncommitted changes)' if made.get('dirty') else ''}; checkpoint "
+            f"{made.get('checkpoint') or 'unknown'}, trained from config {made.get('config') or 'unknown'}.", ""]
