@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from graphsr.detector.geometry import LAYER_NAMES
 from graphsr.eval import metrics as m
@@ -16,6 +15,7 @@ from graphsr.eval.compare import comparison_markdown
 from graphsr.eval.reco_report import reco_markdown
 from graphsr.eval.reference import COVERAGE_LEVELS, PUBLISHED, SHOWER_WINDOW
 from graphsr.inference import PRETRAINED, occupancy_text
+from graphsr.training.checkpoint import load_checkpoint
 from graphsr.units import HIT_THRESHOLD
 
 
@@ -33,7 +33,7 @@ def report_provenance(argv: list[str] | None = None) -> dict:
         path = PRETRAINED if checkpoint == "pretrained" else Path(checkpoint)
         path = path / "checkpoint.pt" if path.is_dir() else path
         try:
-            training = torch.load(path, map_location="cpu", weights_only=True).get("provenance")
+            training = load_checkpoint(path).get("provenance")
         except Exception:  # a missing or foreign file: the report still says what ran
             training = None
     return record(argv, checkpoint=checkpoint, training=training)

@@ -46,12 +46,11 @@ def calibrate(checkpoint: str | Path, *, events: int | None = None, device: str 
     return calibration
 
 
-def _calibrates(checkpoint: Path) -> bool:
-    """Whether a finished run's checkpoint gets a spread calibration: generative models with validation events to
-    fit on, by the rank that writes (under torchrun)."""
+def _calibrates(state: dict) -> bool:
+    """Whether a finished run's checkpoint state gets a spread calibration: generative models with validation events
+    to fit on, by the rank that writes (under torchrun)."""
     if os.environ.get("RANK", "0") != "0":
         return False
-    state = load_checkpoint(checkpoint)
     config = state["config"]
     val = state["events"]["val"]
     return state["energy_model"]["kind"] == "shares" and config["sample"]["calibration_events"] > 0 and \
@@ -62,7 +61,7 @@ def train(config, out_dir: str | Path, **train_args) -> TrainResult:
     """Train (:func:`graphsr.training.trainer.train`, with ``train_args``), then calibrate on validation events, as
     ``graphsr train`` does; a run paused by ``stop_after`` is calibrated when it finishes."""
     result = train_model(config, out_dir, **train_args)
-    if not result.paused and _calibrates(result.checkpoint):
+    if not result.paused and _calibrates(load_checkpoint(result.checkpoint)):
         calibrate(result.checkpoint, device=config.train.device, sampling_defaults=False)
     return result
 
@@ -73,7 +72,7 @@ def distill(checkpoint: str | Path, out: str | Path, **distill_args) -> Path:
     path = distill_rounds(checkpoint, out, **distill_args)
     state = load_checkpoint(path)
     if (state.get("distill_run") or {}).get("complete", True) and state.get("calibration") is None \
-            and _calibrates(path):
+            and _calibrates(state):
         calibrate(path, device=distill_args.get("device", "auto"), sampling_defaults=False)
     return path
 
