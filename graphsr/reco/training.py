@@ -16,15 +16,12 @@ rate then anneals to zero by the time limit (or the last step, whichever comes f
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import awkward as ak
 import numpy as np
 import torch
-from torch.optim.swa_utils import AveragedModel
-from tqdm import tqdm
 
 from graphsr.config import config_from_dict
 from graphsr.graphs import GraphLoader, GraphOptions, cell_graph, cells_of, collate_events
@@ -32,8 +29,7 @@ from graphsr.io import file_digest, iter_cocoa, open_cocoa
 from graphsr.reco.config import RecoConfig
 from graphsr.reco.model import ParticleFlow, particle_classes, set_loss
 from graphsr.training.checkpoint import claim_run_dir, load_checkpoint, model_weights, save_checkpoint
-from graphsr.training.loop import (ema_update, loop_state, lr_lambda, optimiser_step, resolve_device,
-                                   restore_loop_state, shuffled_batches)
+from graphsr.training.loop import TrainingLoop, lr_lambda, resolve_device, shuffled_batches
 from graphsr.training.trainer import data_factor, load_splits, seen_events
 
 CHECKPOINT = "checkpoint.pt"
@@ -143,6 +139,41 @@ def validate(model, loader, which: str, options: GraphOptions, threshold: float,
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
+def _resumed_state(path: Path, config: RecoConfig, input_type: str) -> dict:
+    """The checkpoint a resumed run goes on from, refused when written for another config or input type."""
+    state = load_checkpoint(path)
+    if state.get("input_type") != input_type or state["config"] != config.to_dict():
+        raise ValueError(f"{path} was trained on {state.get('input_type')!r} input with another config: resume needs "
+                         "the same config and input type")
+    if "optimizer" not in state:
+        raise ValueError(f"{path} holds no optimiser state (written by an older graphsr): it cannot be resumed")
+    return state
+
+
+def _splits(config: RecoConfig, input_type: str, files: list[str]):
+    """(train, val, test) events of ``files``. The incidence loss needs each cell's true particle fractions: from
+    the files' own trees, or for SR cells from the truth at the same fine cells."""
+    fractions = config.model.max_particles if config.model.incidence_weight > 0 else 0
+    train_set, val_set, test_set = load_splits(replace(config, data=replace(config.data, train=files)),
+                                               fractions=0 if input_type == "sr" else fractions)
+    if input_type == "sr" and fractions:
+        with_truth_fractions(train_set, load_splits(config, fractions=fractions)[0])
+    if len(train_set) == 0:
+        raise ValueError(f"no training events in {files}")
+    return train_set, val_set, test_set
+
+
+def _time_annealed(tc):
+    """Warm-up + cosine over train.steps, or over the steps that fit in train.time_limit at the rate so far if
+    fewer: a time-limited run ends annealed (and, like any time-limited run, depends on the machine's speed)."""
+    def schedule(step: int, loop: TrainingLoop) -> float:
+        total = tc.steps
+        if tc.time_limit is not None and step >= tc.warmup:
+            total = min(total, int(step * tc.time_limit / max(loop.seconds, 1e-9)))
+        return lr_lambda(tc.warmup, total)(step)
+    return schedule
+
+
 def train_reco(config: RecoConfig, input_type: str, out_dir: str | Path, progress: bool = True, *,
                resume: bool = False, overwrite: bool = False, stop_after: int | None = None) -> RecoTrainResult:
     """Train a particle-flow model on ``input_type`` cells of the config's events and write ``out_dir/checkpoint.pt``
@@ -156,98 +187,64 @@ def train_reco(config: RecoConfig, input_type: str, out_dir: str | Path, progres
     tc, which = config.train, INPUT_TYPES.get(input_type)
     files = reco_files(config, input_type)
     claim_run_dir(out_dir, resume=resume, overwrite=overwrite)  # (reco_files checked the inputs)
-    state = load_checkpoint(out_dir / CHECKPOINT) if resume else None
-    if state is not None and (state.get("input_type") != input_type or state["config"] != config.to_dict()):
-        raise ValueError(f"{out_dir / CHECKPOINT} was trained on {state.get('input_type')!r} input with another "
-                         "config: resume needs the same config and input type")
-    if state is not None and "optimizer" not in state:
-        raise ValueError(f"{out_dir / CHECKPOINT} holds no optimiser state (written by an older graphsr): it cannot "
-                         "be resumed")
+    state = _resumed_state(out_dir / CHECKPOINT, config, input_type) if resume else None
     device = resolve_device(tc.device)
-    # the incidence loss needs each cell's true particle fractions: from the files' own trees, or for SR cells from
-    # the truth at the same fine cells
-    fractions = config.model.max_particles if config.model.incidence_weight > 0 else 0
-    train_set, val_set, test_set = load_splits(replace(config, data=replace(config.data, train=files)),
-                                               fractions=0 if input_type == "sr" else fractions)
-    if input_type == "sr" and fractions:
-        with_truth_fractions(train_set, load_splits(config, fractions=fractions)[0])
-    if len(train_set) == 0:
-        raise ValueError(f"no training events in {files}")
+    train_set, val_set, test_set = _splits(config, input_type, files)
     options, threshold = cell_options(config), config.model.cell_threshold
 
     torch.manual_seed(tc.seed)
     model = ParticleFlow(config.model).to(device)
-    ema = AveragedModel(model, avg_fn=ema_update(tc.ema_decay))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    step, epoch, position, started = 0, 0, 0, time.perf_counter()
-    seconds_before = state["seconds"] if state else 0.0
-
-    def schedule(step: int) -> float:
-        """Warm-up + cosine over train.steps, or over the steps that fit in train.time_limit at the rate so far if
-        fewer: a time-limited run ends annealed (and, like any time-limited run, depends on the machine's speed)."""
-        total = tc.steps
-        if tc.time_limit is not None and step >= tc.warmup:
-            elapsed = seconds_before + time.perf_counter() - started
-            total = min(total, int(step * tc.time_limit / max(elapsed, 1e-9)))
-        return lr_lambda(tc.warmup, total)(step)
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    loop = TrainingLoop(model, steps=tc.steps, lr=tc.lr, weight_decay=tc.weight_decay, ema_decay=tc.ema_decay,
+                        grad_clip=tc.grad_clip, schedule=_time_annealed(tc), time_limit=tc.time_limit,
+                        stop_after=stop_after)
     if state:
         model.load_state_dict(state["model"])
-        restore_loop_state(state, optimizer, scheduler, ema)
-        step, epoch, position = state["step"], state["epoch"], state["position"]
+        loop.resume(state, step=state["step"], epoch=state["epoch"], position=state["position"],
+                    seconds=state["seconds"])
     val_loader = GraphLoader(val_set, tc.batch_size)
     use_amp = tc.amp and device.type == "cuda"
     val_loss, val_accuracy = (state["val_loss"], state["val_accuracy"]) if state else (float("nan"), float("nan"))
+    seen = _seen_by(config, input_type, train_set, val_set)
+    parts = {}
 
-    # what the model saw (content hashes and entries; for SR input also of the files that were super-resolved), so
-    # that evaluation can refuse to score it on those events
-    seen = {"train": seen_events(train_set), "val": seen_events(val_set)}
-    if input_type == "sr":
-        seen = {part: files + [{"path": str(source), "sha256": file_digest(source), "entries": f["entries"]}
-                               for source, f in zip(config.data.train, files)] for part, files in seen.items()}
-
-    def checkpoint():
-        return save_checkpoint({
-            "model": model.state_dict(), **loop_state(optimizer, scheduler, ema), "step": step, "epoch": epoch,
-            "position": position, "seconds": seconds_before + time.perf_counter() - started,
-            "config": config.to_dict(), "input_type": input_type, "source_files": list(config.data.train),
-            "events": seen, "factor": data_factor(train_set), "val_loss": val_loss, "val_accuracy": val_accuracy},
-            out_dir / CHECKPOINT)
-
-    first_step = step
-    bar = tqdm(total=tc.steps, initial=step, disable=None if progress else True, desc=f"training reco ({input_type})",
-               unit="step")
-    batches = shuffled_batches(train_set, tc.batch_size, tc.seed, epoch, position)
-    while step < tc.steps:
-        epoch, position, batch = next(batches)
-        model.train()
+    def batch_loss(batch):
         batch = batch.to(device)
         cells = cells_of(batch, which, options, threshold)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             out = model(cells)
-        loss, parts = set_loss({k: v.float() if v.is_floating_point() else v for k, v in out.items()}, cells,
+        loss, found = set_loss({k: v.float() if v.is_floating_point() else v for k, v in out.items()}, cells,
                                *targets(batch), config.model.incidence_weight)
-        optimiser_step(loss, model, optimizer, scheduler, ema, tc.grad_clip)
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", card=f"{parts['cardinality']:.3f}")
-        out_of_time = (tc.time_limit is not None and time.perf_counter() - started > tc.time_limit) or \
-            (stop_after is not None and step - first_step >= stop_after)
-        if step % tc.val_every == 0 or step == tc.steps or out_of_time:
-            val_loss, val_accuracy = validate(ema.module, val_loader, which, options, threshold, device,
+        parts.update(found)
+        return loss
+
+    def after_step(loss: float, stop: bool):
+        nonlocal val_loss, val_accuracy
+        loop.bar.set_postfix(loss=f"{loss:.3f}", card=f"{parts['cardinality']:.3f}")
+        if loop.step % tc.val_every == 0 or loop.step == tc.steps or stop:
+            val_loss, val_accuracy = validate(loop.ema.module, val_loader, which, options, threshold, device,
                                               config.model.incidence_weight)
-            bar.write(f"step {step}: validation loss (EMA) {val_loss:.4f}, cardinality accuracy "
-                      f"{val_accuracy:.3f}")
-            checkpoint()
-        if out_of_time:
-            break
-    bar.close()
-    if step < tc.steps:
-        print(f"stopped at step {step} of {tc.steps} (time limit {tc.time_limit} s, stop_after {stop_after}); "
-              "`--resume` continues")
-    paused = stop_after is not None and step - first_step >= stop_after and step < tc.steps
-    return RecoTrainResult(out_dir / CHECKPOINT, step, val_loss, val_accuracy, test_set, paused)
+            loop.bar.write(f"step {loop.step}: validation loss (EMA) {val_loss:.4f}, cardinality accuracy "
+                           f"{val_accuracy:.3f}")
+            save_checkpoint({
+                "model": model.state_dict(), **loop.state(), "step": loop.step, "epoch": loop.epoch,
+                "position": loop.position, "seconds": loop.seconds, "config": config.to_dict(),
+                "input_type": input_type, "source_files": list(config.data.train), "events": seen,
+                "factor": data_factor(train_set), "val_loss": val_loss, "val_accuracy": val_accuracy},
+                out_dir / CHECKPOINT)
+
+    loop.run(shuffled_batches(train_set, tc.batch_size, tc.seed, loop.epoch, loop.position), batch_loss, after_step,
+             progress=progress, desc=f"training reco ({input_type})")
+    return RecoTrainResult(out_dir / CHECKPOINT, loop.step, val_loss, val_accuracy, test_set, loop.paused)
+
+
+def _seen_by(config: RecoConfig, input_type: str, train_set, val_set) -> dict:
+    """What the model saw (content hashes and entries; for SR input also of the files that were super-resolved),
+    so that evaluation can refuse to score it on those events."""
+    seen = {"train": seen_events(train_set), "val": seen_events(val_set)}
+    if input_type == "sr":
+        seen = {part: files + [{"path": str(source), "sha256": file_digest(source), "entries": f["entries"]}
+                               for source, f in zip(config.data.train, files)] for part, files in seen.items()}
+    return seen
 
 
 class ParticleFlowReco:

@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from pathlib import Path
 
 import torch
-from torch.optim.swa_utils import AveragedModel
 
 from graphsr.config import config_from_dict
 from graphsr.diffusion import karras_sigmas
 from graphsr.models.factory import build_denoiser
 from graphsr.models.sr3 import EnergyModel, add_inputs, node_weights, state_batch
 from graphsr.training.checkpoint import claim_run_dir, load_checkpoint, model_weights, save_checkpoint
-from graphsr.training.loop import (ema_update, loop_state, optimiser_step, resolve_device, restore_loop_state,
-                                   shuffled_batches)
+from graphsr.training.loop import TrainingLoop, resolve_device, shuffled_batches
 from graphsr.training.trainer import CHECKPOINT, load_splits
 
 log = logging.getLogger(__name__)
@@ -63,6 +60,50 @@ def distillation_target(x, sigma, sigma_mid, sigma_next, denoise, per_node=lambd
     return torch.where(nxt > 0, x - s * (x_teacher - x) / (nxt - s), x_teacher)
 
 
+def _distillable_grid(state: dict, config) -> torch.Tensor:
+    """The teacher's sampling grid, refused where a round cannot halve it."""
+    if config.diffusion.parameterisation == "regression":
+        raise ValueError("the regression baseline takes one step already: there is nothing to distil")
+    if config.model.generator != "dense":
+        raise ValueError("distillation of the pyramid generator is not implemented: distil a dense checkpoint")
+    grid = teacher_grid(state)
+    if len(grid) < 3 or (len(grid) - 1) % 2:
+        raise ValueError(f"the teacher samples with {len(grid) - 1} step(s): distillation halves an even number")
+    return grid
+
+
+def _teacher_and_student(state: dict, config, device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The frozen teacher (its EMA weights) and a trainable copy of it, the student."""
+    teacher = build_denoiser(config).to(device).eval()
+    teacher.load_state_dict(model_weights(state))
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = copy.deepcopy(teacher).train()
+    for p in student.parameters():
+        p.requires_grad_(True)
+    return teacher, student
+
+
+def _distillation_loss(batch, teacher, student, grid, energy_model, generator, coarse_weight: float) -> torch.Tensor:
+    """The student's weighted squared error to :func:`distillation_target` at a random level of its grid (every
+    other level of the teacher's ``grid``) per event, averaged per event, then over events."""
+    fine, coarse = energy_model.encode(batch)
+    x0 = torch.cat([fine, coarse]).unsqueeze(1)
+    nodes = state_batch(batch)
+    kwargs = {"data": batch, "prepared": teacher.prepare(batch)}
+    # a student grid level per event (not the last, 0), and the teacher's two levels below it
+    index = torch.randint(0, (len(grid) - 1) // 2, (batch.num_graphs,), device=grid.device, generator=generator)
+    sigma, mid, nxt = grid[2 * index], grid[2 * index + 1], grid[2 * index + 2]
+    node = lambda s: s[nodes].unsqueeze(1)  # noqa: E731
+    x = x0 + node(sigma) * torch.randn(x0.shape, device=grid.device, generator=generator)
+    with torch.no_grad():
+        target = distillation_target(x, sigma, mid, nxt, lambda y, s: teacher(y, s, nodes, **kwargs), node)
+    error = (student(x, sigma, nodes, data=batch, prepared=student.prepare(batch)) - target).pow(2)[:, 0]
+    weight = node_weights(batch, coarse_weight)
+    per_event = torch.zeros(batch.num_graphs, device=grid.device).index_add_(0, nodes, weight * error)
+    return (per_event / torch.zeros_like(per_event).index_add_(0, nodes, weight)).mean()
+
+
 def distill_round(state: dict, out: str | Path, *, steps: int = 500, batch_size: int | None = None,
                   lr: float | None = None, time_limit: float | None = None, device: str = "auto",
                   seed: int = 0, progress: dict | None = None, save_every: int = 100,
@@ -85,94 +126,59 @@ def distill_round(state: dict, out: str | Path, *, steps: int = 500, batch_size:
         stop_after: leave (with a checkpoint, the round incomplete) after this many optimiser steps.
     """
     config = config_from_dict(state["config"])
-    if config.diffusion.parameterisation == "regression":
-        raise ValueError("the regression baseline takes one step already: there is nothing to distil")
-    if config.model.generator != "dense":
-        raise ValueError("distillation of the pyramid generator is not implemented: distil a dense checkpoint")
-    grid = teacher_grid(state)
-    if len(grid) < 3 or (len(grid) - 1) % 2:
-        raise ValueError(f"the teacher samples with {len(grid) - 1} step(s): distillation halves an even number")
     device = resolve_device(device)
     tc = config.train
     batch_size, lr = batch_size or tc.batch_size, lr or tc.lr / 3
-    grid = grid.to(device)
+    grid = _distillable_grid(state, config).to(device)
     student_grid = grid[::2]
     energy_model = EnergyModel(**state["energy_model"])
-    factor = state["factor"]
-    teacher = build_denoiser(config).to(device).eval()
-    teacher.load_state_dict(model_weights(state))
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    student = copy.deepcopy(teacher).train()
-    for p in student.parameters():
-        p.requires_grad_(True)
-    ema = AveragedModel(student, avg_fn=ema_update(tc.ema_decay))
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=tc.weight_decay)
+    teacher, student = _teacher_and_student(state, config, device)
     warmup = min(50, steps // 10 + 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / warmup))
+    loop = TrainingLoop(student, steps=steps, lr=lr, weight_decay=tc.weight_decay, ema_decay=tc.ema_decay,
+                        grad_clip=tc.grad_clip, schedule=lambda i, _: min(1.0, (i + 1) / warmup),
+                        time_limit=time_limit, stop_after=stop_after)
     train_set, _, _ = load_splits(config)
     generator = torch.Generator(device).manual_seed(seed)
-    coarse_weight = config.diffusion.coarse_weight
     progress = dict(progress or {})
     resumed = progress.pop("student", None)
-    step, epoch, position, seconds_before = 0, 0, 0, 0.0
     torch.manual_seed(seed)  # the global generator drives dropout: a round does not depend on what ran before
     if resumed is not None:
         student.load_state_dict(resumed["model"])
-        restore_loop_state(resumed, optimizer, scheduler, ema, generator)
         run = resumed["distill_run"]
-        step, epoch, position, seconds_before = run["step"], run["epoch"], run["position"], run["seconds"]
-    started, first_step = time.perf_counter(), step
-    losses = []
+        loop.resume(resumed, step=run["step"], epoch=run["epoch"], position=run["position"], seconds=run["seconds"],
+                    noise=generator)
 
     def checkpoint(complete: bool) -> dict:
-        seconds = seconds_before + time.perf_counter() - started
-        student_state = {**state, "model": student.state_dict(), **loop_state(optimizer, scheduler, ema, generator),
+        student_state = {**state, "model": student.state_dict(), **loop.state(generator),
                          "sampling_sigmas": student_grid.cpu().tolist(), "calibration": None,
-                         "distill_run": {**progress, "complete": complete, "step": step, "epoch": epoch,
-                                         "position": position, "seconds": seconds,
+                         "distill_run": {**progress, "complete": complete, "step": loop.step, "epoch": loop.epoch,
+                                         "position": loop.position, "seconds": loop.seconds,
                                          "teacher": None if complete else state}}
         if complete:
             student_state["distillation"] = [*state.get("distillation", []),
                                              {"from_steps": len(grid) - 1, "to_steps": len(student_grid) - 1,
-                                              "optimiser_steps": step, "seconds": seconds}]
+                                              "optimiser_steps": loop.step, "seconds": loop.seconds}]
         save_checkpoint(student_state, Path(out) / CHECKPOINT)
         return student_state
 
-    batches = shuffled_batches(train_set, batch_size, seed + 1000, epoch, position)
-    stopped = False
-    while step < steps and (time_limit is None or seconds_before + time.perf_counter() - started < time_limit):
-        epoch, position, batch = next(batches)
-        batch = add_inputs(batch.to(device), factor)
-        fine, coarse = energy_model.encode(batch)
-        x0 = torch.cat([fine, coarse]).unsqueeze(1)
-        nodes = state_batch(batch)
-        kwargs = {"data": batch, "prepared": teacher.prepare(batch)}
-        # a student grid level per event (not the last, 0), and the teacher's two levels below it
-        index = torch.randint(0, len(student_grid) - 1, (batch.num_graphs,), device=device, generator=generator)
-        sigma, mid, nxt = grid[2 * index], grid[2 * index + 1], grid[2 * index + 2]
-        node = lambda s: s[nodes].unsqueeze(1)  # noqa: E731
-        x = x0 + node(sigma) * torch.randn(x0.shape, device=device, generator=generator)
-        with torch.no_grad():
-            target = distillation_target(x, sigma, mid, nxt, lambda y, s: teacher(y, s, nodes, **kwargs), node)
-        prepared = student.prepare(batch)
-        error = (student(x, sigma, nodes, data=batch, prepared=prepared) - target).pow(2)[:, 0]
-        weight = node_weights(batch, coarse_weight)
-        per_event = torch.zeros(batch.num_graphs, device=device).index_add_(0, nodes, weight * error)
-        loss = (per_event / torch.zeros_like(per_event).index_add_(0, nodes, weight)).mean()
-        optimiser_step(loss, student, optimizer, scheduler, ema, tc.grad_clip)
-        losses.append(loss.item())
-        step += 1
-        if stop_after is not None and step - first_step >= stop_after and step < steps:
-            stopped = True
-            break
-        if step % save_every == 0 and step < steps:
+    def batch_loss(batch):
+        batch = add_inputs(batch.to(device), state["factor"])
+        return _distillation_loss(batch, teacher, student, grid, energy_model, generator,
+                                  config.diffusion.coarse_weight)
+
+    losses = []
+
+    def after_step(loss: float, stop: bool):
+        losses.append(loss)
+        if not stop and loop.step % save_every == 0 and loop.step < steps:
             checkpoint(complete=False)
-    if stopped:
-        log.info("stopped distillation at optimiser step %d of %d of this round; resume continues", step, steps)
+
+    loop.run(shuffled_batches(train_set, batch_size, seed + 1000, loop.epoch, loop.position), batch_loss, after_step,
+             desc=f"distilling {len(grid) - 1} -> {len(student_grid) - 1} steps")
+    if loop.paused:
         return checkpoint(complete=False)
     log.info("distilled %d -> %d sampling steps in %d optimiser steps (%.0f s), last loss %.4g",
-             len(grid) - 1, len(student_grid) - 1, step, seconds_before + time.perf_counter() - started,
+             len(grid) - 1, len(student_grid) - 1, loop.step, loop.seconds,
              sum(losses[-20:]) / max(len(losses[-20:]), 1))
     return checkpoint(complete=True)
 

@@ -14,8 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from torch.optim.swa_utils import AveragedModel
-from tqdm import tqdm
 
 from graphsr.config import RESUMABLE, Config, config_differences
 from graphsr.datasets import CocoaDataset
@@ -29,7 +27,8 @@ from graphsr.models.sr3 import EnergyModel
 from graphsr.provenance import provenance
 from graphsr.training.checkpoint import claim_run_dir, load_checkpoint, save_checkpoint
 from graphsr.training.history import History
-from graphsr.training.loop import ema_update, lr_lambda, optimiser_step, resolve_device  # noqa: F401
+from graphsr.training.loop import (TrainingLoop, ema_update, lr_lambda, optimiser_step,  # noqa: F401
+                                   resolve_device, shuffled_batches)
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -155,6 +154,67 @@ def validation_loss(loss_fn, denoiser, loader, energy_model, device, factor: int
     return total / max(count, 1)
 
 
+def _training_events(config: Config, rank: int, world: int):
+    """The training and validation events; under torch.distributed rank 0 builds (or checks) the graph cache first,
+    the other ranks then read it."""
+    import torch.distributed as dist
+
+    if world > 1 and config.model.generator != "dense":
+        raise ValueError("distributed training supports the dense generator only")
+    if world > 1 and rank > 0:
+        dist.barrier()
+    pyramid = config.model.generator == "pyramid"
+    train_set, val_set, _ = load_splits(config, noise_cells=config.pyramid.noise_cells if pyramid else 0.0)
+    if world > 1 and rank == 0:
+        dist.barrier()
+    if len(train_set) == 0:
+        raise ValueError(f"no training events in {config.data.train}")
+    return train_set, val_set
+
+
+def _resumed_state(path: Path, config: Config) -> dict:
+    """The checkpoint a resumed run goes on from, refused when it was written with another config (except the
+    settings in :data:`~graphsr.config.RESUMABLE`)."""
+    state = load_checkpoint(path)
+    changed = [key for key in config_differences(state["config"], config.to_dict()) if key not in RESUMABLE]
+    if changed:
+        raise ValueError(f"{path} was written with a different config ({', '.join(changed)} differ); resume needs "
+                         f"the same one, except {' and '.join(RESUMABLE)}")
+    return state
+
+
+def _model_and_loop(config: Config, state: dict | None, train_set, device, stop_after: int | None):
+    """The generator (seeded; fitted to the training events, or a resumed run's), its training loop and the
+    training noise generator."""
+    tc = config.train
+    torch.manual_seed(tc.seed)  # model initialisation; afterwards the global generator drives dropout
+    denoiser = build_denoiser(config).to(device)
+    if not state:  # what the generator standardises on the training events (the pyramid: each level's log-shares)
+        denoiser.fit(collate_events(*train_set.storage(), torch.as_tensor(train_set.indices())).to(device))
+    loop = TrainingLoop(denoiser, steps=tc.steps, lr=tc.lr, weight_decay=tc.weight_decay, ema_decay=tc.ema_decay,
+                        grad_clip=tc.grad_clip, schedule=lambda i, _: lr_lambda(tc.warmup, tc.steps)(i),
+                        time_limit=tc.time_limit, stop_after=stop_after)
+    noise = torch.Generator(device).manual_seed(tc.seed + 1)
+    if state:
+        denoiser.load_state_dict(state["model"])
+        loop.resume(state, step=state["step"], epoch=state["epoch"], position=state["position"],
+                    seconds=state.get("seconds", 0.0), noise=noise)
+    return denoiser, loop, noise
+
+
+def _run_record(config: Config, state: dict | None, train_set, val_set, energy_model: EnergyModel,
+                factor: int) -> dict:
+    """What a run's checkpoints hold besides the weights and the loop's state."""
+    return {"config": config.to_dict(), "energy_model": energy_model.state(),
+            "graph_options": {**asdict(graph_options(config)), "layers": list(config.data.layers)}, "factor": factor,
+            # what the model saw (file content hashes and entries), so that evaluation can refuse to score it
+            "events": state["events"] if state else {"train": seen_events(train_set), "val": seen_events(val_set)},
+            "training_range": state["training_range"] if state else training_range(train_set, factor),
+            "calibration": None,
+            "provenance": provenance("train", config=config.to_dict(), inputs=config.data.train,
+                                     seed=config.train.seed)}
+
+
 def train(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = True,
           stop_after: int | None = None, overwrite: bool = False) -> TrainResult:
     """Train (or, with ``resume``, continue training) and write ``out_dir/checkpoint.pt`` and
@@ -163,162 +223,75 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     :func:`graphsr.pipelines.train` runs both, as ``graphsr train`` does.
 
     ``stop_after``: leave (with a checkpoint) after this many steps in this call, e.g. to fit a batch-queue slot;
-    a later ``resume`` goes on exactly as if the run had not stopped.
+    a later ``resume`` goes on exactly as if the run had not stopped. ``train.time_limit`` counts the seconds of
+    all calls of a run together.
 
     A directory that holds a run is refused unless ``resume`` or ``overwrite`` is given
     (:func:`~graphsr.training.checkpoint.claim_run_dir`).
     """
-    out_dir = Path(out_dir)
-    tc = config.train
+    out_dir, tc = Path(out_dir), config.train
     rank, world, device = distributed_setup(tc.device)
     main = rank == 0  # writes checkpoints, history and logs
-    if world > 1 and config.model.generator != "dense":
-        raise ValueError("distributed training supports the dense generator only")
-    if world > 1 and not main:  # rank 0 builds (or checks) the graph cache first, the others then read it
-        import torch.distributed as dist
-
-        dist.barrier()
-    pyramid = config.model.generator == "pyramid"
-    train_set, val_set, _ = load_splits(config, noise_cells=config.pyramid.noise_cells if pyramid else 0.0)
-    if world > 1 and main:
-        import torch.distributed as dist
-
-        dist.barrier()
-    if len(train_set) == 0:
-        raise ValueError(f"no training events in {config.data.train}")
+    train_set, val_set = _training_events(config, rank, world)
     if main:
         claim_run_dir(out_dir, resume=resume, overwrite=overwrite)
-
-    state = load_checkpoint(out_dir / CHECKPOINT) if resume else None
-    changed = [key for key in config_differences(state["config"], config.to_dict()) if key not in RESUMABLE] \
-        if resume else []
-    if changed:
-        raise ValueError(f"{out_dir / CHECKPOINT} was written with a different config ({', '.join(changed)} "
-                         f"differ); resume needs the same one, except {' and '.join(RESUMABLE)}")
+    state = _resumed_state(out_dir / CHECKPOINT, config) if resume else None
     energy_model = EnergyModel(**state["energy_model"]) if state else fit_energy_model(train_set,
                                                                                           energy_kind(config))
-    factor = data_factor(train_set)
-    coarse_weight = config.diffusion.coarse_weight
+    factor, coarse_weight = data_factor(train_set), config.diffusion.coarse_weight
 
-    torch.manual_seed(tc.seed)  # model initialisation; afterwards the global generator drives dropout
-    denoiser = build_denoiser(config).to(device)
-    if not state:  # what the generator standardises on the training events (the pyramid: each level's log-shares)
-        denoiser.fit(collate_events(*train_set.storage(), torch.as_tensor(train_set.indices())).to(device))
-    ema = AveragedModel(denoiser, avg_fn=ema_update(tc.ema_decay))
+    denoiser, loop, noise = _model_and_loop(config, state, train_set, device, stop_after)
     loss_fn = build_loss(config)
-    optimizer = torch.optim.AdamW(denoiser.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.warmup, tc.steps))
-    noise = torch.Generator(device).manual_seed(tc.seed + 1)
-    step, epoch, position = 0, 0, 0
-    if state:
-        denoiser.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("noise_device", device.type) == device.type:
-            noise.set_state(state["noise_generator"])
-        else:  # a generator's state does not carry over between CPU and CUDA: continue on a fresh stream
-            noise.manual_seed(tc.seed + 1 + state["step"])
-        torch.set_rng_state(state["rng_state"])
-        if device.type == "cuda" and "cuda_rng_state" in state:
-            torch.cuda.set_rng_state(state["cuda_rng_state"], device)
-        step, epoch, position = state["step"], state["epoch"], state["position"]
-    seconds_before = state.get("seconds", 0.0) if state else 0.0
-    record = provenance("train", config=config.to_dict(), inputs=config.data.train, seed=tc.seed)
-    history = History(out_dir, resume_step=step if state else None) if main else None
+    run = _run_record(config, state, train_set, val_set, energy_model, factor)
+    history = History(out_dir, resume_step=loop.step if state else None) if main else None
     pin = device.type == "cuda"  # page-locked batches copy to the GPU while it computes
     val_loader = GraphLoader(val_set, tc.batch_size)
     use_amp = tc.amp and device.type == "cuda"
-    started, events_seen, first_step = time.perf_counter(), 0, step
+    started, events_seen = time.perf_counter(), 0
     aside = 0.0  # seconds of validation and checkpoints, which the training steps' own rate leaves out
     train_loss = val_loss = float("nan")
 
-    # what the model saw (file content hashes and entries), so that evaluation can refuse to score it
-    seen = state["events"] if state else {"train": seen_events(train_set), "val": seen_events(val_set)}
-    data_range = state["training_range"] if state else training_range(train_set, factor)
+    def batch_loss(item):
+        nonlocal events_seen
+        batch, share = item
+        batch = batch.to(device, non_blocking=pin)
+        draws = dict(zip(("sigma", "noise"), _share_of_draws(loss_fn, share, noise, device))) \
+            if denoiser.draws_whole_batch else {}
+        first, stop, total = share["events"]
+        events_seen += total
+        if stop == first:  # a rank gets no event when the batch holds fewer than there are ranks
+            return None
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = _loss(loss_fn, denoiser, batch, energy_model, noise, factor, coarse_weight, **draws)
+        return loss * ((stop - first) / total)  # this rank's part of the whole batch's mean over events
 
-    def checkpoint():
-        cuda_rng = {"cuda_rng_state": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}
-        return save_checkpoint({
-            "model": denoiser.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "noise_generator": noise.get_state(), "noise_device": device.type,
-            "rng_state": torch.get_rng_state(), **cuda_rng, "step": step,
-            "epoch": epoch, "position": position, "config": config.to_dict(), "energy_model": energy_model.state(),
-            "graph_options": {**asdict(graph_options(config)), "layers": list(config.data.layers)},
-            "factor": factor, "val_loss": val_loss, "events": seen, "training_range": data_range,
-            "calibration": None, "seconds": seconds_before + time.perf_counter() - started,
-            "provenance": record,
-        }, out_dir / CHECKPOINT)
+    def after_step(loss: float, stop: bool):
+        nonlocal train_loss, val_loss, aside
+        train_loss, rate, set_aside = loss, events_seen / (time.perf_counter() - started), time.perf_counter()
+        loop.bar.set_postfix(loss=f"{train_loss:.4f}", events_per_s=f"{rate:.0f}")
+        validate = (loop.step % tc.val_every == 0 or loop.step == tc.steps or stop) and main
+        if validate:
+            loop.ema.module.eval()
+            val_loss = validation_loss(loss_fn, loop.ema.module, val_loader, energy_model, device, factor,
+                                       coarse_weight)
+            logger.info(f"step {loop.step}: train loss {train_loss:.4f}, validation loss (EMA) {val_loss:.4f}")
+        if main:  # the row before the checkpoint: a resumed run keeps the rows up to the checkpoint's step
+            history.log(loop.step, epoch=loop.epoch, seconds=loop.seconds, lr=loop.lr, train_loss=train_loss,
+                        val_loss=val_loss if validate else None, events_per_s=rate)
+        if validate:
+            save_checkpoint({**run, "model": denoiser.state_dict(), **loop.state(noise), "step": loop.step,
+                             "epoch": loop.epoch, "position": loop.position, "val_loss": val_loss,
+                             "seconds": loop.seconds}, out_dir / CHECKPOINT)
+        aside += time.perf_counter() - set_aside
 
-    # no bar where stderr is no terminal (a log file, a batch job): tqdm's disable=None
-    bar = tqdm(total=tc.steps, initial=step, disable=None if progress and main else True, desc="training",
-               unit="step")
-    while step < tc.steps:
-        loader = GraphLoader(train_set, tc.batch_size, shuffle=True, drop_last=len(train_set) >= tc.batch_size,
-                             generator=torch.Generator().manual_seed(tc.seed + epoch), pin_memory=pin,
-                             part=(rank, world))
-        for i, (batch, share) in enumerate(loader.shares()):
-            if i < position:  # resuming mid-epoch: skip the batches already trained on
-                continue
-            denoiser.train()
-            batch = batch.to(device, non_blocking=pin)
-            draws = dict(zip(("sigma", "noise"), _share_of_draws(loss_fn, share, noise, device))) \
-                if denoiser.draws_whole_batch else {}
-            first, stop, total = share["events"]
-            loss = None
-            if stop > first:  # a rank gets no event when the batch holds fewer than there are ranks
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    loss = _loss(loss_fn, denoiser, batch, energy_model, noise, factor, coarse_weight, **draws)
-                # this rank's part of the whole batch's mean over events: the ranks' gradients are summed
-                loss = loss * ((stop - first) / total)
-            lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            optimiser_step(loss, denoiser, optimizer, scheduler, ema, tc.grad_clip)
-            step, position, events_seen = step + 1, i + 1, events_seen + total
-            train_loss = loss.item() if loss is not None else 0.0
-            rate = events_seen / (time.perf_counter() - started)
-            bar.update(1)
-            bar.set_postfix(loss=f"{train_loss:.4f}", events_per_s=f"{rate:.0f}")
-            out_of_time = (tc.time_limit is not None and time.perf_counter() - started > tc.time_limit) or \
-                (stop_after is not None and step - first_step >= stop_after)
-            if world > 1:  # the whole batch's loss; every rank stops at the same step
-                import torch.distributed as dist
-
-                flags = torch.tensor([train_loss, float(out_of_time)], device=device)
-                dist.all_reduce(flags)
-                train_loss, out_of_time = float(flags[0]), bool(flags[1] > 0)
-            validate = (step % tc.val_every == 0 or step == tc.steps or out_of_time) and main
-            set_aside = time.perf_counter()
-            if validate:
-                ema.module.eval()
-                val_loss = validation_loss(loss_fn, ema.module, val_loader, energy_model, device, factor,
-                                           coarse_weight)
-                logger.info(f"step {step}: train loss {train_loss:.4f}, validation loss (EMA) {val_loss:.4f}")
-            # the row before the checkpoint: a resumed run keeps the rows up to the checkpoint's step
-            if main:
-                history.log(step, epoch=epoch, seconds=seconds_before + time.perf_counter() - started, lr=lr,
-                            train_loss=train_loss, val_loss=val_loss if validate else None, events_per_s=rate)
-            if validate:
-                checkpoint()
-            aside += time.perf_counter() - set_aside
-            if step >= tc.steps or out_of_time:
-                break
-        else:
-            epoch, position = epoch + 1, 0
-            continue
-        break
-    bar.close()
+    batches = shuffled_batches(train_set, tc.batch_size, tc.seed, loop.epoch, loop.position, part=(rank, world),
+                               pin_memory=pin)
+    loop.run(batches, batch_loss, after_step, progress=progress and main)
     if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()  # rank 0's last checkpoint is written
-        dist.destroy_process_group()
-    paused = stop_after is not None and step - first_step >= stop_after and step < tc.steps
+        torch.distributed.barrier()  # rank 0's last checkpoint is written
+        torch.distributed.destroy_process_group()
     elapsed = time.perf_counter() - started
-    result = TrainResult(out_dir / CHECKPOINT, step, train_loss, val_loss, events_seen / max(elapsed, 1e-9), paused,
-                         events_seen / max(elapsed - aside, 1e-9))
     if main:
         history.close()
-        if step < tc.steps:
-            logger.info(f"stopped at step {step} of {tc.steps} (time limit {tc.time_limit} s, stop_after "
-                        f"{stop_after}); `--resume` continues")
-    return result
+    return TrainResult(out_dir / CHECKPOINT, loop.step, train_loss, val_loss, events_seen / max(elapsed, 1e-9),
+                       loop.paused, events_seen / max(elapsed - aside, 1e-9))
