@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import warnings
 
-import numpy as np
-import torch
 
 from graphsr.datasets import CocoaDataset
 from graphsr.diffusion import evaluations

@@ -201,6 +201,100 @@ def _local_edges(edges: torch.Tensor, node_event: torch.Tensor, node_ptr: torch.
                              .cumsum(0)])
 
 
+def _pairs(low: ak.Array, high: ak.Array, keep_c: np.ndarray, c_ptr: np.ndarray, factor: int | None,
+           geometry: Geometry) -> tuple[np.ndarray, np.ndarray, int]:
+    """The (coarse, fine) cell pairs of the trees' mapping whose coarse cell is kept, as flat indices, in block
+    order: children grouped by parent, parents in stored order, each parent's children by (ieta, iphi) as
+    Geometry.children orders them (graphsr's simulator stores them so already); and the factor (inferred from the
+    mapping when None)."""
+    num_events = len(low)
+    pair_count = ak.num(low.low_cell_to_high_cell_edge, axis=1).to_numpy()
+    pair_event = np.repeat(np.arange(num_events), pair_count)
+    pair_c = _flat(low.low_cell_to_high_cell_edge, np.int64) + c_ptr[pair_event]
+    pair_f = _flat(low.high_cell_to_low_cell_edge, np.int64) + _offsets(ak.num(high.cell_layer, axis=1))[pair_event]
+    if factor is None:
+        factor = int(round(np.sqrt(len(pair_c) / max(len(keep_c), 1)))) or 1
+    keep_pair = keep_c[pair_c]
+    parent, fine = pair_c[keep_pair], pair_f[keep_pair]
+    f_layer = _flat(high.cell_layer, np.int64)[fine]
+    f_ieta, f_iphi = geometry.cell_at(f_layer, _flat(high.cell_eta, np.float64)[fine],
+                                      _flat(high.cell_phi, np.float64)[fine])
+    block = parent * factor**2 + (f_ieta % factor) * factor + f_iphi % factor
+    if np.any(block[1:] < block[:-1]):
+        order = np.argsort(block, kind="stable")
+        parent, fine = parent[order], fine[order]
+    return parent, fine, factor
+
+
+def _add_particles(data: PairData, slices: dict, low: ak.Array) -> None:
+    """The true particles of the events: ``num_particles`` [B], ``particle_kin`` [P, 3] (GeV, eta, phi),
+    ``particle_pdgid`` [P]."""
+    p_count = ak.num(low.particle_e, axis=1).to_numpy()
+    offsets = torch.as_tensor(_offsets(p_count), dtype=torch.long)
+    data.num_particles = torch.as_tensor(p_count, dtype=torch.long)
+    data.particle_kin = torch.as_tensor(np.stack([_flat(low.particle_e, np.float32) / MEV_PER_GEV,
+                                                  _flat(low.particle_eta, np.float32),
+                                                  _flat(low.particle_phi, np.float32)], axis=1), dtype=torch.float32)
+    data.particle_pdgid = torch.as_tensor(_flat(low.particle_pdgid, np.int64), dtype=torch.long)
+    slices.update(num_particles=slices["event"], particle_kin=offsets, particle_pdgid=offsets.clone())
+
+
+def _children(low: ak.Array, keep_c: np.ndarray, c_layer: np.ndarray, factor: int, geometry: Geometry):
+    """Without fine cells in the file: the ``factor x factor`` children of every kept coarse cell, from the
+    geometry: ``(parent, layer, ieta, iphi)``, parent as a flat coarse index."""
+    coarse_geometry = geometry.coarsen(factor)
+    kept = np.nonzero(keep_c)[0]
+    c_ieta, c_iphi = coarse_geometry.cell_at(c_layer[kept], _flat(low.cell_eta, np.float64)[kept],
+                                             _flat(low.cell_phi, np.float64)[kept])
+    f_layer, f_ieta, f_iphi = (a.reshape(-1) for a in coarse_geometry.children(geometry, c_layer[kept], c_ieta,
+                                                                               c_iphi))
+    return np.repeat(kept, factor * factor), f_layer, f_ieta, f_iphi
+
+
+def _local_neighbour_edges(eta, phi, layer, event: torch.Tensor, ptr: torch.Tensor, options: GraphOptions):
+    """kNN / radius edges (:func:`neighbour_edges`) of flat cells, local to their event, with per-event offsets."""
+    def t(a, dtype=torch.float32):
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
+    edges = neighbour_edges(t(eta), t(phi), t(layer, torch.long), event, options)
+    return _local_edges(edges, event, ptr, len(ptr) - 1)
+
+
+def _fine_cells(low, high, keep_c, c_ptr, c_layer, factor, geometry: Geometry, fractions: int):
+    """The fine cells of the kept coarse cells, from the file's fine tree or (``high`` None) from the geometry:
+    ``(factor, parent, (layer, eta, phi, ieta, iphi), values)``, parent as a flat coarse index, ``values`` the
+    file's ``fine_energy`` (GeV) and, with ``fractions``, ``fine_fraction``."""
+    if high is None:
+        if factor is None:
+            raise ValueError("factor is required to build fine cells from coarse cells alone")
+        parent, f_layer, f_ieta, f_iphi = _children(low, keep_c, c_layer, factor, geometry)
+        return factor, parent, (f_layer, *geometry.cell_center(f_layer, f_ieta, f_iphi), f_ieta, f_iphi), {}
+    parent, fine, factor = _pairs(low, high, keep_c, c_ptr, factor, geometry)
+    f_layer = _flat(high.cell_layer, np.int64)[fine]
+    f_eta, f_phi = _flat(high.cell_eta, np.float64)[fine], _flat(high.cell_phi, np.float64)[fine]
+    values = {"fine_energy": _flat(high.cell_e, np.float32)[fine] / MEV_PER_GEV}
+    if fractions:
+        values["fine_fraction"] = cell_fractions(high, fractions)[fine]
+    return factor, parent, (f_layer, f_eta, f_phi, *geometry.cell_at(f_layer, f_eta, f_phi)), values
+
+
+def _cell_tensors(kind: str, eta, phi, layer, cell) -> dict[str, torch.Tensor]:
+    """``{kind}_pos`` [N, 2] (eta, phi), ``{kind}_layer`` and ``{kind}_cell`` (the geometry's cell id) tensors."""
+    return {f"{kind}_pos": torch.as_tensor(np.stack([eta, phi], axis=1), dtype=torch.float32),
+            f"{kind}_layer": torch.as_tensor(layer, dtype=torch.long),
+            f"{kind}_cell": torch.as_tensor(cell, dtype=torch.long)}
+
+
+def _edges(options: GraphOptions, geometry: Geometry, factor: int, first_event: int, coarse: tuple, fine: tuple):
+    """The coarse and fine cell graphs' edges, local to their events, with per-event offsets: on the grid by index
+    arithmetic, else kNN / radius. ``coarse``, ``fine``: the cells' (event, layer, eta, phi, ieta, iphi, offsets)."""
+    if options.edges == "grid":
+        (c_event, c_layer, _, _, c_ieta, c_iphi, c_ptr), (_, _, _, _, f_ieta, f_iphi, _) = coarse, fine
+        _check_children(c_event, c_ieta, c_iphi, f_ieta, f_iphi, factor, first_event)
+        return grid_edges(c_event, c_layer, c_ieta, c_iphi, c_ptr.numpy(), geometry, factor, options)
+    return tuple(_local_neighbour_edges(eta, phi, layer, torch.as_tensor(event, dtype=torch.long), ptr, options)
+                 for event, layer, eta, phi, _, _, ptr in (coarse, fine))
+
+
 def build_storage(
     low: ak.Array,
     high: ak.Array | None = None,
@@ -241,106 +335,43 @@ def build_storage(
     c_layer = _flat(low.cell_layer, np.int64)
     keep_c = np.isin(c_layer, options.layers)
 
-    if high is not None:
-        pair_count = ak.num(low.low_cell_to_high_cell_edge, axis=1).to_numpy()
-        pair_event = np.repeat(np.arange(num_events), pair_count)
-        pair_c = _flat(low.low_cell_to_high_cell_edge, np.int64) + c_ptr[pair_event]
-        pair_f = _flat(low.high_cell_to_low_cell_edge, np.int64) + _offsets(ak.num(high.cell_layer, axis=1))[pair_event]
-        if factor is None:
-            factor = int(round(np.sqrt(len(pair_c) / max(len(c_layer), 1)))) or 1
-        keep_pair = keep_c[pair_c]
-        parent, fine = pair_c[keep_pair], pair_f[keep_pair]
-        f_layer = _flat(high.cell_layer, np.int64)[fine]
-        f_eta, f_phi = _flat(high.cell_eta, np.float64)[fine], _flat(high.cell_phi, np.float64)[fine]
-        f_ieta, f_iphi = geometry.cell_at(f_layer, f_eta, f_phi)
-        # block order: children grouped by parent, parents in stored order, each parent's children by (ieta, iphi)
-        # as Geometry.children orders them (graphsr's simulator stores them so already)
-        block = parent * factor**2 + (f_ieta % factor) * factor + f_iphi % factor
-        if np.any(block[1:] < block[:-1]):
-            order = np.argsort(block, kind="stable")
-            parent, fine, f_layer, f_eta, f_phi, f_ieta, f_iphi = (
-                a[order] for a in (parent, fine, f_layer, f_eta, f_phi, f_ieta, f_iphi))
-        f_energy = _flat(high.cell_e, np.float32)[fine] / MEV_PER_GEV
-        f_fraction = cell_fractions(high, fractions)[fine] if fractions else None
-    else:
-        if factor is None:
-            raise ValueError("factor is required to build fine cells from coarse cells alone")
-        coarse_geometry = geometry.coarsen(factor)
-        kept = np.nonzero(keep_c)[0]
-        c_ieta, c_iphi = coarse_geometry.cell_at(c_layer[kept], _flat(low.cell_eta, np.float64)[kept],
-                                                 _flat(low.cell_phi, np.float64)[kept])
-        f_layer, f_ieta, f_iphi = (a.reshape(-1) for a in coarse_geometry.children(geometry, c_layer[kept],
-                                                                                   c_ieta, c_iphi))
-        parent = np.repeat(kept, factor * factor)
-        f_eta, f_phi = geometry.cell_center(f_layer, f_ieta, f_iphi)
-        f_energy = f_fraction = None
+    factor, parent, (f_layer, f_eta, f_phi, f_ieta, f_iphi), fine_values = _fine_cells(
+        low, high, keep_c, c_ptr, c_layer, factor, geometry, fractions)
     coarse_geometry = geometry.coarsen(factor)
 
     # renumber kept coarse cells; every kept coarse cell has its children in the fine list
     new_index = np.cumsum(keep_c) - 1
     c_event, kept_c = c_event[keep_c], np.nonzero(keep_c)[0]
-    nc = np.bincount(c_event, minlength=num_events)
     f_event = c_event[new_index[parent]]
     nf = np.bincount(f_event, minlength=num_events)
-    nc_ptr, nf_ptr = _offsets(nc), _offsets(nf)
+    nc_ptr, nf_ptr = _offsets(np.bincount(c_event, minlength=num_events)), _offsets(nf)
     fine_parent = new_index[parent] - nc_ptr[f_event]
 
-    c_eta = _flat(low.cell_eta, np.float64)[kept_c]
-    c_phi = _flat(low.cell_phi, np.float64)[kept_c]
+    c_eta, c_phi = (_flat(values, np.float64)[kept_c] for values in (low.cell_eta, low.cell_phi))
     c_layer = c_layer[kept_c]
     c_ieta, c_iphi = coarse_geometry.cell_at(c_layer, c_eta, c_phi)
 
     t = lambda a, dtype=torch.float32: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)  # noqa: E731
-    c_event_t, f_event_t = t(c_event, torch.long), t(f_event, torch.long)
     c_ptr_t, f_ptr_t = t(nc_ptr, torch.long), t(nf_ptr, torch.long)
-    if options.edges == "grid":
-        _check_children(c_event, c_ieta, c_iphi, f_ieta, f_iphi, factor, first_event)
-        (coarse_edges, coarse_edge_ptr), (fine_edges, fine_edge_ptr) = grid_edges(
-            c_event, c_layer, c_ieta, c_iphi, nc_ptr, geometry, factor, options)
-    else:
-        coarse_edges, coarse_edge_ptr = _local_edges(
-            neighbour_edges(t(c_eta), t(c_phi), t(c_layer, torch.long), c_event_t, options), c_event_t, c_ptr_t,
-            num_events)
-        fine_edges, fine_edge_ptr = _local_edges(
-            neighbour_edges(t(f_eta), t(f_phi), t(f_layer, torch.long), f_event_t, options), f_event_t, f_ptr_t,
-            num_events)
+    (coarse_edges, coarse_edge_ptr), (fine_edges, fine_edge_ptr) = _edges(
+        options, geometry, factor, first_event, (c_event, c_layer, c_eta, c_phi, c_ieta, c_iphi, c_ptr_t),
+        (f_event, f_layer, f_eta, f_phi, f_ieta, f_iphi, f_ptr_t))
 
-    data = PairData(
-        coarse_pos=t(np.stack([c_eta, c_phi], axis=1)),
-        coarse_layer=t(c_layer, torch.long),
-        coarse_energy=t(_flat(low.cell_e, np.float32)[kept_c] / MEV_PER_GEV),
-        coarse_cell=t(coarse_geometry.cell_id(c_layer, c_ieta, c_iphi), torch.long),
-        coarse_edge_index=coarse_edges,
-        coarse_batch=torch.zeros(len(c_layer), dtype=torch.long),
-        fine_pos=t(np.stack([f_eta, f_phi], axis=1)),
-        fine_layer=t(f_layer, torch.long),
-        fine_cell=t(geometry.cell_id(f_layer, f_ieta, f_iphi), torch.long),
-        fine_parent=t(fine_parent, torch.long),
-        fine_edge_index=fine_edges,
-        event=torch.arange(first_event, first_event + num_events),
-    )
-    slices = {key: c_ptr_t for key in ("coarse_pos", "coarse_layer", "coarse_energy", "coarse_cell", "coarse_batch")}
-    slices.update({key: f_ptr_t for key in ("fine_pos", "fine_layer", "fine_cell", "fine_parent")})
+    data = PairData(event=torch.arange(first_event, first_event + num_events),
+                    **_cell_tensors("coarse", c_eta, c_phi, c_layer, coarse_geometry.cell_id(c_layer, c_ieta, c_iphi)),
+                    coarse_energy=t(_flat(low.cell_e, np.float32)[kept_c] / MEV_PER_GEV),
+                    coarse_batch=torch.zeros(len(c_layer), dtype=torch.long), coarse_edge_index=coarse_edges,
+                    **_cell_tensors("fine", f_eta, f_phi, f_layer, geometry.cell_id(f_layer, f_ieta, f_iphi)),
+                    fine_parent=t(fine_parent, torch.long), fine_edge_index=fine_edges)
+    slices = {key: c_ptr_t if key.startswith("coarse_") else f_ptr_t for key in data.keys()}
     slices.update(coarse_edge_index=coarse_edge_ptr, fine_edge_index=fine_edge_ptr,
                   event=torch.arange(num_events + 1))
-    if f_energy is not None:
-        data.fine_energy = t(f_energy)
-        slices["fine_energy"] = f_ptr_t
+    for key, values in fine_values.items():  # fine_energy, fine_fraction: where the file has fine cells
+        data[key], slices[key] = t(values), f_ptr_t
     if {"particle_e", "particle_eta", "particle_phi", "particle_pdgid"} <= set(low.fields):
-        p_count = ak.num(low.particle_e, axis=1).to_numpy()
-        data.num_particles = t(p_count, torch.long)
-        data.particle_kin = t(np.stack([_flat(low.particle_e, np.float32) / MEV_PER_GEV,
-                                        _flat(low.particle_eta, np.float32),
-                                        _flat(low.particle_phi, np.float32)], axis=1))
-        data.particle_pdgid = t(_flat(low.particle_pdgid, np.int64), torch.long)
-        slices.update(num_particles=slices["event"], particle_kin=t(_offsets(p_count), torch.long),
-                      particle_pdgid=t(_offsets(p_count), torch.long))
+        _add_particles(data, slices, low)
     if fractions:
-        data.coarse_fraction = t(cell_fractions(low, fractions)[kept_c])
-        slices["coarse_fraction"] = c_ptr_t
-    if f_fraction is not None:
-        data.fine_fraction = t(f_fraction)
-        slices["fine_fraction"] = f_ptr_t
+        data.coarse_fraction, slices["coarse_fraction"] = t(cell_fractions(low, fractions)[kept_c]), c_ptr_t
     if drop_empty:
         data, slices = select_events(data, slices, torch.nonzero(torch.as_tensor(nf) > 0).squeeze(1))
     return data, slices

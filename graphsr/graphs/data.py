@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch_geometric.data import Data
 
 # How each index-valued key is offset when events are batched: by the number of fine or coarse nodes.

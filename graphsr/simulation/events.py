@@ -165,6 +165,80 @@ def _with_noise_clusters(halo_keys, halo_noise, coarse: Geometry, sigma, num_eve
     return keys[order], noise[order]
 
 
+def _fine_cells(low: _Cells, coarse: Geometry, geometry: Geometry, factor: int, num_events: int, fine_keys, f_row,
+                f_particle, f_energy, charged):
+    """Every child of every stored coarse cell, sorted by (event, cell id), with the fine deposits that fall in
+    them (deposits outside stored cells are dropped): ``(high, parent of each, sort order of the children,
+    child_parent, charged energy, neutral energy, (cell, particle, energy) contributions)``."""
+    children = coarse.children(geometry, low.layer, low.ieta, low.iphi)
+    child_id = geometry.cell_id(*children).ravel()
+    child_parent = np.repeat(np.arange(len(low.cell)), factor * factor)
+    child_keys = low.event[child_parent] * geometry.num_cells + child_id
+    order = np.argsort(child_keys, kind="stable")
+    high = _Cells(low.event[child_parent][order], child_id[order], geometry, num_events)
+    high_parent = child_parent[order]
+    fine_pos = np.searchsorted(child_keys[order], fine_keys)  # fine hits outside stored cells are dropped
+    stored = fine_pos < len(order)
+    stored[stored] = child_keys[order][fine_pos[stored]] == fine_keys[stored]
+    f_che = np.zeros(len(high.cell))
+    f_nue = np.zeros(len(high.cell))
+    row_stored = stored[f_row]
+    np.add.at(f_che, fine_pos[f_row[row_stored]], (f_energy * charged)[row_stored])
+    np.add.at(f_nue, fine_pos[f_row[row_stored]], (f_energy * ~charged)[row_stored])
+    f_contrib = (fine_pos[f_row[row_stored]], f_particle[row_stored], f_energy[row_stored])
+    return high, high_parent, order, child_parent, f_che, f_nue, f_contrib
+
+
+def _particle_branches(particles: Particles, deposits, num_events: int) -> dict:
+    """The particle branches of both trees (the gun's particles, their deposited energy) and COCOA's topocluster
+    branches, left empty."""
+    p_counts = particles.counts
+    dep = np.bincount(deposits.particle, weights=deposits.energy, minlength=len(particles))
+    jag = lambda a, dtype=np.float32: _jagged(np.asarray(a, dtype=dtype), p_counts)  # noqa: E731
+    empty = _jagged(np.zeros(0, dtype=np.float32), np.zeros(num_events, dtype=np.int64))
+    return {
+        "particle_pdgid": jag(particles.pdgid, np.int32), "particle_pt": jag(particles.pt),
+        "particle_e": jag(particles.e), "particle_eta": jag(particles.eta), "particle_phi": jag(particles.phi),
+        "particle_prod_x": jag(np.zeros(len(particles))), "particle_prod_y": jag(np.zeros(len(particles))),
+        "particle_prod_z": jag(np.zeros(len(particles))), "particle_dep_energy": jag(dep),
+        "particle_track_idx": jag(np.full(len(particles), -1), np.int32),
+        **{name: empty for name in TOPO_BRANCHES},  # all float in COCOA, topo_idx included
+    }
+
+
+def _mapping(low: _Cells, high: _Cells, order, child_parent, factor: int) -> dict:
+    """COCOA's coarse-fine map: pairs ordered by coarse cell, the children of a parent in (ieta, iphi) order (as
+    Geometry.children lists them), as indices local to the event."""
+    inverse_order = np.empty_like(order)
+    inverse_order[order] = np.arange(len(order))
+    fine_index = (inverse_order - high.ptr[high.event[inverse_order]])
+    mapping_counts = low.counts * factor * factor
+    low_local = low.local()
+    mapping = {"low_cell_to_high_cell_edge": _jagged(low_local[child_parent].astype(np.int32), mapping_counts),
+               "high_cell_to_low_cell_edge": _jagged(fine_index.astype(np.int32), mapping_counts)}
+    return mapping
+
+
+def _noisy_coarse_cells(c_keys_hit, coarse: Geometry, noise, num_events: int, rng: np.random.Generator):
+    """The coarse cells that hold noise: the halo around the cells with signal, and noise-only clusters elsewhere
+    (:func:`_with_noise_clusters`); ``(keys, noise)`` sorted by key."""
+    hit_event, hit_cell = np.divmod(c_keys_hit, coarse.num_cells)
+    halo = signal_halo(hit_event, *coarse.cell_index(hit_cell), coarse, num_events)
+    halo_keys = cell_keys(*halo, coarse)
+    halo_noise = noise[halo[1]] * rng.standard_normal(len(halo_keys))
+    # the noise-only clusters come from a child generator, so the signal and its noise stay what they were
+    return _with_noise_clusters(halo_keys, halo_noise, coarse, noise, num_events, rng.spawn(1)[0])
+
+
+def _coarse_noise(coarse: Geometry, coarse_noise) -> np.ndarray:
+    """The coarse cells' noise sigma per layer (MeV): as given, or the geometry's."""
+    noise = coarse.noise if coarse_noise is None else np.asarray(coarse_noise, dtype=np.float64)
+    if noise.shape != (coarse.num_layers,) or not np.all(noise > 0):
+        raise ValueError(f"coarse_noise must hold one positive sigma (MeV) per layer ({coarse.num_layers}), "
+                         f"got {coarse_noise!r}")
+    return noise
+
+
 def simulate_events(gun, num_events: int, *, factor: int = 2,
                     seed: int | np.random.Generator | None = None, model: ShowerModel | None = None,
                     geometry: Geometry | None = None, neighbour_branches: bool = True,
@@ -196,101 +270,52 @@ def simulate_events(gun, num_events: int, *, factor: int = 2,
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     geometry = geometry or Geometry.cocoa()
     coarse = geometry.coarsen(factor)
-    noise = coarse.noise if coarse_noise is None else np.asarray(coarse_noise, dtype=np.float64)
-    if noise.shape != (coarse.num_layers,) or not np.all(noise > 0):
-        raise ValueError(f"coarse_noise must hold one positive sigma (MeV) per layer ({coarse.num_layers}), "
-                         f"got {coarse_noise!r}")
+    noise = _coarse_noise(coarse, coarse_noise)
     particles: Particles = gun.sample(num_events, rng)
     deposits = simulate_showers(particles, rng, model, geometry)
 
     # fine cells with signal, and their contributions per particle
-    p_event = particles.event[deposits.particle]
-    fine_id = geometry.cell_id(deposits.layer, deposits.ieta, deposits.iphi)
-    fine_keys, f_row, f_particle, f_energy = _contributions(p_event * geometry.num_cells + fine_id,
-                                                            deposits.energy, deposits.particle)
+    fine_keys = particles.event[deposits.particle] * geometry.num_cells + geometry.cell_id(
+        deposits.layer, deposits.ieta, deposits.iphi)
+    fine_keys, f_row, f_particle, f_energy = _contributions(fine_keys, deposits.energy, deposits.particle)
     fine_event_hit, fine_cell_hit = np.divmod(fine_keys, geometry.num_cells)
 
     # coarse cells: signal sums, noise in the halo, noise-only seeds elsewhere, topoclusters
     parent_id = geometry.parent_id(coarse, fine_cell_hit)
     c_keys_hit, c_row_of_fine = np.unique(fine_event_hit * coarse.num_cells + parent_id, return_inverse=True)
-    hit_event, hit_cell = np.divmod(c_keys_hit, coarse.num_cells)
-    halo = signal_halo(hit_event, *coarse.cell_index(hit_cell), coarse, num_events)
-    halo_keys = cell_keys(*halo, coarse)
-    halo_noise = noise[halo[1]] * rng.standard_normal(len(halo_keys))
-    # the noise-only clusters come from a child generator, so the signal and its noise stay what they were
-    c_keys, c_noise = _with_noise_clusters(halo_keys, halo_noise, coarse, noise, num_events, rng.spawn(1)[0])
+    c_keys, c_noise = _noisy_coarse_cells(c_keys_hit, coarse, noise, num_events, rng)
     c_event, c_cell = np.divmod(c_keys, coarse.num_cells)
     c_layer, c_ieta, c_iphi = coarse.cell_index(c_cell)
-    c_pos_of_hit = np.searchsorted(c_keys, c_keys_hit)
-    sigma = noise[c_layer]
+    c_of_row = np.searchsorted(c_keys, c_keys_hit)[c_row_of_fine[f_row]]  # the coarse cell of each contribution
     charged = particles.pdgid[f_particle] != PHOTON
-    c_che = np.bincount(c_pos_of_hit[c_row_of_fine[f_row]], weights=f_energy * charged, minlength=len(c_keys))
-    c_nue = np.bincount(c_pos_of_hit[c_row_of_fine[f_row]], weights=f_energy * ~charged, minlength=len(c_keys))
+    c_che = np.bincount(c_of_row, weights=f_energy * charged, minlength=len(c_keys))
+    c_nue = np.bincount(c_of_row, weights=f_energy * ~charged, minlength=len(c_keys))
     c_energy = c_che + c_nue + c_noise
-    topo = topoclusters(c_event, c_layer, c_ieta, c_iphi, c_energy, sigma, coarse)
+    topo = topoclusters(c_event, c_layer, c_ieta, c_iphi, c_energy, noise[c_layer], coarse)
     kept = np.flatnonzero(topo > 0)
     low = _Cells(c_event[kept], coarse.cell_id(c_layer[kept], c_ieta[kept], c_iphi[kept]), coarse, num_events)
     # low's cells are the kept rows in key order, so row r of low is kept[r]
     kept_pos = np.full(len(c_keys), -1)
     kept_pos[kept] = np.arange(len(kept))
 
-    # fine cells: every child of every stored coarse cell, sorted by (event, cell id)
-    children = coarse.children(geometry, low.layer, low.ieta, low.iphi)
-    child_id = geometry.cell_id(*children).ravel()
-    child_parent = np.repeat(np.arange(len(low.cell)), factor * factor)
-    child_keys = low.event[child_parent] * geometry.num_cells + child_id
-    order = np.argsort(child_keys, kind="stable")
-    high = _Cells(low.event[child_parent][order], child_id[order], geometry, num_events)
-    high_parent = child_parent[order]
-    fine_pos = np.searchsorted(child_keys[order], fine_keys)  # fine hits outside stored cells are dropped
-    stored = fine_pos < len(order)
-    stored[stored] = child_keys[order][fine_pos[stored]] == fine_keys[stored]
-    f_che = np.zeros(len(high.cell))
-    f_nue = np.zeros(len(high.cell))
-    row_stored = stored[f_row]
-    np.add.at(f_che, fine_pos[f_row[row_stored]], (f_energy * charged)[row_stored])
-    np.add.at(f_nue, fine_pos[f_row[row_stored]], (f_energy * ~charged)[row_stored])
-    f_contrib = (fine_pos[f_row[row_stored]], f_particle[row_stored], f_energy[row_stored])
+    high, high_parent, order, child_parent, f_che, f_nue, f_contrib = _fine_cells(
+        low, coarse, geometry, factor, num_events, fine_keys, f_row, f_particle, f_energy, charged)
 
     # coarse contributions: fine contributions summed per (coarse kept cell, particle)
-    c_of_contrib = kept_pos[c_pos_of_hit[c_row_of_fine[f_row]]]
+    c_of_contrib = kept_pos[c_of_row]
     in_low = c_of_contrib >= 0
-    c_cells, c_row, c_particle, c_contrib_energy = _contributions(c_of_contrib[in_low], f_energy[in_low],
-                                                                  f_particle[in_low])
-    c_contrib = (c_cells[c_row], c_particle, c_contrib_energy)
-
-    # particles
-    p_counts = particles.counts
-    p_ptr = particles.offsets
-    dep = np.bincount(deposits.particle, weights=deposits.energy, minlength=len(particles))
-    jag = lambda a, dtype=np.float32: _jagged(np.asarray(a, dtype=dtype), p_counts)  # noqa: E731
-    particle_branches = {
-        "particle_pdgid": jag(particles.pdgid, np.int32), "particle_pt": jag(particles.pt),
-        "particle_e": jag(particles.e), "particle_eta": jag(particles.eta), "particle_phi": jag(particles.phi),
-        "particle_prod_x": jag(np.zeros(len(particles))), "particle_prod_y": jag(np.zeros(len(particles))),
-        "particle_prod_z": jag(np.zeros(len(particles))), "particle_dep_energy": jag(dep),
-        "particle_track_idx": jag(np.full(len(particles), -1), np.int32),
-    }
-    empty = _jagged(np.zeros(0, dtype=np.float32), np.zeros(num_events, dtype=np.int64))
-    topo_branches = {name: empty for name in TOPO_BRANCHES}  # all float in COCOA, topo_idx included
-
-    # mapping: pairs ordered by coarse cell, children of a parent in (ieta, iphi) order (as children() lists them)
-    inverse_order = np.empty_like(order)
-    inverse_order[order] = np.arange(len(order))
-    fine_index = (inverse_order - high.ptr[high.event[inverse_order]])
-    mapping_counts = low.counts * factor * factor
-    low_local = low.local()
-    mapping = {"low_cell_to_high_cell_edge": _jagged(low_local[child_parent].astype(np.int32), mapping_counts),
-               "high_cell_to_low_cell_edge": _jagged(fine_index.astype(np.int32), mapping_counts)}
-
-    low_truth = c_che[kept] + c_nue[kept]
-    high_truth = f_che + f_nue
+    c_cells, *c_contrib = _contributions(c_of_contrib[in_low], f_energy[in_low], f_particle[in_low])
+    c_contrib[0] = c_cells[c_contrib[0]]  # the row of each contribution -> its cell
+    p_counts, p_ptr = particles.counts, particles.offsets
+    particle_branches = _particle_branches(particles, deposits, num_events)
+    mapping = _mapping(low, high, order, child_parent, factor)
+    low_truth, high_truth = c_che[kept] + c_nue[kept], f_che + f_nue
     low_tree = {**low.branches(c_energy[kept], c_che[kept], c_nue[kept], topo[kept], *c_contrib, p_ptr,
                                neighbour_branches),
-                **particle_branches, **topo_branches, **mapping,
+                **particle_branches, **mapping,
                 **low.particle_to_node(*c_contrib, low_truth, len(particles), p_counts)}
     high_tree = {**high.branches(high_truth, f_che, f_nue, topo[kept][high_parent], *f_contrib, p_ptr,
                                  neighbour_branches),
-                 **particle_branches, **topo_branches,
+                 **particle_branches,
                  **high.particle_to_node(*f_contrib, high_truth, len(particles), p_counts)}
     return {"Low_Tree": ak.zip(low_tree, depth_limit=1), "High_Tree": ak.zip(high_tree, depth_limit=1)}

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy.special import gammainc, i0
+from scipy.special import gammainc
 
 from graphsr.detector.geometry import CRITICAL_ENERGY, ETA_MAX, MOLIERE_RADIUS, NUM_ECAL_LAYERS, X0_ECAL, Geometry
 from graphsr.simulation.guns import Particles
