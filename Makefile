@@ -78,13 +78,13 @@ demo: $(STAMP) $(DATA)/single_electron_2x.root
 # (+ the regression baseline, 3 min), the particle-flow models (1,200 steps each: ~1.5, 7 and 8 min), evaluate with the downstream particle
 # reconstruction (hand-written and learned); reports/multi_particle_4x/report.md
 demo-multi: $(STAMP) $(DATA)/multi_particle_4x.root $(DATA)/multi_particle_4x_reco.root
-	$(GRAPHSR) train --config configs/multi_particle_4x_cpu.yaml --out runs/multi_particle_4x --overwrite
-	$(GRAPHSR) train --config configs/multi_particle_4x_cpu_regression.yaml --out runs/multi_particle_4x_regression --overwrite
+	$(GRAPHSR) train --config configs/multi_particle_4x.yaml --out runs/multi_particle_4x --overwrite
+	$(GRAPHSR) train --config configs/multi_particle_4x_regression.yaml --out runs/multi_particle_4x_regression --overwrite
 	# particle-flow models (1,200 steps each) on the reco events: coarse cells, fine truth, and their SR output (an
 	# ensemble of 10, 8 DDIM steps, as evaluate's: ~2 CPU-seconds per event with the CPU config's SR model)
 	$(GRAPHSR) sample --checkpoint runs/multi_particle_4x/checkpoint.pt --input $(DATA)/multi_particle_4x_reco.root \
 	  --output runs/multi_particle_4x/reco_sr.root --overwrite
-	for type in coarse truth sr; do $(GRAPHSR) train-reco --config configs/reco/multi_particle_4x_cpu.yaml \
+	for type in coarse truth sr; do $(GRAPHSR) train-reco --config configs/reco/multi_particle_4x.yaml \
 	  --input-type $$type --out runs/multi_particle_4x_reco_$$type --overwrite --data $(DATA)/multi_particle_4x_reco.root \
 	  --sr-files runs/multi_particle_4x/reco_sr.root --sr-checkpoint runs/multi_particle_4x/checkpoint.pt || exit 1; done
 	$(GRAPHSR) evaluate --checkpoint runs/multi_particle_4x/checkpoint.pt --input $(DATA)/multi_particle_4x.root \

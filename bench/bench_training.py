@@ -22,8 +22,8 @@ from graphsr.training.trainer import train
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["configs/single_electron_2x.yaml",
-                                                         "configs/multi_particle_4x_cpu.yaml",
-                                                         "configs/multi_particle_4x.yaml"])
+                                                         "configs/multi_particle_4x.yaml",
+                                                         "configs/multi_particle_4x_large.yaml"])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=40, help="timed steps (after as many warm-up steps / 4)")
     parser.add_argument("--events", type=int, default=1000, help="events simulated per dataset")

@@ -16,7 +16,7 @@
 # SR-input particle-flow model) and reco_test_metrics.json (its held-out training-file events), report.md and
 # metrics.json (`graphsr evaluate` with the three particle-flow models).
 # Settings (environment): DEVICE (cuda), EVENTS (60000), PROCS (CPU cores), TRAIN_SECONDS (210), EVAL_EVENTS (300),
-# CONFIG (configs/multi_particle_4x_gpu.yaml), RECO_CONFIG (configs/reco/multi_particle_4x_cpu.yaml), RECO_STEPS,
+# CONFIG (configs/multi_particle_4x_gpu.yaml), RECO_CONFIG (configs/reco/multi_particle_4x.yaml), RECO_STEPS,
 # RECO_SECONDS (time limit of the particle-flow training) or RECO_UNTIL (the script's second by which that training
 # stops, whenever the super-resolution before it ends: keeps a run inside a fixed lease), CHECKPOINT (skip the training and use this
 # super-resolution model).
@@ -31,7 +31,7 @@ shift 3
 RECO=("$@")
 OUT=${OUT:-reports/gpu_multi} DEVICE=${DEVICE:-cuda} EVENTS=${EVENTS:-60000} PROCS=${PROCS:-$(nproc)}
 TRAIN_SECONDS=${TRAIN_SECONDS:-210} EVAL_EVENTS=${EVAL_EVENTS:-300}
-CONFIG=${CONFIG:-configs/multi_particle_4x_gpu.yaml} RECO_CONFIG=${RECO_CONFIG:-configs/reco/multi_particle_4x_cpu.yaml}
+CONFIG=${CONFIG:-configs/multi_particle_4x_gpu.yaml} RECO_CONFIG=${RECO_CONFIG:-configs/reco/multi_particle_4x.yaml}
 for f in "$EVAL" "${RECO[@]}" "$RECO_COARSE" "$RECO_TRUTH" "$CONFIG" "$RECO_CONFIG"; do
   [ -f "$f" ] || { echo "bench/gpu_multi.sh: $f not found" >&2; exit 2; }
 done

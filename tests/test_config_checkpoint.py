@@ -88,6 +88,29 @@ def test_shipped_configs_load(path):
     assert config.sample.sampler in SAMPLERS and config.sample.mode in MODES
 
 
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("reco/*.yaml")),
+                         ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_a_shipped_config_is_what_its_name_says(path):
+    """<setup>[_<budget>][_<generator>].yaml (docs/usage.md): the setup names the data it trains on, the generator
+    part the generator it builds."""
+    import re
+
+    from graphsr.reco import load_reco_config
+
+    if path.name == "tiny.yaml":
+        return
+    match = re.fullmatch(r"(single_electron_2x|multi_particle_4x)(?:_(30min|gpu|large|9k))?"
+                         r"(?:_(regression|pyramid))?\.yaml", path.name)
+    assert match, f"{path.name} does not follow <setup>[_<budget>][_<generator>].yaml"
+    setup, _, generator = match.groups()
+    config = load_reco_config(path) if path.parent.name == "reco" else load_config(path)
+    assert all(Path(f).name.startswith(setup) for f in config.data.train)
+    if path.parent.name != "reco":
+        built = "regression" if config.diffusion.parameterisation == "regression" else \
+            "pyramid" if config.model.generator == "pyramid" else None
+        assert built == generator
+
+
 def test_a_config_extends_another_with_only_what_differs(tmp_path):
     (tmp_path / "base.yaml").write_text("model: {width: 32, depth: 2}\ntrain: {steps: 2000, lr: 2.0e-3}\n"
                                         "data: {layers: [0, 1, 2]}\n")
