@@ -126,6 +126,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_loading.py
 	$(PY) bench/bench_denoiser.py
 	$(PY) bench/bench_training.py
+	$(PY) bench/bench_speed.py
 	$(PY) bench/bench_sampling.py --checkpoint $(MODEL)/checkpoint.pt --input $(INPUT)
 	$(PY) bench/bench_evaluation.py --checkpoint $(RUN)/checkpoint.pt
 

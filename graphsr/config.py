@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 # what a resumed training may change (where it runs, how long this call may take)
-RESUMABLE = ("train.device", "train.time_limit")
+RESUMABLE = ("train.device", "train.time_limit", "train.compile")
 
 
 @dataclass
@@ -75,6 +75,7 @@ class TrainConfig:
     device: str = "auto"                      # "auto" (CUDA if present), "cpu", "cuda", "cuda:1", ...
     amp: bool = True                          # bf16 autocast on CUDA (ignored on CPU)
     time_limit: float | None = None           # stop (and checkpoint) after this many seconds
+    compile: bool = False                     # torch.compile the network (graphsr.nn.use_compile): faster steps
 
 
 @dataclass

@@ -28,10 +28,15 @@ class DenseGenerator(Denoiser):
     def fit(self, batch) -> None:
         """Nothing to fit: the energy model's standardisation lives beside the weights (``energy_model``)."""
 
-    def prepare(self, batch) -> dict:
+    def prepare(self, batch, copies: int = 1) -> dict:
         """What depends on the graphs alone (edges and their embeddings), computed once and passed to every call
-        on the same batch as ``prepared``: a sampler's steps, a distillation teacher's two steps."""
-        return self.net.backbone.prepare(batch)
+        on the same batch as ``prepared``: a sampler's steps, a distillation teacher's two steps. With ``copies``
+        > 1: of that many copies of ``batch`` batched one after the other (an ensemble), from ``batch``'s own."""
+        prepared = self.net.backbone.prepare(batch)
+        if copies == 1:
+            return prepared
+        return self.net.backbone.repeat_prepared(prepared, copies, batch.fine_parent.numel(),
+                                                 batch.coarse_layer.numel())
 
     def loss(self, loss_fn, batch, generator, factor: int, coarse_weight: float = 1.0, *,
              energy_model: EnergyModel, sigma: torch.Tensor | None = None,

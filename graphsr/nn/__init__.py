@@ -2,6 +2,7 @@
 a single cell graph."""
 
 from graphsr.nn.attention import EventContext, GraphAttention
+from graphsr.nn.compiled import use_compile
 from graphsr.nn.transformer import Block, CellTransformer, GraphTransformer, NoiseEmbedding
 
-__all__ = ["Block", "CellTransformer", "EventContext", "GraphAttention", "GraphTransformer", "NoiseEmbedding"]
+__all__ = ["Block", "CellTransformer", "EventContext", "GraphAttention", "GraphTransformer", "NoiseEmbedding", "use_compile"]

@@ -14,6 +14,35 @@ from torch import nn
 from graphsr import ops
 
 
+def distinct_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(distinct [R, F], index [E])`` with ``distinct[index] == rows`` exactly (rows [E, F] of float32)."""
+    if rows.size(0) == 0:
+        return rows, torch.zeros(0, dtype=torch.long, device=rows.device)
+    # one sort of a 64-bit mix of each row's bits; checked, and in the (unlikely) case of a collision the exact
+    # column-by-column way
+    bits = rows.contiguous().view(torch.int32).long()
+    key = torch.zeros(rows.size(0), dtype=torch.long, device=rows.device)
+    for column in bits.unbind(1):
+        key = key * 1_000_003 + column
+    _, index = torch.unique(key, return_inverse=True)
+    distinct = _first_of_each(rows, index)
+    if not torch.equal(distinct.index_select(0, index), rows):
+        index = torch.zeros(rows.size(0), dtype=torch.long, device=rows.device)
+        for column in rows.unbind(1):  # the key stays below the number of rows: no overflow
+            values, code = torch.unique(column, return_inverse=True)
+            _, index = torch.unique(index * values.numel() + code, return_inverse=True)
+        distinct = _first_of_each(rows, index)
+    return distinct, index
+
+
+def _first_of_each(rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The first row of each group ``index`` (0..R-1, every group present)."""
+    count = int(index.max()) + 1
+    first = torch.full((count,), rows.size(0), dtype=torch.long, device=rows.device).scatter_reduce_(
+        0, index, torch.arange(rows.size(0), device=rows.device), "amin")
+    return rows.index_select(0, first)
+
+
 class GraphAttention(nn.Module):
     """Multi-head attention of target nodes over their incoming edges, with edge features added to keys and values.
 
@@ -36,23 +65,31 @@ class GraphAttention(nn.Module):
         self.out = nn.Linear(width, width)
         self.dropout = nn.Dropout(dropout)
 
-    def embed_edges(self, edge_attr: torch.Tensor | None) -> torch.Tensor | None:
-        """[E, edge_dim] edge features -> [E, 2 width], the terms added to keys and values (None without edge_dim).
+    def embed_edges(self, edge_attr: torch.Tensor | None, index: torch.Tensor | None = None):
+        """The terms added to keys and values (None without edge_dim). They depend on the graph alone: a sampler
+        computes them once and reuses them at every step.
 
-        They depend on the graph alone: a sampler computes them once and reuses them at every step."""
-        return None if self.edge is None else self.edge(edge_attr)
+        ``edge_attr`` [E, edge_dim] -> [E, 2 width]; or, with ``index`` [E], ``edge_attr`` holds the distinct
+        features [R, edge_dim] (:func:`distinct_rows`) and the terms are ``(table [R, 2 width], index)``: on a cell
+        grid the relative positions of edges take a few dozen values, so the network runs on those alone."""
+        if self.edge is None:
+            return None
+        return self.edge(edge_attr) if index is None else (self.edge(edge_attr), index)
 
     def forward(self, x_source: torch.Tensor, x_target: torch.Tensor, edge_index: torch.Tensor,
-                edge_embedding: torch.Tensor | None = None) -> torch.Tensor:
-        """x_source [Ns, F_s], x_target [Nt, width], edge_index [2, E] (source, target), edge_embedding
-        [E, 2 width] from :meth:`embed_edges` -> [Nt, width].
+                edge_embedding: torch.Tensor | tuple | None = None) -> torch.Tensor:
+        """x_source [Ns, F_s], x_target [Nt, width], edge_index [2, E] (source, target), edge_embedding from
+        :meth:`embed_edges` (per edge or per distinct feature) -> [Nt, width].
 
         Targets without incoming edges get zeros.
         """
         source, target = edge_index
         num_edges, h, d = source.numel(), self.heads, self.head_dim
         key_value = self.key_value(x_source).index_select(0, source)  # index_select: cheap backward on CPU
-        if edge_embedding is not None:
+        if isinstance(edge_embedding, tuple):
+            table, index = edge_embedding
+            key_value = key_value + table.index_select(0, index)
+        elif edge_embedding is not None:
             key_value = key_value + edge_embedding
         key, value = key_value.view(num_edges, 2, h, d).unbind(1)
         query = self.query(x_target).index_select(0, target).view(-1, h, d)

@@ -26,7 +26,8 @@ from torch import nn
 
 from graphsr.detector.geometry import ETA_MAX, Geometry
 from graphsr.ops import scatter
-from graphsr.nn.attention import EventContext, GraphAttention
+from graphsr.nn.attention import EventContext, GraphAttention, distinct_rows
+from graphsr.nn.compiled import run_compiled
 
 EDGE_DIM = 3  # delta eta, delta phi (in fine cells of the target's layer), delta layer
 NUM_LAYERS = 6
@@ -50,6 +51,19 @@ def fine_cell_size(geometry: Geometry | None = None) -> torch.Tensor:
     """``[layers]`` fine cell size in eta of each layer of ``geometry`` (default COCOA's): the unit of edge features."""
     geometry = geometry or Geometry.cocoa()
     return 2 * ETA_MAX / torch.as_tensor(geometry.n, dtype=torch.float32)
+
+
+def shared_rows(cond: torch.Tensor, share: bool = True) -> torch.Tensor:
+    """``cond`` [B, F], or its first row [1, F] when every row is the same (a sampler's one noise level for all
+    events): the modulations are then computed once and broadcast over the nodes instead of gathered per node."""
+    if share and cond.size(0) > 1 and bool((cond == cond[:1]).all()):
+        return cond[:1]
+    return cond
+
+
+def per_node(rows: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """Per-event rows [B, F] -> per node [N, F]; one row [1, F] stays one row (it broadcasts)."""
+    return rows.index_select(0, batch) if rows.size(0) > 1 else rows
 
 
 class NoiseEmbedding(nn.Module):
@@ -92,14 +106,18 @@ class Block(nn.Module):
                 self.modulation.bias.view(self.num_sublayers, 3, width)[:, 2] = gate
 
     def embed_edges(self, edge_attr, cross_attr=None):
-        """Edge embeddings of the self- and cross-attention (they depend on the graph alone)."""
-        cross = self.cross_attention.embed_edges(cross_attr) if self.cross_attention is not None else None
-        return self.self_attention.embed_edges(edge_attr), cross
+        """Edge embeddings of the self- and cross-attention (they depend on the graph alone); each attribute is
+        ``[E, edge_dim]`` or ``(distinct [R, edge_dim], index [E])`` (:meth:`GraphAttention.embed_edges`)."""
+        def embed(attention, attr):
+            return attention.embed_edges(*attr) if isinstance(attr, tuple) else attention.embed_edges(attr)
+        cross = embed(self.cross_attention, cross_attr) if self.cross_attention is not None else None
+        return embed(self.self_attention, edge_attr), cross
 
     def forward(self, x, edge_index, edge_embedding, batch, cond, num_graphs, coarse=None):
-        """x [N, W]; edge_embedding: of the self-attention (:meth:`embed_edges`); cond [num_graphs, cond_dim];
-        coarse: (h_coarse, cross_edge_index, cross_edge_embedding)."""
-        mods = self.modulation(cond).index_select(0, batch).chunk(3 * self.num_sublayers, dim=-1)
+        """x [N, W]; edge_embedding: of the self-attention (:meth:`embed_edges`); cond [num_graphs, cond_dim],
+        or [1, cond_dim] when every event has the same (e.g. a sampler's noise level): the modulation is then one
+        row for all nodes; coarse: (h_coarse, cross_edge_index, cross_edge_embedding)."""
+        mods = per_node(self.modulation(cond), batch).chunk(3 * self.num_sublayers, dim=-1)
         sub = iter(range(self.num_sublayers))
 
         def modulated(i):
@@ -132,6 +150,12 @@ class GraphTransformer(nn.Module):
         cond_dim: size of the per-event conditioning vector (e.g. the noise embedding).
         geometry: the fine geometry (cell sizes for the relative positions; default COCOA's).
     """
+
+    # the exact fast paths (same function, same weights; the bench's reference turns them off): edge networks on
+    # the distinct relative positions, one modulation row when every event has the same conditioning
+    per_offset = True
+    share_modulation = True
+    compile_backbone = False  # graphsr.nn.use_compile
 
     def __init__(self, fine_in: int, coarse_in: int, out: int, width: int = 128, depth: int = 4,
                  coarse_depth: int = 2, heads: int = 4, context_tokens: int = 4, cond_dim: int | None = None,
@@ -188,18 +212,49 @@ class GraphTransformer(nn.Module):
         c_attr = self.relative(c_pos[c_src], c_layer[c_src], c_pos[c_dst], c_layer[c_dst])
         f_attr = self.relative(f_pos[f_src], f_layer[f_src], f_pos[f_dst], f_layer[f_dst])
         cross_attr = self.relative(c_pos[cross[0]], c_layer[cross[0]], f_pos[cross[1]], f_layer[cross[1]])
+        if self.per_offset:  # the edge networks on the distinct relative positions only
+            c_attr, f_attr, cross_attr = (distinct_rows(a) for a in (c_attr, f_attr, cross_attr))
         return {"inside": self.relative(c_pos[data.fine_parent], c_layer[data.fine_parent], f_pos, f_layer)[:, :2],
                 "cross": cross,
                 "coarse_edges": [block.embed_edges(c_attr)[0] for block in self.coarse_blocks],
                 "fine_edges": [block.embed_edges(f_attr, cross_attr) for block in self.blocks]}
+
+    @staticmethod
+    def repeat_prepared(prepared: dict, copies: int, num_fine: int, num_coarse: int) -> dict:
+        """:meth:`prepare` of ``copies`` copies of a batch (``num_fine`` / ``num_coarse`` nodes), batched one after
+        the other, from the batch's own: an ensemble's graph work done once."""
+        def tiled(terms, parts=None):
+            """Per-edge terms of every copy; ``parts``: the edges come in two parts (cross edges: each fine cell's
+            parent, then the parent's neighbours), each tiled on its own, as the copies' batch orders them."""
+            if terms is None:
+                return None
+            if parts is not None:
+                return torch.cat([tiled(terms[:parts]), tiled(terms[parts:])]) if not isinstance(terms, tuple) \
+                    else (terms[0], torch.cat([terms[1][:parts].repeat(copies), terms[1][parts:].repeat(copies)]))
+            if isinstance(terms, tuple):  # (table, index): the table serves every copy
+                return terms[0], terms[1].repeat(copies)
+            return terms.repeat(copies, *[1] * (terms.dim() - 1))
+
+        cross = prepared["cross"]
+        shift = torch.arange(copies, device=cross.device).repeat_interleave  # the node offset of each copy
+        parent, neighbour = cross[:, :num_fine], cross[:, num_fine:]
+        offsets = torch.tensor([[num_coarse], [num_fine]], device=cross.device)
+        cross = torch.cat([part.repeat(1, copies) + shift(part.size(1)) * offsets for part in (parent, neighbour)], 1)
+        return {"inside": prepared["inside"].repeat(copies, 1), "cross": cross,
+                "coarse_edges": [tiled(terms) for terms in prepared["coarse_edges"]],
+                "fine_edges": [(tiled(own), tiled(other, num_fine)) for own, other in prepared["fine_edges"]]}
 
     def forward(self, x_fine: torch.Tensor, x_coarse: torch.Tensor, data, cond: torch.Tensor,
                 prepared: dict | None = None) -> torch.Tensor:
         """x_fine [Nf, fine_in], x_coarse [Nc, coarse_in], data: a (batched) PairData, cond [num_graphs, cond_dim];
         prepared: :meth:`prepare` of ``data`` (computed here when not given)."""
         prepared = self.prepare(data) if prepared is None else prepared
+        args = (self, x_fine, x_coarse, data, shared_rows(cond, self.share_modulation), prepared, cond.size(0))
+        return run_compiled(GraphTransformer._forward, *args) if self.compile_backbone else \
+            GraphTransformer._forward(*args)
+
+    def _forward(self, x_fine, x_coarse, data, cond, prepared, num_graphs):
         batch, coarse_batch = data.batch, data.coarse_batch
-        num_graphs = cond.size(0)
         f_pos, c_pos = data.fine_pos, data.coarse_pos
         h = self.fine_input(torch.cat([x_fine, prepared["inside"], f_pos[:, :1] / ETA_MAX], dim=1)) + \
             self.layer_embedding(data.fine_layer)
@@ -210,11 +265,11 @@ class GraphTransformer(nn.Module):
         cross = prepared["cross"]
         for block, (edges, cross_edges) in zip(self.blocks, prepared["fine_edges"]):
             h = block(h, data.fine_edge_index, edges, batch, cond, num_graphs, coarse=(hc, cross, cross_edges))
-        shift, scale = self.final_modulation(cond).index_select(0, batch).chunk(2, dim=-1)
+        shift, scale = per_node(self.final_modulation(cond), batch).chunk(2, dim=-1)
         out = self.head(self.final_norm(h) * (1 + scale) + shift)
         if not hasattr(self, "coarse_head"):
             return out
-        shift, scale = self.coarse_modulation(cond).index_select(0, coarse_batch).chunk(2, dim=-1)
+        shift, scale = per_node(self.coarse_modulation(cond), coarse_batch).chunk(2, dim=-1)
         children = scatter(h, data.fine_parent, hc.size(0), "mean")
         state = torch.cat([self.final_norm(hc), self.final_norm(children)], dim=1)
         return out, self.coarse_head(state * (1 + scale.repeat(1, 2)) + shift.repeat(1, 2))
@@ -239,6 +294,10 @@ class CellTransformer(nn.Module):
         geometry: the fine geometry (cell sizes, the unit of relative positions; default COCOA's).
     """
 
+    per_offset = True  # as GraphTransformer's
+    share_modulation = True
+    compile_backbone = False
+
     def __init__(self, cell_in: int, out: int | None = None, width: int = 64, depth: int = 3, heads: int = 4,
                  context_tokens: int = 4, cond_dim: int | None = None, dropout: float = 0.0, gate: float = 0.0,
                  geometry: Geometry | None = None):
@@ -261,11 +320,19 @@ class CellTransformer(nn.Module):
         """x [N, cell_in]; cells: a :class:`~graphsr.graphs.CellGraph` (pos, layer, edge_index, batch);
         cond [num_graphs, cond_dim]."""
         source, target = cells.edge_index
-        pos, layer, batch = cells.pos, cells.layer, cells.batch
+        pos, layer = cells.pos, cells.layer
         attr = relative_positions(self.fine_cell_size, pos[source], layer[source], pos[target], layer[target])
+        if self.per_offset:
+            attr = distinct_rows(attr)
+        args = (self, x, pos, layer, cells.edge_index, cells.batch, attr, shared_rows(cond, self.share_modulation),
+                cond.size(0))
+        return run_compiled(CellTransformer._forward, *args) if self.compile_backbone else \
+            CellTransformer._forward(*args)
+
+    def _forward(self, x, pos, layer, edge_index, batch, attr, cond, num_graphs):
         h = self.cell_input(torch.cat([x, pos[:, :1] / ETA_MAX], dim=1)) + self.layer_embedding(layer)
         for block in self.blocks:
-            h = block(h, cells.edge_index, block.embed_edges(attr)[0], batch, cond, cond.size(0))
-        shift, scale = self.final_modulation(cond).index_select(0, batch).chunk(2, dim=-1)
+            h = block(h, edge_index, block.embed_edges(attr)[0], batch, cond, num_graphs)
+        shift, scale = per_node(self.final_modulation(cond), batch).chunk(2, dim=-1)
         h = self.final_norm(h) * (1 + scale) + shift
         return h if self.head is None else self.head(h)

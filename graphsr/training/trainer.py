@@ -24,6 +24,7 @@ from graphsr.io import file_digest
 # the model factory and the loop helpers stay importable from here
 from graphsr.models.factory import build_denoiser, build_loss, graph_options  # noqa: F401
 from graphsr.models.sr3 import EnergyModel
+from graphsr.nn import use_compile
 from graphsr.provenance import provenance
 from graphsr.training.checkpoint import claim_run_dir, load_checkpoint, save_checkpoint
 from graphsr.training.history import History
@@ -188,7 +189,7 @@ def _model_and_loop(config: Config, state: dict | None, train_set, device, stop_
     training noise generator."""
     tc = config.train
     torch.manual_seed(tc.seed)  # model initialisation; afterwards the global generator drives dropout
-    denoiser = build_denoiser(config).to(device)
+    denoiser = use_compile(build_denoiser(config).to(device), tc.compile)
     if not state:  # what the generator standardises on the training events (the pyramid: each level's log-shares)
         denoiser.fit(collate_events(*train_set.storage(), torch.as_tensor(train_set.indices())).to(device))
     loop = TrainingLoop(denoiser, steps=tc.steps, lr=tc.lr, weight_decay=tc.weight_decay, ema_decay=tc.ema_decay,

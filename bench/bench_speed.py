@@ -1,0 +1,187 @@
+"""Denoiser speed, the fast path against the reference implementation in one process, beside the core's matmul
+peak measured in the same process.
+
+Reference: what graphsr ran before the fast path (edge networks on every edge, modulation gathered per node, eager
+with torch-scatter). Fast: the edge networks on the distinct relative positions, one modulation row when every event
+has the same noise level, the backbone through ``torch.compile`` (``graphsr.nn.use_compile``). Both run the same
+weights (the demo config's sizes, perturbed from a 2-step training so that no gate is zero) and the outputs are
+compared. Rows: one denoiser evaluation (1 / 16 / 64 events x ensemble 10), ``SuperResolver`` on 64 events (ensemble
+10, 4 DDIM steps: events/s, and events/s per GFLOP/s of matmul peak) and the training steps' own rate (forward,
+backward and optimiser step of the demo's batch size), each at 1 and 2 threads. The first compiled call of each kind
+(tens of seconds) is reported apart and left out of the rates.
+
+Usage: ``python bench/bench_speed.py [--config configs/single_electron_2x.yaml] [--threads 1 2] [--json out.json]``
+(about 10 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from graphsr.config import load_config
+from graphsr.graphs import collate_events
+from graphsr.inference import SuperResolver
+from graphsr.io import write_cocoa
+from graphsr.models.factory import build_loss
+from graphsr.models.sr3 import add_inputs, state_batch
+from graphsr.nn import CellTransformer, GraphTransformer, use_compile
+from graphsr.simulation import SingleElectronGun, simulate_events
+from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
+from graphsr.training.trainer import fit_energy_model, load_splits, train
+
+
+def reference(model: torch.nn.Module, enabled: bool) -> None:
+    """Switch a model's backbones to the reference implementation (``enabled``) or to the fast path."""
+    for module in model.modules():
+        if isinstance(module, (GraphTransformer, CellTransformer)):
+            module.per_offset = module.share_modulation = not enabled
+    use_compile(model, not enabled)
+
+
+def matmul_peak(repeats: int = 5) -> dict:
+    """GFLOP/s of a large square matmul and of the denoiser's typical [20000 x 32] @ [32 x 128]."""
+    out = {}
+    for name, (m, k, n) in {"2048^3": (2048, 2048, 2048), "20000x32x128": (20000, 32, 128)}.items():
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        a @ b
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        out[name] = 2 * m * k * n * repeats / (time.perf_counter() - start) / 1e9
+    return out
+
+
+def timed(fn, repeats: int = 3) -> float:
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def checkpoint(config_path: str, folder: Path) -> tuple[Path, object]:
+    """A checkpoint of the config's sizes on simulated events: 2 training steps, then every weight perturbed."""
+    data = folder / "events.root"
+    write_cocoa(data, simulate_events(SingleElectronGun(), 800, factor=2, seed=11))
+    config = load_config(config_path)
+    config = replace(config, data=replace(config.data, train=[str(data)], cache=str(folder / "cache")),
+                     train=replace(config.train, steps=2, val_every=2, time_limit=None, device="cpu"))
+    train(config, folder / "run", progress=False)
+    state = load_checkpoint(folder / "run" / "checkpoint.pt")
+    generator = torch.Generator().manual_seed(0)
+    for key in ("model", "ema"):
+        for name, value in state[key].items():
+            if value.is_floating_point() and value.dim() > 0:
+                value += 0.05 * torch.randn(value.shape, generator=generator)
+    save_checkpoint(state, folder / "run" / "checkpoint.pt")
+    return folder / "run" / "checkpoint.pt", config
+
+
+def denoiser_rows(resolver: SuperResolver, test, threads: int) -> list[dict]:
+    rows = []
+    for events in (1, 16, 64):
+        batch = add_inputs(collate_events(*test.storage(), torch.as_tensor(test.indices()[:events]).repeat(10)),
+                           resolver.factor)
+        nodes = state_batch(batch)
+        x = torch.randn(nodes.numel(), 1, generator=torch.Generator().manual_seed(1))
+        sigma = torch.full((batch.num_graphs,), 0.7)
+        out, seconds, first = {}, {}, 0.0
+        with torch.no_grad():
+            for name in ("reference", "fast"):
+                reference(resolver.denoiser, name == "reference")
+                prepared = resolver.denoiser.prepare(batch)
+                start = time.perf_counter()
+                out[name] = resolver.denoiser(x, sigma, nodes, data=batch, prepared=prepared)
+                first = time.perf_counter() - start if name == "fast" else first
+                seconds[name] = timed(lambda: resolver.denoiser(x, sigma, nodes, data=batch, prepared=prepared))
+        rows.append({"row": f"denoiser, {events} events x 10", "threads": threads,
+                     "reference_ms": 1000 * seconds["reference"], "fast_ms": 1000 * seconds["fast"],
+                     "speedup": seconds["reference"] / seconds["fast"], "first_call_s": first,
+                     "max_abs_difference": float((out["reference"] - out["fast"]).abs().max())})
+    return rows
+
+
+def resolver_row(resolver: SuperResolver, test, threads: int, peak: float) -> dict:
+    events = torch.as_tensor(test.indices()[:64])
+    settings = dict(sampler="ddim", steps=4, ensemble=10, seed=3, calibrated=False)
+    out, rate, first = {}, {}, 0.0
+    for name in ("reference", "fast"):
+        reference(resolver.denoiser, name == "reference")
+        start = time.perf_counter()
+        resolver(test.storage(), events[:8], **settings)  # the compiled code for every chunk shape comes later
+        first = time.perf_counter() - start if name == "fast" else first
+        start = time.perf_counter()
+        out[name] = resolver(test.storage(), events, **settings)["samples"]
+        rate[name] = len(events) / (time.perf_counter() - start)
+    return {"row": "SuperResolver, 64 events, ensemble 10, 4 DDIM steps", "threads": threads,
+            "reference_events_per_s": rate["reference"], "fast_events_per_s": rate["fast"],
+            "speedup": rate["fast"] / rate["reference"], "reference_per_gflops": rate["reference"] / peak,
+            "fast_per_gflops": rate["fast"] / peak, "first_call_s": first,
+            "max_abs_difference_gev": float((out["reference"] - out["fast"]).abs().max())}
+
+
+def training_row(resolver: SuperResolver, config, train_set, threads: int, steps: int = 8) -> dict:
+    energy_model = fit_energy_model(train_set, "shares")
+    loss_fn = build_loss(config)
+    size = config.train.batch_size
+    batches = [collate_events(*train_set.storage(), torch.as_tensor(train_set.indices()[i * size:(i + 1) * size]))
+               for i in range(steps + 1)]
+    model = resolver.denoiser.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    rate, first = {}, 0.0
+    for name in ("reference", "fast"):
+        reference(model, name == "reference")
+        generator = torch.Generator().manual_seed(0)
+
+        def step(batch):
+            optimizer.zero_grad()
+            model.loss(loss_fn, batch, generator, resolver.factor, energy_model=energy_model).backward()
+            optimizer.step()
+
+        start = time.perf_counter()
+        step(batches[0])
+        first = time.perf_counter() - start if name == "fast" else first
+        start = time.perf_counter()
+        for batch in batches[1:]:
+            step(batch)
+        rate[name] = steps * size / (time.perf_counter() - start)
+    model.eval()
+    return {"row": f"training steps, batch {size}", "threads": threads, "reference_events_per_s": rate["reference"],
+            "fast_events_per_s": rate["fast"], "speedup": rate["fast"] / rate["reference"], "first_call_s": first}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/single_electron_2x.yaml")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--json", help="write the rows here")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        path, config = checkpoint(args.config, Path(folder))
+        train_set, _, test = load_splits(config)
+        resolver = SuperResolver(path, device="cpu")
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            peak = matmul_peak()
+            print(f"{threads} thread(s): matmul peak {peak['2048^3']:.0f} GFLOP/s (2048^3), "
+                  f"{peak['20000x32x128']:.0f} GFLOP/s ([20000x32]@[32x128])", flush=True)
+            for row in [*denoiser_rows(resolver, test, threads), resolver_row(resolver, test, threads,
+                                                                              peak["2048^3"]),
+                        training_row(resolver, config, train_set, threads)]:
+                row["matmul_peak_gflops"] = peak["2048^3"]
+                rows.append(row)
+                print("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in row.items() if k != "matmul_peak_gflops"), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

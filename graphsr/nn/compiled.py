@@ -1,0 +1,46 @@
+"""The backbones under ``torch.compile``: the same function, its per-edge gathers, products and segment softmax
+fused into a few loops instead of one pass over memory each (the eager network is memory-bound).
+
+:func:`use_compile` switches a model's backbones (:class:`~graphsr.nn.GraphTransformer`,
+:class:`~graphsr.nn.CellTransformer`) to compiled code, built at their first call (tens of seconds on CPU, cached
+on disk by torch for later processes) for dynamic shapes, so batches of any size reuse it. Compiled code runs the
+pure-torch segment reductions (:mod:`graphsr.ops`), which the compiler fuses; where compiling fails (no C++
+compiler, an unsupported platform), the backbone warns once and runs eagerly.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from graphsr import ops
+
+_compiled: dict = {}
+_failed: set = set()
+
+
+def use_compile(model: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
+    """Run every backbone in ``model`` compiled (``enabled``) or eagerly; returns ``model``. Copies of the model
+    (e.g. an EMA) inherit the setting."""
+    for module in model.modules():
+        if hasattr(module, "_forward") and hasattr(module, "compile_backbone"):
+            module.compile_backbone = enabled
+    return model
+
+
+def run_compiled(function, *args):
+    """``function(*args)`` through ``torch.compile`` (built once per function), or eagerly where compiling
+    failed before."""
+    if function in _failed:
+        return function(*args)
+    if function not in _compiled:
+        _compiled[function] = torch.compile(function, dynamic=True)
+    try:
+        with ops.use_extensions(False):
+            return _compiled[function](*args)
+    except Exception as error:  # the compiler's failures come in many types; the eager run re-raises real errors
+        _failed.add(function)
+        warnings.warn(f"torch.compile failed ({type(error).__name__}: {str(error)[:300]}); running eagerly",
+                      RuntimeWarning, stacklevel=2)
+        return function(*args)
