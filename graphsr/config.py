@@ -47,7 +47,7 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
-    parameterisation: str = "edm"             # "edm", "eps", "v", or "regression" (the MSE baseline)
+    parameterisation: str = "edm"             # "edm", "eps", "v", "cfm" (flow matching) or "regression" (MSE)
     schedule: str = "cosine"                  # VP schedule for eps / v: "cosine" or "linear"
     sigma_data: float = 1.0                   # EDM: std of the (standardised) target
     p_mean: float = -1.2                      # EDM: lognormal training sigma, mean of ln(sigma)

@@ -113,7 +113,7 @@ def test_zero_network_is_optimal_for_unit_gaussian(parameterisation):
 
 
 @pytest.mark.parametrize("sampler,steps", [("heun", 18), ("dpmpp_2m", 25), ("ddim", 60), ("ddpm", 80)])
-@pytest.mark.parametrize("parameterisation", ["edm", "eps", "v"])
+@pytest.mark.parametrize("parameterisation", ["edm", "eps", "v", "cfm"])
 def test_samplers_recover_gaussian(sampler, steps, parameterisation):
     mu, s = 1.5, 0.4
     denoiser = Denoiser(GaussianOptimal(mu, s, parameterisation), parameterisation)
@@ -126,6 +126,31 @@ def test_samplers_recover_gaussian(sampler, steps, parameterisation):
     n = len(x)
     assert float(x.mean()) == pytest.approx(mean, abs=4 * std / math.sqrt(n))
     assert float(x.std()) == pytest.approx(std, rel=4 / math.sqrt(2 * (n - 1)))
+
+
+@pytest.mark.parametrize("parameterisation", ["edm", "cfm"])
+def test_adaptive_sampler_solves_the_gaussian_ode_to_its_tolerance(parameterisation):
+    # for N(mu, s^2) data the probability-flow ODE is linear: y = x - mu follows dy/dsigma = y sigma / (s^2 +
+    # sigma^2), so y(sigma) = y(sigma_max) sqrt((s^2 + sigma^2) / (s^2 + sigma_max^2)); the last step to 0 lands on
+    # the denoised value, mu + s^2 / (s^2 + sigma_min^2) y(sigma_min)
+    from graphsr.diffusion.samplers import sample_rk45
+
+    mu, s, sigma_max, sigma_min = 1.5, 0.4, 80.0, 0.002
+    denoiser = Denoiser(GaussianOptimal(mu, s, parameterisation), parameterisation)
+    x = torch.linspace(-3, 3, 7).unsqueeze(1) * sigma_max
+    batch = torch.arange(7)
+    y_min = (x - mu) * math.sqrt((s**2 + sigma_min**2) / (s**2 + sigma_max**2))
+    exact = mu + s**2 / (s**2 + sigma_min**2) * y_min
+    errors, counts = [], []
+    for rtol in (1e-3, 1e-6):
+        stats = {}
+        out = sample_rk45(denoiser, x, karras_sigmas(4, sigma_min, sigma_max), batch=batch, rtol=rtol, atol=rtol,
+                          stats=stats)
+        errors.append(float((out - exact).abs().max()))
+        counts.append(stats["evaluations"])
+        assert stats["accepted"] > 0 and stats["evaluations"] == 1 + 6 * (stats["accepted"] + stats["rejected"])
+    assert errors[1] < 1e-5 and errors[0] < 0.05  # within the tolerance of each run, on values of size 1 to 3
+    assert counts[1] > counts[0]  # a tighter tolerance takes more evaluations
 
 
 @pytest.mark.parametrize("parameterisation", ["edm", "eps"])
@@ -230,6 +255,7 @@ def test_regression_baseline_ignores_the_noisy_input_and_samples_in_one_step():
     ("edm", 0.5, (0.25 / 4.25, 1.0 / math.sqrt(4.25), 1 / math.sqrt(4.25))),
     ("eps", 1.0, (1.0, -2.0, 1 / math.sqrt(5.0))),
     ("v", 1.0, (0.2, -2 / math.sqrt(5.0), 1 / math.sqrt(5.0))),
+    ("cfm", 1.0, (1 / 3, -2 / 3, 1 / 3)),  # t = sigma / (1 + sigma) = 2/3: 1 - t, -t, 1 - t
     ("regression", 1.0, (0.0, 1.0, 0.0)),
 ])
 def test_preconditioning_scalings_match_hand_values(parameterisation, sigma_data, expected):
@@ -251,6 +277,58 @@ def test_v_prediction_recovers_x0_from_the_true_v():
     sigma = torch.tensor([s / a])
     assert torch.allclose(Denoiser(TrueV(), "v")((a * x0 + s * n) / a, sigma, torch.zeros(2, dtype=torch.long)), x0,
                           atol=1e-6)
+
+
+def test_flow_matching_recovers_x0_from_the_true_velocity():
+    # x_t = (1 - t) x0 + t n, velocity n - x0; in sigma form x = x_t / (1 - t), sigma = t / (1 - t)
+    x0, n, t = torch.tensor([[0.7], [-1.3]]), torch.tensor([[0.2], [0.9]]), 0.3
+
+    class TrueVelocity(nn.Module):
+        def forward(self, x_in, c_noise, batch):
+            assert torch.allclose(x_in, (1 - t) * x0 + t * n)  # the network sees x_t itself
+            return n - x0
+
+    x = ((1 - t) * x0 + t * n) / (1 - t)
+    denoised = Denoiser(TrueVelocity(), "cfm")(x, torch.tensor([t / (1 - t)]), torch.zeros(2, dtype=torch.long))
+    assert torch.allclose(denoised, x0, atol=1e-6)
+
+
+@pytest.mark.parametrize("t", [0.2, 0.5, 0.8])
+def test_flow_matching_loss_is_least_for_the_optimal_velocity_of_gaussian_data(t):
+    # x0 ~ N(0, s^2), x_t = (1 - t) x0 + t n: the optimal velocity E[n - x0 | x_t] = (t - (1 - t) s^2) x_t / V
+    # with V = (1 - t)^2 s^2 + t^2, and the least velocity MSE is Var(n - x0) - Cov(n - x0, x_t)^2 / V
+    s, count = 0.6, 400_000
+    g = torch.Generator().manual_seed(0)
+    x0 = s * torch.randn(count, 1, generator=g)
+    variance = (1 - t) ** 2 * s**2 + t**2
+    least = 1 + s**2 - (t - (1 - t) * s**2) ** 2 / variance
+
+    class Velocity(nn.Module):
+        def __init__(self, slope):
+            super().__init__()
+            self.slope = slope
+
+        def forward(self, x_in, c_noise, batch):  # x_in is x_t
+            return self.slope * x_in
+
+    loss, sigma = DiffusionLoss("cfm"), torch.tensor([t / (1 - t)])
+    batch = torch.zeros(count, dtype=torch.long)
+    optimal = (t - (1 - t) * s**2) / variance
+    values = {slope: float(loss(Denoiser(Velocity(slope), "cfm"), x0, batch=batch, num_graphs=1, sigma=sigma,
+                                generator=torch.Generator().manual_seed(1)))
+              for slope in (optimal, optimal + 0.2, optimal - 0.2)}
+    assert values[optimal] == pytest.approx(least, rel=0.01)
+    assert values[optimal] < min(values[optimal + 0.2], values[optimal - 0.2])
+
+
+def test_flow_matching_draws_t_uniformly_and_weights_the_velocity_error():
+    loss = DiffusionLoss("cfm")
+    sigma = loss.sample_sigma(100_000, "cpu", torch.Generator().manual_seed(0))
+    t = sigma / (1 + sigma)
+    # U(0, 1): mean 1/2, a quarter below 1/4, none above 1 - 1e-5 (sigma <= 1e5)
+    assert float(t.mean()) == pytest.approx(0.5, abs=0.005) and float((t < 0.25).float().mean()) == \
+        pytest.approx(0.25, abs=0.005) and float(sigma.max()) <= 1e5
+    assert loss.weight(torch.tensor([1.0, 3.0])).tolist() == pytest.approx([4.0, 16 / 9])  # 1 / t^2
 
 
 @pytest.mark.parametrize("parameterisation", ["eps", "v"])

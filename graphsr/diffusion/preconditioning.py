@@ -8,6 +8,11 @@ A noisy sample is ``x = x0 + sigma * n``. Every parameterisation wraps a raw net
 * ``eps``: F predicts the noise (DDPM / SR3): c_skip = 1, c_out = -sigma, c_in = 1 / sqrt(1 + sigma^2).
 * ``v``: F predicts v (Salimans & Ho 2022) for unit-variance data: c_skip = 1/(1 + sigma^2),
   c_out = -sigma / sqrt(1 + sigma^2), c_in = 1 / sqrt(1 + sigma^2).
+* ``cfm``: conditional flow matching (Lipman et al. 2023; the published graph super-resolution model's objective):
+  straight paths ``x_t = (1 - t) x0 + t n`` from the data (t = 0) to unit Gaussian noise (t = 1), F predicts the
+  velocity ``n - x0``. It is this family re-timed, ``sigma = t / (1 - t)`` and ``x = x_t / (1 - t)``: c_skip = 1 /
+  (1 + sigma), c_out = -sigma / (1 + sigma), c_in = 1 / (1 + sigma), so that D = x_t - t F; the samplers integrate
+  its ODE as any other's (DDIM's step is exactly the flow's Euler step).
 * ``regression``: the deterministic baseline on the same network: c_skip = 0, c_out = 1, c_in = 0, so D is F of
   the conditioning alone (a "blurry mean"), trained with plain MSE at sigma = 1 and "sampled" in one step.
 
@@ -26,8 +31,9 @@ from torch import nn
 
 from graphsr import ops
 
-PARAMETERISATIONS = ("edm", "eps", "v", "regression")
+PARAMETERISATIONS = ("edm", "eps", "v", "cfm", "regression")
 SCHEDULES = ("cosine", "linear")
+CFM_T_GAP = 1e-5  # flow matching trains on t <= 1 - CFM_T_GAP (sigma <= 1e5), as the published model's sigma_min
 
 
 def vp_sigma(t: torch.Tensor, schedule: str = "cosine") -> torch.Tensor:
@@ -79,6 +85,8 @@ class Denoiser(nn.Module):
             c_skip, c_out, c_in = torch.ones_like(sigma), -sigma, 1 / (sigma**2 + 1).sqrt()
         elif self.parameterisation == "v":
             c_skip, c_out, c_in = 1 / (sigma**2 + 1), -sigma / (sigma**2 + 1).sqrt(), 1 / (sigma**2 + 1).sqrt()
+        elif self.parameterisation == "cfm":
+            c_skip, c_out, c_in = 1 / (1 + sigma), -sigma / (1 + sigma), 1 / (1 + sigma)
         else:
             c_skip, c_out, c_in = torch.zeros_like(sigma), torch.ones_like(sigma), torch.zeros_like(sigma)
         return c_skip, c_out, c_in
@@ -100,7 +108,8 @@ class DiffusionLoss:
     (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (unit weight on F's error). ``eps`` and ``v`` draw t ~ U(0, 1)
     on the VP ``schedule`` and weight by SNR = 1 / sigma^2 (the eps-MSE) or SNR + 1 (the v-MSE); with
     ``min_snr_gamma`` the weight on the x0-error is min(SNR, gamma) for both (Hang et al. 2023, "min-SNR-gamma":
-    min(SNR, gamma) / SNR on the eps-MSE, min(SNR, gamma) / (SNR + 1) on the v-MSE).
+    min(SNR, gamma) / SNR on the eps-MSE, min(SNR, gamma) / (SNR + 1) on the v-MSE). ``cfm`` draws t ~ U(0, 1)
+    (sigma = t / (1 - t), at most ``1 / CFM_T_GAP``) and weights the x0-error by 1 / t^2: the velocity MSE.
 
     Args:
         parameterisation, schedule, sigma_data: as the :class:`Denoiser`.
@@ -122,6 +131,9 @@ class DiffusionLoss:
         if self.parameterisation == "edm":
             normal = torch.randn(num_graphs, device=device, generator=generator)
             sigma = (self.p_mean + self.p_std * normal).exp()
+        elif self.parameterisation == "cfm":
+            t = torch.rand(num_graphs, device=device, generator=generator).clamp_max(1 - CFM_T_GAP)
+            sigma = t / (1 - t)
         else:
             sigma = vp_sigma(torch.rand(num_graphs, device=device, generator=generator), self.schedule)
         return sigma.clamp_min(self.sigma_min)
@@ -131,6 +143,8 @@ class DiffusionLoss:
             return torch.ones_like(sigma)
         if self.parameterisation == "edm":
             return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+        if self.parameterisation == "cfm":
+            return ((1 + sigma) / sigma) ** 2  # 1 / t^2: unit weight on the velocity's error
         snr = sigma.pow(-2)
         if self.min_snr_gamma is not None:
             return snr.clamp_max(self.min_snr_gamma)

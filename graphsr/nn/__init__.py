@@ -5,4 +5,5 @@ from graphsr.nn.attention import EventContext, GraphAttention
 from graphsr.nn.compiled import use_compile
 from graphsr.nn.transformer import Block, CellTransformer, GraphTransformer, NoiseEmbedding
 
-__all__ = ["Block", "CellTransformer", "EventContext", "GraphAttention", "GraphTransformer", "NoiseEmbedding", "use_compile"]
+__all__ = ["Block", "CellTransformer", "EventContext", "GraphAttention", "GraphTransformer", "NoiseEmbedding",
+           "use_compile"]
