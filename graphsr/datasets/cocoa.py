@@ -171,6 +171,14 @@ class CocoaDataset(InMemoryDataset):
             return self._data, self.slices
         return select_events(self._data, self.slices, events)
 
+    def set_cell_values(self, key: str, values: torch.Tensor, like: str) -> None:
+        """Store ``values`` (one row per cell of the storage's ``like`` tensor, e.g. ``fine_layer``) as ``key`` of
+        every event, sliced as ``like``; the dataset and every subset of it share the storage."""
+        if values.size(0) != self._data[like].size(0):
+            raise ValueError(f"{key}: {values.size(0)} rows for {self._data[like].size(0)} cells of {like}")
+        self._data[key] = values
+        self.slices[key] = self.slices[like]
+
 
 class CocoaStream(IterableDataset):
     """Batches of paired graphs built chunk by chunk from COCOA files: only one chunk is ever in memory.

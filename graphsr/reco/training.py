@@ -100,14 +100,13 @@ def with_truth_fractions(sr_set, truth_set) -> None:
     """Give the super-resolved cells of ``sr_set`` (a dataset of ``graphsr sample`` files) the particle fractions
     of the truth's fine cells (``truth_set``: the sampled files, read with fractions), in place; both datasets
     (or any of their subsets) must hold the same events, fine cells in the same order, else ValueError."""
-    sr, truth = sr_set._data, truth_set._data
+    sr, truth = sr_set.storage()[0], truth_set.storage()[0]
     for key in ("event", "file", "fine_cell"):
         if sr[key].shape != truth[key].shape or not torch.equal(sr[key], truth[key]):
             raise ValueError(f"the super-resolved files {[str(f) for f in sr_set.files]} and the files they were "
                              f"sampled from {[str(f) for f in truth_set.files]} differ in their events' {key}: "
                              "not `graphsr sample` of them with the same layers")
-    sr.fine_fraction = truth.fine_fraction
-    sr_set.slices["fine_fraction"] = sr_set.slices["fine_layer"]
+    sr_set.set_cell_values("fine_fraction", truth.fine_fraction, like="fine_layer")
 
 
 @dataclass
