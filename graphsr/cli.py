@@ -78,16 +78,12 @@ def _train(args):
     from graphsr.pipelines import train
 
     config = load_config(args.config)
-    if args.data:
-        config.data.train = args.data
-    if args.steps is not None:
-        config.train.steps = args.steps
-    if args.device:
-        config.train.device = args.device
-    if args.time_limit is not None:
-        config.train.time_limit = args.time_limit
-    if args.generator:
-        config.model.generator = args.generator
+    overrides = {("data", "train"): args.data or None, ("train", "steps"): args.steps,
+                 ("train", "device"): args.device or None, ("train", "time_limit"): args.time_limit,
+                 ("model", "generator"): args.generator or None, ("train", "compile"): args.compile or None}
+    for (section, key), value in overrides.items():  # the command line's values win over the config's
+        if value is not None:
+            setattr(getattr(config, section), key, value)
     result = train(config, args.out, resume=args.resume, stop_after=args.stop_after, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(f"checkpoint: {result.checkpoint} (step {result.step}, validation loss {result.val_loss:.4f}, "
@@ -309,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=int, help="override train.steps")
     tr.add_argument("--time-limit", type=float, help="stop and checkpoint after this many seconds")
     tr.add_argument("--device", help='"cpu", "cuda", "cuda:1" (default: the config, "auto")')
+    tr.add_argument("--compile", action="store_true", help="set train.compile: the network through torch.compile "
+                    "(meant for GPUs; on CPU it gains at one thread only: docs/usage.md)")
     _add_run_dir_options(tr)
     tr.add_argument("--stop-after", type=int, help="leave (with a checkpoint) after this many steps, e.g. to fit a "
                     "batch-queue slot; --resume goes on as if the run had not stopped")
