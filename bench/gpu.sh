@@ -5,6 +5,7 @@
 #
 #   bench/gpu.sh                       # on a GPU host (about 8 minutes on one H100)
 #   bench/gpu.sh --device cpu --tiny   # every step on a few events, on the CPU (the test suite runs this)
+#   bench/gpu.sh --compile             # also time the teacher through torch.compile (graphsr.nn.use_compile)
 #
 # Hosts without uproot / awkward get them from .whl/ (bench/gpu_env.sh).
 set -euo pipefail

@@ -86,6 +86,8 @@ def main():
     parser.add_argument("--timed-events", type=int, default=20_000, help="events super-resolved for the timing")
     parser.add_argument("--eval-events", type=int, default=1_000, help="held-out events evaluated per model")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the teacher through torch.compile (graphsr.nn.use_compile)")
     args = parser.parse_args()
     if args.tiny:
         args.events, args.train_seconds, args.distill_seconds = 160, 5.0, 3.0
@@ -157,7 +159,11 @@ def main():
     storage = dataset.storage()
     figures["held_out_events"] = len(held_out)
     timed = held_out[:args.timed_events]
-    for name, resolver in (("teacher_4_evaluations", teacher), ("student_1_evaluation", student)):
+    timings = [("teacher_4_evaluations", teacher), ("student_1_evaluation", student)]
+    if args.compile:  # the warm-up call of throughput() compiles
+        timings.append(("teacher_4_evaluations_compiled", SuperResolver(result.checkpoint, device=args.device,
+                                                                        compile=True)))
+    for name, resolver in timings:
         rate = throughput(resolver, storage, timed, 10)
         figures.setdefault("super_resolution_events_per_s", {})[name] = rate
         log(f"super-resolution, {name.replace('_', ' ')}, ensemble 10: {rate:.0f} events/s "

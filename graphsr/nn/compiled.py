@@ -36,6 +36,11 @@ def run_compiled(function, *args):
         return function(*args)
     if function not in _compiled:
         _compiled[function] = torch.compile(function, dynamic=True)
+    # every tensor's first dimension (nodes, edges, distinct offsets) may change between calls: compile for any
+    # size at once instead of for the first call's sizes and then again
+    for leaf in torch.utils._pytree.tree_leaves(args):
+        if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
+            torch._dynamo.maybe_mark_dynamic(leaf, 0)
     try:
         with ops.use_extensions(False):
             return _compiled[function](*args)
