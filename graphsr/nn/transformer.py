@@ -228,18 +228,17 @@ class GraphTransformer(nn.Module):
             parent, then the parent's neighbours), each tiled on its own, as the copies' batch orders them."""
             if terms is None:
                 return None
-            if parts is not None:
-                return torch.cat([tiled(terms[:parts]), tiled(terms[parts:])]) if not isinstance(terms, tuple) \
-                    else (terms[0], torch.cat([terms[1][:parts].repeat(copies), terms[1][parts:].repeat(copies)]))
             if isinstance(terms, tuple):  # (table, index): the table serves every copy
-                return terms[0], terms[1].repeat(copies)
+                return terms[0], tiled(terms[1], parts)
+            if parts is not None:
+                return torch.cat([tiled(terms[:parts]), tiled(terms[parts:])])
             return terms.repeat(copies, *[1] * (terms.dim() - 1))
 
         cross = prepared["cross"]
-        shift = torch.arange(copies, device=cross.device).repeat_interleave  # the node offset of each copy
-        parent, neighbour = cross[:, :num_fine], cross[:, num_fine:]
-        offsets = torch.tensor([[num_coarse], [num_fine]], device=cross.device)
-        cross = torch.cat([part.repeat(1, copies) + shift(part.size(1)) * offsets for part in (parent, neighbour)], 1)
+        offsets = torch.tensor([[num_coarse], [num_fine]], device=cross.device)  # nodes per copy
+        copy = torch.arange(copies, device=cross.device)
+        cross = torch.cat([part.repeat(1, copies) + copy.repeat_interleave(part.size(1)) * offsets
+                           for part in (cross[:, :num_fine], cross[:, num_fine:])], dim=1)
         return {"inside": prepared["inside"].repeat(copies, 1), "cross": cross,
                 "coarse_edges": [tiled(terms) for terms in prepared["coarse_edges"]],
                 "fine_edges": [(tiled(own), tiled(other, num_fine)) for own, other in prepared["fine_edges"]]}
