@@ -75,7 +75,7 @@ class TrainConfig:
     device: str = "auto"                      # "auto" (CUDA if present), "cpu", "cuda", "cuda:1", ...
     amp: bool = True                          # bf16 autocast on CUDA (ignored on CPU)
     time_limit: float | None = None           # stop (and checkpoint) after this many seconds
-    compile: bool = False                     # torch.compile the network (graphsr.nn.use_compile; GPUs)
+    compile: bool = False                     # torch.compile the network (graphsr.nn.use_compile)
 
 
 @dataclass

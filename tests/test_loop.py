@@ -4,7 +4,7 @@ import itertools
 
 import torch
 
-from graphsr.training.loop import TrainingLoop
+from graphsr.training.loop import TrainingLoop, optimiser_step
 
 
 def _toy(steps=10, **options):
@@ -50,3 +50,24 @@ def test_time_limit_counts_the_seconds_before_a_resume():
     _run(loop, model, torch.Generator().manual_seed(1))
     assert loop.step == 3  # one step, then the limit is seen: a time limit ends a run, it does not pause it
     assert not loop.paused and loop.seconds > 31.0
+
+
+def test_one_optimiser_step_is_adamw_and_the_ema_warms_up_by_hand():
+    """The loop's AdamW (fused where torch has it) and EMA against the update computed by hand: AdamW's first step
+    moves each weight by lr * g / (|g| + eps) after the decoupled decay (the bias-corrected moments are g and g^2);
+    the EMA copies the first weights, then keeps d = min(decay, (1 + n) / (10 + n)) of them after n updates."""
+    model = torch.nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -2.0, 0.5]]))
+    start = model.weight.detach().clone()
+    lr, wd = 0.1, 0.01
+    loop = TrainingLoop(model, steps=2, lr=lr, weight_decay=wd, ema_decay=0.9, grad_clip=1e9,
+                        schedule=lambda i, _: 1.0)
+    loop.ema.update_parameters(model)  # the first update copies
+    gradient = torch.tensor([[0.3, -4.0, 2.0]])
+    loss = (model.weight * gradient).sum()  # d loss / d weight = gradient
+    optimiser_step(loss, model, loop.optimizer, loop.scheduler, loop.ema, loop.grad_clip)
+    expected = start * (1 - lr * wd) - lr * gradient / (gradient.abs() + 1e-8)
+    assert torch.allclose(model.weight.detach(), expected, atol=1e-6)
+    d = min(0.9, 2 / 11)  # the second update: n = 1
+    assert torch.allclose(loop.ema.module.weight.detach(), d * start + (1 - d) * expected, atol=1e-6)

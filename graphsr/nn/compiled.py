@@ -16,6 +16,7 @@ import torch
 
 from graphsr import ops
 
+CPU_THREADS = 1  # threads of the compiled CPU loops (-1: torch's); set before the first compiled call
 _compiled: dict = {}
 _failed: set = set()
 
@@ -35,7 +36,10 @@ def run_compiled(function, *args):
     if function in _failed:
         return function(*args)
     if function not in _compiled:
-        _compiled[function] = torch.compile(function, dynamic=True)
+        # the generated CPU loops run on one thread: their scatter-adds (the backward of every gather) contend
+        # between threads, and on a 2-core machine 2-thread loops made training steps 2.5x slower than 1-thread
+        # ones (bench/bench_speed.py); matmuls stay on torch's threads
+        _compiled[function] = torch.compile(function, dynamic=True, options={"cpp.threads": CPU_THREADS})
     # every tensor's first dimension (nodes, edges, distinct offsets) may change between calls: compile for any
     # size at once instead of for the first call's sizes and then again
     for leaf in torch.utils._pytree.tree_leaves(args):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from graphsr.config import RESUMABLE, Config, config_differences
+from graphsr.config import RESUMABLE, Config, config_differences, config_from_dict
 from graphsr.datasets import CocoaDataset
 from graphsr.graphs import GraphLoader, collate_events
 from graphsr.graphs.noise_cells import NoiseCells
@@ -177,7 +177,9 @@ def _resumed_state(path: Path, config: Config) -> dict:
     """The checkpoint a resumed run goes on from, refused when it was written with another config (except the
     settings in :data:`~graphsr.config.RESUMABLE`)."""
     state = load_checkpoint(path)
-    changed = [key for key in config_differences(state["config"], config.to_dict()) if key not in RESUMABLE]
+    # through the dataclass: settings added since the run was written take their defaults, not "differ"
+    changed = [key for key in config_differences(config_from_dict(state["config"]).to_dict(), config.to_dict())
+               if key not in RESUMABLE]
     if changed:
         raise ValueError(f"{path} was written with a different config ({', '.join(changed)} differ); resume needs "
                          f"the same one, except {' and '.join(RESUMABLE)}")
