@@ -242,7 +242,7 @@ def _add_sampling_options(parser, ensemble_default=None):
                         "measurement; conserving: to the measurement itself (default: the checkpoint's)")
     parser.add_argument("--uncalibrated", action="store_true",
                         help="leave out the checkpoint's post-hoc spread calibration (raw ensemble)")
-    parser.add_argument("--generator", choices=["dense", "pyramid"],
+    parser.add_argument("--generator", choices=["dense", "pyramid", "boosted"],
                         help="the generator the checkpoint must have been trained with (default: whichever it was)")
     parser.add_argument("--device", default="auto", help='"cpu", "cuda", ... (default: CUDA if present)')
     parser.add_argument("--compile", action="store_true",
@@ -306,13 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--time-limit", type=float, help="stop and checkpoint after this many seconds")
     tr.add_argument("--device", help='"cpu", "cuda", "cuda:1" (default: the config, "auto")')
     tr.add_argument("--compile", action="store_true", help="set train.compile: the network through torch.compile "
-                    "(meant for GPUs; on CPU it gains at one thread only: docs/usage.md)")
+                    "(faster after a first call of tens of seconds: docs/usage.md)")
     _add_run_dir_options(tr)
     tr.add_argument("--stop-after", type=int, help="leave (with a checkpoint) after this many steps, e.g. to fit a "
                     "batch-queue slot; --resume goes on as if the run had not stopped")
-    tr.add_argument("--generator", choices=["dense", "pyramid"],
-                    help="override model.generator: dense (every child of every coarse cell) or pyramid (which "
-                    "children are hit, then energies on the hits only; options in the config's pyramid section)")
+    tr.add_argument("--generator", choices=["dense", "pyramid", "boosted"],
+                    help="override model.generator: dense (every child of every coarse cell), pyramid (which "
+                    "children are hit, then energies on the hits only; the config's pyramid section) or boosted "
+                    "(gradient-boosted trees, with diffusion.parameterisation: cfm; the config's boosted section)")
     tr.set_defaults(run=_train)
 
     reco = commands.add_parser("train-reco", help="train a particle-flow model (particle count and kinematics)",

@@ -42,7 +42,8 @@ class ModelConfig:
     heads: int = 4                            # attention heads
     context_tokens: int = 4                   # pooled event-context tokens per graph
     dropout: float = 0.0
-    generator: str = "dense"                  # "dense" (every child of every coarse cell) or "pyramid" (hits only)
+    generator: str = "dense"                  # "dense" (every child of every coarse cell), "pyramid" (hits only)
+    #                                           or "boosted" (gradient-boosted trees, flow matching; section boosted)
 
 
 @dataclass
@@ -103,6 +104,18 @@ class PyramidConfig:
 
 
 @dataclass
+class BoostedConfig:
+    """The boosted-tree flow-matching baseline (``model.generator: boosted``, :mod:`graphsr.models.boosted`); it
+    needs ``diffusion.parameterisation: cfm``. ``train.time_limit`` stops boosting early; ``train.seed`` seeds it."""
+
+    rounds: int = 300                         # boosting rounds of each ensemble (fine cells, coarse totals)
+    leaves: int = 63                          # leaves per tree
+    learning_rate: float = 0.1
+    min_child_samples: int = 100              # training rows per leaf at least
+    draws: int = 8                            # noisy copies (t, noise) of each training event
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -110,6 +123,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     pyramid: PyramidConfig = field(default_factory=PyramidConfig)
+    boosted: BoostedConfig = field(default_factory=BoostedConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)

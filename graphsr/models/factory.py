@@ -14,6 +14,7 @@ import torch
 from graphsr.config import Config
 from graphsr.diffusion import Denoiser, DiffusionLoss
 from graphsr.graphs import GraphOptions
+from graphsr.models.boosted import BoostedVelocity, child_slots
 from graphsr.models.pyramid import Pyramid
 from graphsr.models.sr3 import EnergyModel, SR3Network, add_inputs, node_weights, state_batch
 
@@ -52,6 +53,18 @@ class DenseGenerator(Denoiser):
                        noise=noise)
 
 
+class BoostedGenerator(DenseGenerator):
+    """The boosted-tree flow-matching baseline (:mod:`graphsr.models.boosted`) behind the dense generator's
+    interface: the same targets, loss (for validation), samplers and calibration; trained by
+    :func:`graphsr.training.boosted.train_boosted`, not by gradient steps."""
+
+    def prepare(self, batch, copies: int = 1) -> dict:
+        """Each fine cell's slot among its siblings (:func:`~graphsr.models.boosted.child_slots`), for ``copies``
+        copies of ``batch``."""
+        slot, inside, most = child_slots(batch, self.net.cell_size)
+        return {"slots": (slot.repeat(copies), inside.repeat(copies, 1), most)}
+
+
 def graph_options(config: Config) -> GraphOptions:
     """The :class:`~graphsr.graphs.GraphOptions` a config's ``data`` section asks for."""
     d = config.data
@@ -59,13 +72,18 @@ def graph_options(config: Config) -> GraphOptions:
 
 
 def build_denoiser(config: Config) -> Denoiser:
-    """The model of ``config.model.generator``: the dense denoiser, or the pyramid
-    (:class:`~graphsr.models.pyramid.Pyramid`)."""
+    """The model of ``config.model.generator``: the dense denoiser, the pyramid
+    (:class:`~graphsr.models.pyramid.Pyramid`) or the boosted trees (:class:`BoostedGenerator`)."""
     if config.model.generator == "pyramid":
         return Pyramid(config, graph_options(config))
-    if config.model.generator != "dense":
-        raise ValueError(f"unknown generator {config.model.generator!r}; choose 'dense' or 'pyramid'")
     d = config.diffusion
+    if config.model.generator == "boosted":
+        if d.parameterisation != "cfm":
+            raise ValueError("the boosted generator learns the flow-matching velocity: set "
+                             f"diffusion.parameterisation: cfm (not {d.parameterisation!r})")
+        return BoostedGenerator(BoostedVelocity(config.boosted), parameterisation="cfm")
+    if config.model.generator != "dense":
+        raise ValueError(f"unknown generator {config.model.generator!r}; choose 'dense', 'pyramid' or 'boosted'")
     return DenseGenerator(SR3Network(config.model), parameterisation=d.parameterisation, sigma_data=d.sigma_data,
                           schedule=d.schedule)
 

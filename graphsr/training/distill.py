@@ -65,7 +65,8 @@ def _distillable_grid(state: dict, config) -> torch.Tensor:
     if config.diffusion.parameterisation == "regression":
         raise ValueError("the regression baseline takes one step already: there is nothing to distil")
     if config.model.generator != "dense":
-        raise ValueError("distillation of the pyramid generator is not implemented: distil a dense checkpoint")
+        raise ValueError(f"distillation of the {config.model.generator} generator is not implemented: distil a dense "
+                         "checkpoint")
     grid = teacher_grid(state)
     if len(grid) < 3 or (len(grid) - 1) % 2:
         raise ValueError(f"the teacher samples with {len(grid) - 1} step(s): distillation halves an even number")

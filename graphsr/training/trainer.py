@@ -232,6 +232,10 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     A directory that holds a run is refused unless ``resume`` or ``overwrite`` is given
     (:func:`~graphsr.training.checkpoint.claim_run_dir`).
     """
+    if config.model.generator == "boosted":  # trees are fitted, not trained in steps
+        from graphsr.training.boosted import train_boosted
+        return train_boosted(config, out_dir, resume=resume, overwrite=overwrite, progress=progress,
+                             stop_after=stop_after)
     out_dir, tc = Path(out_dir), config.train
     rank, world, device = distributed_setup(tc.device)
     main = rank == 0  # writes checkpoints, history and logs
