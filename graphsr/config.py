@@ -59,6 +59,9 @@ class DiffusionConfig:
     # event energy (docs/energy_model.md, "The sampling grid"). 20 sigma_data is still pure noise.
     sigma_max: float = 20.0
     min_snr_gamma: float | None = None        # min-SNR loss weighting (None: off)
+    learned_schedule: bool = False            # draw training sigma from a learned monotone schedule over [sigma_min,
+    #                                           sigma_max] that minimises the loss's variance (VDM; graphsr.diffusion.
+    #                                           schedule); eps / v then train VDM's objective, uniform in ln sigma^2
     coarse_weight: float = 1.0                # loss weight of the coarse totals against the fine shares, per event
 
 
@@ -81,8 +84,10 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    sampler: str = "heun"                     # "ddpm", "ddim", "heun", "dpmpp_2m"
+    sampler: str = "heun"                     # "ddpm", "ddim", "heun", "dpmpp_2m", "rk45"
     steps: int = 8                            # sampling steps
+    grid: str = "karras"                      # noise levels of the steps: "karras" (EDM's) or "learned" (evenly in
+    #                                           t of the model's learned schedule: diffusion.learned_schedule)
     eta: float = 0.0                          # ddim: stochasticity (0: deterministic DDIM, 1: ancestral DDPM)
     ensemble: int = 10                        # samples per event (mean and spread are reported)
     mode: str = "posterior"                   # "posterior" or "conserving" (graphsr.models.sr3.MODES)

@@ -100,14 +100,15 @@ def test_a_shipped_config_is_what_its_name_says(path):
     if path.name == "tiny.yaml":
         return
     match = re.fullmatch(r"(single_electron_2x|multi_particle_4x)(?:_(30min|gpu|large|9k))?"
-                         r"(?:_(regression|pyramid|cfm|boosted))?\.yaml", path.name)
+                         r"(?:_(regression|pyramid|cfm|boosted|learned))?\.yaml", path.name)
     assert match, f"{path.name} does not follow <setup>[_<budget>][_<generator>].yaml"
     setup, _, generator = match.groups()
     config = load_reco_config(path) if path.parent.name == "reco" else load_config(path)
     assert all(Path(f).name.startswith(setup) for f in config.data.train)
     if path.parent.name != "reco":
         built = config.model.generator if config.model.generator in ("pyramid", "boosted") else \
-            config.diffusion.parameterisation if config.diffusion.parameterisation in ("regression", "cfm") else None
+            config.diffusion.parameterisation if config.diffusion.parameterisation in ("regression", "cfm") else \
+            "learned" if config.diffusion.learned_schedule else None
         assert built == generator
 
 

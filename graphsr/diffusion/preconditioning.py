@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from graphsr import ops
+from graphsr.diffusion.schedule import LearnedSchedule, VarianceGradient
 
 PARAMETERISATIONS = ("edm", "eps", "v", "cfm", "regression")
 SCHEDULES = ("cosine", "linear")
@@ -66,13 +67,18 @@ class Denoiser(nn.Module):
         parameterisation: ``"edm"``, ``"eps"`` or ``"v"``.
         sigma_data: data std for ``edm`` (the ``eps`` and ``v`` forms assume 1).
         schedule: the VP schedule used to draw training noise levels for ``eps`` / ``v`` (kept for the loss).
+        learned_schedule: a :class:`~graphsr.diffusion.schedule.LearnedSchedule` that draws the training noise levels
+            instead (VDM), trained with the network.
     """
 
     def __init__(self, net: nn.Module, parameterisation: str = "edm", sigma_data: float = 1.0,
-                 schedule: str = "cosine"):
+                 schedule: str = "cosine", learned_schedule: LearnedSchedule | None = None):
         super().__init__()
         _check(parameterisation, schedule)
+        if learned_schedule is not None and parameterisation == "regression":
+            raise ValueError("the regression baseline has no noise levels to schedule")
         self.net, self.parameterisation, self.sigma_data, self.schedule = net, parameterisation, sigma_data, schedule
+        self.learned_schedule = learned_schedule  # trained with the network (graphsr.diffusion.schedule)
 
     def scalings(self, sigma: torch.Tensor):
         """(c_skip, c_out, c_in) for per-node sigma."""
@@ -111,6 +117,11 @@ class DiffusionLoss:
     min(SNR, gamma) / SNR on the eps-MSE, min(SNR, gamma) / (SNR + 1) on the v-MSE). ``cfm`` draws t ~ U(0, 1)
     (sigma = t / (1 - t), at most ``1 / CFM_T_GAP``) and weights the x0-error by 1 / t^2: the velocity MSE.
 
+    With a learned schedule (the denoiser's ``learned_schedule``, :mod:`graphsr.diffusion.schedule`) the levels are
+    sigma(t) at t ~ U(0, 1) instead, each event's loss multiplied by :meth:`gamma_density` times the schedule's slope,
+    so that the objective stays the parameterisation's (eps / v: VDM's, uniform in ln sigma^2) and the schedule is
+    trained to minimise its variance.
+
     Args:
         parameterisation, schedule, sigma_data: as the :class:`Denoiser`.
         p_mean, p_std: EDM's lognormal noise distribution.
@@ -125,7 +136,12 @@ class DiffusionLoss:
         self.parameterisation, self.schedule, self.sigma_data = parameterisation, schedule, sigma_data
         self.p_mean, self.p_std, self.min_snr_gamma, self.sigma_min = p_mean, p_std, min_snr_gamma, sigma_min
 
-    def sample_sigma(self, num_graphs: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_sigma(self, num_graphs: int, device, generator: torch.Generator | None = None,
+                     learned: LearnedSchedule | None = None) -> torch.Tensor:
+        """Training noise levels ``[num_graphs]``: the parameterisation's own draw, or sigma(t) of a ``learned``
+        schedule at t ~ U(0, 1)."""
+        if learned is not None:
+            return learned.sigma(torch.rand(num_graphs, device=device, generator=generator))
         if self.parameterisation == "regression":
             return torch.ones(num_graphs, device=device)
         if self.parameterisation == "edm":
@@ -137,6 +153,19 @@ class DiffusionLoss:
         else:
             sigma = vp_sigma(torch.rand(num_graphs, device=device, generator=generator), self.schedule)
         return sigma.clamp_min(self.sigma_min)
+
+    def gamma_density(self, gamma: torch.Tensor, learned: LearnedSchedule) -> torch.Tensor:
+        """The density over gamma = ln sigma^2 that the objective integrates against under a learned schedule
+        (:mod:`graphsr.diffusion.schedule`): EDM's lognormal, flow matching's uniform t, and for eps / v uniform
+        over the schedule's range (VDM's continuous-time objective)."""
+        if self.parameterisation == "edm":
+            mean, std = 2 * self.p_mean, 2 * self.p_std
+            return torch.exp(-0.5 * ((gamma - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
+        if self.parameterisation == "cfm":
+            t = torch.sigmoid(gamma / 2)
+            return 0.5 * t * (1 - t)
+        lo, hi = learned.ends
+        return torch.full_like(gamma, 1 / float(hi - lo))
 
     def weight(self, sigma: torch.Tensor) -> torch.Tensor:
         if self.parameterisation == "regression":
@@ -153,19 +182,27 @@ class DiffusionLoss:
     def __call__(self, denoiser: Denoiser, x0: torch.Tensor, *, batch: torch.Tensor, num_graphs: int,
                  generator: torch.Generator | None = None, sigma: torch.Tensor | None = None,
                  noise: torch.Tensor | None = None, node_weight: torch.Tensor | None = None,
-                 **kwargs) -> torch.Tensor:
-        """Scalar loss. x0: ``[N, C]`` clean targets; ``sigma`` ([num_graphs]) and ``noise`` ([N, C], unit
-        normal) override the random draws; ``node_weight`` ([N]) weights the nodes within each event (default: all
-        equal)."""
+                 per_event: bool = False, **kwargs) -> torch.Tensor:
+        """Scalar loss (``per_event``: each event's, ``[num_graphs]``). x0: ``[N, C]`` clean targets; ``sigma``
+        ([num_graphs]) and ``noise`` ([N, C], unit normal) override the random draws; ``node_weight`` ([N]) weights
+        the nodes within each event (default: all equal)."""
+        learned = getattr(denoiser, "learned_schedule", None)
         if sigma is None:
-            sigma = self.sample_sigma(num_graphs, x0.device, generator)
+            sigma = self.sample_sigma(num_graphs, x0.device, generator, learned)
         if noise is None:
             noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        importance, holder = 1.0, {}
+        if learned is not None:  # the same sigma, now a function of the schedule's parameters
+            gamma, slope = learned.with_slope(learned.invert(2 * sigma.log()))
+            gamma, slope = VarianceGradient.apply(gamma, holder), VarianceGradient.apply(slope, holder)
+            sigma, importance = (gamma / 2).exp(), self.gamma_density(gamma, learned) * slope
         x = x0 + sigma[batch].unsqueeze(-1) * noise
         error = (denoiser(x, sigma, batch, **kwargs) - x0).pow(2).mean(dim=-1)
         if node_weight is None:
-            per_event = ops.scatter(error, batch, num_graphs, "mean")
+            events = ops.scatter(error, batch, num_graphs, "mean")
         else:
             total = ops.scatter(node_weight, batch, num_graphs, "sum").clamp_min(1e-30)
-            per_event = ops.scatter(error * node_weight, batch, num_graphs, "sum") / total
-        return (self.weight(sigma) * per_event).mean()
+            events = ops.scatter(error * node_weight, batch, num_graphs, "sum") / total
+        events = importance * self.weight(sigma) * events
+        holder["loss"] = events.detach()  # the schedule's gradient: of the mean squared loss (VarianceGradient)
+        return events if per_event else events.mean()

@@ -159,6 +159,20 @@ class SuperResolver:
                           stacklevel=3)
         return False
 
+    def grid(self, steps: int) -> torch.Tensor:
+        """The noise levels of ``steps`` sampling steps (and a final 0): ``sample.grid`` "karras" (EDM's), or
+        "learned" (evenly in t of the model's learned schedule, :mod:`graphsr.diffusion.schedule`)."""
+        sc, dc = self.config.sample, self.config.diffusion
+        if sc.grid == "karras":
+            return karras_sigmas(steps, dc.sigma_min, dc.sigma_max, device=self.device)
+        learned = getattr(self.denoiser, "learned_schedule", None)
+        if sc.grid != "learned":
+            raise ValueError(f"unknown sample.grid {sc.grid!r}; choose 'karras' or 'learned'")
+        if learned is None:
+            raise ValueError(f"{self.checkpoint} has no learned schedule to take a grid from (diffusion."
+                             "learned_schedule: true trains one): use sample.grid: karras")
+        return learned.grid(steps, device=self.device)
+
     @torch.no_grad()
     def generate(self, storage, events: torch.Tensor, *, sampler: str | None = None, steps: int | None = None,
                  ensemble: int | None = None, seed: int = 0, eta: float | None = None, mode: str | None = None,
@@ -167,7 +181,7 @@ class SuperResolver:
         :class:`~graphsr.models.sr3.EnergyModel`), ``batch`` (one copy of the events, with the network's inputs),
         ``mode`` (how :meth:`decode` decodes them by default) and optionally ``trajectory`` ([steps, Nf + Nc]: the
         denoised state of the first copy after every step)."""
-        sc, dc = self.config.sample, self.config.diffusion
+        sc = self.config.sample
         if self.sampling_sigmas is not None:
             distilled = len(self.sampling_sigmas) - 1
             if steps not in (None, distilled) or sampler not in (None, "ddim"):
@@ -177,7 +191,7 @@ class SuperResolver:
             sigmas = torch.as_tensor(self.sampling_sigmas, dtype=torch.float32, device=self.device)
         else:
             sampler, steps = sampler or sc.sampler, steps or sc.steps
-            sigmas = karras_sigmas(steps, dc.sigma_min, dc.sigma_max, device=self.device)
+            sigmas = self.grid(steps)
         ensemble = ensemble or sc.ensemble
         events = torch.as_tensor(events)
         # copy-major order: [all events, copy 0], [all events, copy 1], ...: node tensors reshape to [K, N]

@@ -134,16 +134,18 @@ class BoostedVelocity(nn.Module):
     def fit(self, fine: tuple, coarse: tuple, *, seed: int = 0, time_limit: float | None = None,
             valid: tuple | None = None) -> dict:
         """Train both ensembles on ``(features, target, weight)`` numpy rows each; ``valid``: ``(fine, coarse)``
-        rows of the same form, scored (weighted MSE) after the fit. ``time_limit`` (seconds, both together) stops
-        boosting early. Returns ``{"rounds": [fine, coarse], "seconds", "valid_mse": [fine, coarse]}``."""
+        rows of the same form, scored (weighted MSE) after the fit. ``time_limit`` (seconds, both together, shared
+        by their numbers of rows) stops boosting early. Returns ``{"rounds": [fine, coarse], "seconds", "valid_mse":
+        [fine, coarse]}``."""
         lightgbm, c = _lightgbm(), self.config
         params = {"objective": "regression", "learning_rate": c.learning_rate, "num_leaves": c.leaves,
                   "min_child_samples": c.min_child_samples, "seed": seed, "deterministic": True,
                   "force_row_wise": True, "num_threads": torch.get_num_threads(), "verbosity": -1}
         started, out = time.perf_counter(), {"rounds": [], "valid_mse": []}
         models = []
+        share = len(fine[1]) / max(len(fine[1]) + len(coarse[1]), 1)  # of the time limit, by rows
         for i, (features, target, weight) in enumerate((fine, coarse)):
-            deadline = None if time_limit is None else started + time_limit * (i + 1) / 2
+            deadline = None if time_limit is None else started + time_limit * (share if i == 0 else 1.0)
 
             def stop_at_deadline(env, deadline=deadline):
                 if deadline is not None and time.perf_counter() > deadline:

@@ -13,6 +13,7 @@ import torch
 
 from graphsr.config import Config
 from graphsr.diffusion import Denoiser, DiffusionLoss
+from graphsr.diffusion.schedule import LearnedSchedule
 from graphsr.graphs import GraphOptions
 from graphsr.models.boosted import BoostedVelocity, child_slots
 from graphsr.models.pyramid import Pyramid
@@ -74,9 +75,15 @@ def graph_options(config: Config) -> GraphOptions:
 def build_denoiser(config: Config) -> Denoiser:
     """The model of ``config.model.generator``: the dense denoiser, the pyramid
     (:class:`~graphsr.models.pyramid.Pyramid`) or the boosted trees (:class:`BoostedGenerator`)."""
+    d = config.diffusion
+    if config.sample.grid not in ("karras", "learned"):
+        raise ValueError(f"unknown sample.grid {config.sample.grid!r}; choose 'karras' or 'learned'")
+    if config.sample.grid == "learned" and not d.learned_schedule:
+        raise ValueError("sample.grid: learned needs a learned schedule (diffusion.learned_schedule: true)")
+    if d.learned_schedule and config.model.generator != "dense":
+        raise ValueError(f"diffusion.learned_schedule is built for the dense generator, not {config.model.generator}")
     if config.model.generator == "pyramid":
         return Pyramid(config, graph_options(config))
-    d = config.diffusion
     if config.model.generator == "boosted":
         if d.parameterisation != "cfm":
             raise ValueError("the boosted generator learns the flow-matching velocity: set "
@@ -84,8 +91,9 @@ def build_denoiser(config: Config) -> Denoiser:
         return BoostedGenerator(BoostedVelocity(config.boosted), parameterisation="cfm")
     if config.model.generator != "dense":
         raise ValueError(f"unknown generator {config.model.generator!r}; choose 'dense', 'pyramid' or 'boosted'")
+    learned = LearnedSchedule(d.sigma_min, d.sigma_max) if d.learned_schedule else None
     return DenseGenerator(SR3Network(config.model), parameterisation=d.parameterisation, sigma_data=d.sigma_data,
-                          schedule=d.schedule)
+                          schedule=d.schedule, learned_schedule=learned)
 
 
 def build_loss(config: Config) -> DiffusionLoss:

@@ -17,6 +17,7 @@ from graphsr.reco import train_reco as train_reco_model
 from graphsr.reco.training import RecoTrainResult
 from graphsr.training.checkpoint import load_checkpoint, write_calibration
 from graphsr.training.distill import distill as distill_rounds
+from graphsr.training.boosted import train_boosted
 from graphsr.training.trainer import TrainResult, load_splits
 from graphsr.training.trainer import train as train_model
 
@@ -58,9 +59,11 @@ def _calibrates(state: dict) -> bool:
 
 
 def train(config, out_dir: str | Path, **train_args) -> TrainResult:
-    """Train (:func:`graphsr.training.trainer.train`, with ``train_args``), then calibrate on validation events, as
+    """Train (:func:`graphsr.training.trainer.train`, or for boosted trees
+    :func:`graphsr.training.boosted.train_boosted`, with ``train_args``), then calibrate on validation events, as
     ``graphsr train`` does; a run paused by ``stop_after`` is calibrated when it finishes."""
-    result = train_model(config, out_dir, **train_args)
+    fit = train_boosted if config.model.generator == "boosted" else train_model
+    result = fit(config, out_dir, **train_args)
     if not result.paused and _calibrates(load_checkpoint(result.checkpoint)):
         calibrate(result.checkpoint, device=config.train.device, sampling_defaults=False)
     return result

@@ -18,6 +18,7 @@ from graphsr.models.boosted import flow_rows
 from graphsr.models.factory import build_denoiser, build_loss
 from graphsr.models.sr3 import add_inputs, node_weights
 from graphsr.training.checkpoint import claim_run_dir, save_checkpoint
+from graphsr.training import trainer  # the run record and the data helpers
 from graphsr.training.history import History
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,6 @@ def train_boosted(config: Config, out_dir: str | Path, *, resume: bool = False, 
     """Fit the boosted trees of ``config`` and write ``out_dir/checkpoint.pt`` (and ``history.csv``, one row); the
     checkpoint has the networks' layout (its "EMA" is the trees themselves), so sampling, calibration and evaluation
     take it as any other. A fit is not resumable: ``resume`` and ``stop_after`` are refused."""
-    from graphsr.training import trainer  # the run record and data helpers (it dispatches here)
-
     if resume or stop_after is not None:
         raise ValueError("boosted trees are fitted in one go (minutes) and cannot be resumed or paused: run again "
                          "with --overwrite")
@@ -55,7 +54,9 @@ def train_boosted(config: Config, out_dir: str | Path, *, resume: bool = False, 
     out_dir, tc = Path(out_dir), config.train
     if trainer.resolve_device(tc.device).type != "cpu":
         logger.info("boosted trees fit and predict on the CPU")
-    train_set, val_set = trainer._training_events(config, 0, 1)
+    train_set, val_set, _ = trainer.load_splits(config)
+    if len(train_set) == 0:
+        raise ValueError(f"no training events in {config.data.train}")
     claim_run_dir(out_dir, overwrite=overwrite)
     energy_model = trainer.fit_energy_model(train_set, "shares")
     factor = trainer.data_factor(train_set)

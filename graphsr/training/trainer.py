@@ -115,12 +115,13 @@ def _loss(loss_fn, denoiser, batch, energy_model: EnergyModel, generator, factor
                          noise=noise)
 
 
-def _share_of_draws(loss_fn, share: dict, generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _share_of_draws(loss_fn, share: dict, generator, denoiser) -> tuple[torch.Tensor, torch.Tensor]:
     """The noise levels and noise of a whole batch, drawn as one process draws them, and this rank's part of them
     (:meth:`~graphsr.graphs.GraphLoader.shares`): so every rank's events get the numbers they would get in
-    single-process training, whatever the number of ranks."""
+    single-process training, whatever the number of ranks; with the denoiser's learned schedule, if it has one."""
     (e0, e1, events), (f0, f1, fine), (c0, c1, coarse) = share["events"], share["fine"], share["coarse"]
-    sigma = loss_fn.sample_sigma(events, device, generator)
+    device = generator.device
+    sigma = loss_fn.sample_sigma(events, device, generator, denoiser.learned_schedule)
     noise = torch.randn(fine + coarse, 1, device=device, generator=generator)
     return sigma[e0:e1], torch.cat([noise[f0:f1], noise[fine + c0:fine + c1]])
 
@@ -160,6 +161,9 @@ def _training_events(config: Config, rank: int, world: int):
     the other ranks then read it."""
     import torch.distributed as dist
 
+    if config.model.generator == "boosted":
+        raise ValueError("boosted trees are fitted, not trained in steps: graphsr.training.boosted.train_boosted (or "
+                         "graphsr.pipelines.train, as `graphsr train` does)")
     if world > 1 and config.model.generator != "dense":
         raise ValueError("distributed training supports the dense generator only")
     if world > 1 and rank > 0:
@@ -232,10 +236,6 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
     A directory that holds a run is refused unless ``resume`` or ``overwrite`` is given
     (:func:`~graphsr.training.checkpoint.claim_run_dir`).
     """
-    if config.model.generator == "boosted":  # trees are fitted, not trained in steps
-        from graphsr.training.boosted import train_boosted
-        return train_boosted(config, out_dir, resume=resume, overwrite=overwrite, progress=progress,
-                             stop_after=stop_after)
     out_dir, tc = Path(out_dir), config.train
     rank, world, device = distributed_setup(tc.device)
     main = rank == 0  # writes checkpoints, history and logs
@@ -262,7 +262,7 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, progress: b
         nonlocal events_seen
         batch, share = item
         batch = batch.to(device, non_blocking=pin)
-        draws = dict(zip(("sigma", "noise"), _share_of_draws(loss_fn, share, noise, device))) \
+        draws = dict(zip(("sigma", "noise"), _share_of_draws(loss_fn, share, noise, denoiser))) \
             if denoiser.draws_whole_batch else {}
         first, stop, total = share["events"]
         events_seen += total

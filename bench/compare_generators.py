@@ -1,0 +1,132 @@
+"""Generators side by side at several numbers of network evaluations, on the same held-out events: the table of
+docs/diffusion.md ("Choose your diffusion").
+
+Each ``--model NAME=CHECKPOINT`` is sampled with deterministic DDIM at every count of ``--evaluations`` (a distilled
+student at its own count only) and with Heun at ``--heun`` evaluations (2 steps - 1), each setting with its own
+spread calibration fitted on the model's validation events (``--calibration-events``), never on the scored ones.
+The scored events are the first ``--events`` of ``--input`` that no model trained or validated on. Rows: spread
+ratio, bias, 68% coverage (event energy, hit fine cells), ECAL2 cell RMSE of the estimate, hits per event and
+truth-empty energy (GeV per event) of one sample in ECAL1, classifier AUC of one sample against the truth, training
+seconds (a student's: its teacher's and its distillation's) and sampling ms per event (whole ensemble).
+
+Usage::
+
+    python bench/compare_generators.py --input data/single_electron_2x.root --events 300 \\
+        --model edm=runs/seed1_edm/checkpoint.pt --model cfm=runs/seed1_cfm/checkpoint.pt \\
+        --model "edm student=runs/seed1_edm_4step/checkpoint.pt" --json reports/compare.json --markdown compare.md
+
+Networks run through ``torch.compile`` with ``--compile`` (the same function; one compilation serves them all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from graphsr.datasets import read_events
+from graphsr.eval.evaluate import compute_metrics, generate
+from graphsr.inference import SuperResolver, fit_calibration, load_resolver, seen_entries
+from graphsr.training.checkpoint import load_checkpoint
+from graphsr.training.trainer import load_splits
+
+
+def training_seconds(path: str) -> float:
+    """Seconds of training behind a checkpoint: a student's teacher's and each distillation round's."""
+    state = load_checkpoint(path)
+    rounds = state.get("distillation") or []
+    if not rounds:
+        return float(state.get("seconds") or float("nan"))
+    teacher = state.get("distill_run", {}).get("settings", {}).get("checkpoint")
+    before = training_seconds(teacher) if teacher and Path(teacher).exists() else float("nan")
+    return before + sum(r["seconds"] for r in rounds)
+
+
+def settings(resolver: SuperResolver, evaluations: list[int], heun: list[int]) -> list[tuple[str, int]]:
+    """(sampler, steps) of a model: its own grid for a student, else DDIM at each count and Heun at each count."""
+    if resolver.sampling_sigmas is not None:
+        return [("ddim", len(resolver.sampling_sigmas) - 1)]
+    return [("ddim", n) for n in evaluations] + [("heun", (n + 1) // 2) for n in heun]
+
+
+def row(results: dict, name: str, sampler: str, steps: int, train_s: float) -> dict:
+    ev, coverage, cells = results["event"], results.get("coverage", {}), results["cell"]
+    value = lambda pair: None if pair is None else pair["value"]  # noqa: E731
+    return {
+        "model": name, "sampler": sampler, "steps": steps,
+        "evaluations": 2 * steps - 1 if sampler == "heun" else steps,
+        "spread_ratio": ev["ratio"], "bias": value(ev["super_resolved"]["bias"]),
+        "bias_error": ev["super_resolved"]["bias"]["error"],
+        "coverage_event": value(coverage.get("event_energy", {}).get("0.68")),
+        "coverage_hit_cells": value(coverage.get("hit_cells", {}).get("0.68")),
+        "rmse_ecal2": value(cells["ECAL2"]["super_resolved_estimate"]["rmse"]),
+        "hits_ecal1": cells["ECAL1"]["super_resolved_sample"]["hits_per_event"],
+        "hits_ecal1_truth": cells["ECAL1"]["truth"]["hits_per_event"],
+        "empty_gev_ecal1": cells["ECAL1"]["super_resolved_sample"]["hallucinated_gev_per_event"],
+        "auc": value(results["physics_distances"]["super_resolved_sample"]["classifier_auc"]),
+        "train_s": train_s, "ms_per_event": results["ms_per_event"]}
+
+
+def markdown(rows: list[dict], header: str) -> str:
+    columns = [("model", "{}"), ("sampler", "{}"), ("evaluations", "{}"), ("spread_ratio", "{:.3f}"),
+               ("bias", "{:+.4f}"), ("coverage_event", "{:.3f}"), ("coverage_hit_cells", "{:.3f}"),
+               ("rmse_ecal2", "{:.3f}"), ("hits_ecal1", "{:.1f}"), ("empty_gev_ecal1", "{:.3f}"), ("auc", "{:.3f}"),
+               ("train_s", "{:.0f}"), ("ms_per_event", "{:.0f}")]
+    names = ["model", "sampler", "evaluations", "spread ratio", "bias", "68% cov. event", "68% cov. hit cells",
+             "ECAL2 RMSE / GeV", "ECAL1 hits (one sample)", "ECAL1 truth-empty GeV", "AUC", "training s",
+             "ms / event"]
+    lines = [header, "", "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for r in rows:
+        lines.append("| " + " | ".join("n/a" if r[k] is None else f.format(r[k]) for k, f in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--model", action="append", required=True, help="NAME=CHECKPOINT (repeat)")
+    parser.add_argument("--events", type=int, default=300)
+    parser.add_argument("--evaluations", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--heun", type=int, nargs="*", default=[3, 7, 15])
+    parser.add_argument("--ensemble", type=int, default=10)
+    parser.add_argument("--calibration-events", type=int, default=100)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--json")
+    parser.add_argument("--markdown")
+    args = parser.parse_args()
+    models = dict(m.split("=", 1) for m in args.model)
+    resolvers = {name: load_resolver(path, device="cpu", compile=args.compile) for name, path in models.items()}
+    seen = torch.cat([s for r in resolvers.values() if (s := seen_entries(r, args.input)) is not None]).unique()
+    first = next(iter(resolvers.values()))
+    storage = read_events(args.input, first.graph_options, exclude=seen, max_events=args.events, factor=first.factor)
+    chosen = torch.arange(len(storage[1]["event"]) - 1)
+    rows = []
+    for name, resolver in resolvers.items():
+        _, val_set, _ = load_splits(resolver.config)
+        calibration_events = torch.as_tensor(val_set.indices()[:args.calibration_events])
+        for sampler, steps in settings(resolver, args.evaluations, args.heun):
+            resolver.calibration = fit_calibration(resolver, val_set.storage(), calibration_events, sampler=sampler,
+                                                   steps=steps, ensemble=args.ensemble)
+            generated = generate(resolver, storage, chosen, ensemble=args.ensemble, sampler=sampler, steps=steps,
+                                 progress=False)
+            rows.append(row(compute_metrics(generated), name, sampler, steps, training_seconds(models[name])))
+            print(json.dumps(rows[-1]), flush=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    header = (f"{len(chosen)} held-out events of `{args.input}` (unseen by every model), ensembles of {args.ensemble}, "
+              f"each setting calibrated on {len(calibration_events)} validation events; commit {commit}; "
+              f"`python {' '.join(shlex.quote(a) for a in sys.argv)}`")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"header": header, "rows": rows}, indent=1))
+    text = markdown(rows, header)
+    if args.markdown:
+        Path(args.markdown).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
