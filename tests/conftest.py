@@ -60,3 +60,14 @@ TOY_CELLS = [
 @pytest.fixture
 def toy_chunk():
     return make_toy_events(TOY_CELLS)
+
+
+@pytest.fixture(scope="session")
+def electron_file(tmp_path_factory):
+    """60 simulated single-electron events (2x), written as a COCOA file: small trainings end to end."""
+    from graphsr.io import write_cocoa
+    from graphsr.simulation import SingleElectronGun, simulate_events
+
+    path = tmp_path_factory.mktemp("electrons") / "e.root"
+    write_cocoa(path, simulate_events(SingleElectronGun(), 60, factor=2, seed=5, neighbour_branches=False))
+    return path

@@ -12,25 +12,16 @@ from graphsr.config import config_from_dict  # noqa: E402
 from graphsr.diffusion import Denoiser, get_sampler, karras_sigmas  # noqa: E402
 from graphsr.graphs import collate_events  # noqa: E402
 from graphsr.inference import SuperResolver  # noqa: E402
-from graphsr.io import write_cocoa  # noqa: E402
 from graphsr.models.boosted import BoostedVelocity, child_slots, flow_rows, node_features  # noqa: E402
 from graphsr.models.sr3 import add_inputs  # noqa: E402
 from graphsr.pipelines import train  # noqa: E402
-from graphsr.simulation import SingleElectronGun, simulate_events  # noqa: E402
 from graphsr.training.checkpoint import load_checkpoint  # noqa: E402
 from graphsr.training.trainer import load_splits  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "e.root"
-    write_cocoa(path, simulate_events(SingleElectronGun(), 60, factor=2, seed=5, neighbour_branches=False))
-    return path
-
-
-def boosted_config(data_file, cache, **boosted):
+def boosted_config(electron_file, cache, **boosted):
     return config_from_dict({
-        "data": {"train": [str(data_file)], "cache": str(cache)},
+        "data": {"train": [str(electron_file)], "cache": str(cache)},
         "model": {"generator": "boosted"}, "diffusion": {"parameterisation": "cfm"},
         "boosted": {"rounds": 20, "leaves": 15, "min_child_samples": 20, "draws": 4, **boosted},
         "train": {"batch_size": 8},
@@ -39,9 +30,9 @@ def boosted_config(data_file, cache, **boosted):
 
 
 @pytest.fixture(scope="module")
-def events(data_file, tmp_path_factory):
+def events(electron_file, tmp_path_factory):
     """(storage, indices) of 12 training events."""
-    train_set, _, _ = load_splits(boosted_config(data_file, tmp_path_factory.mktemp("cache")))
+    train_set, _, _ = load_splits(boosted_config(electron_file, tmp_path_factory.mktemp("cache")))
     return train_set.storage(), torch.as_tensor(train_set.indices()[:12])
 
 
@@ -99,8 +90,8 @@ def test_boosted_flow_reproduces_a_known_conditional_distribution(batch, events)
     assert abs(float(coarse.mean()) - m) < 0.06 and abs(float(coarse.std(0).mean()) / s_c - 1) < 0.2
 
 
-def test_the_boosted_generator_trains_calibrates_saves_and_samples(data_file, tmp_path):
-    config = boosted_config(data_file, tmp_path / "cache")
+def test_the_boosted_generator_trains_calibrates_saves_and_samples(electron_file, tmp_path):
+    config = boosted_config(electron_file, tmp_path / "cache")
     result = train(config, tmp_path / "run", progress=False)
     state = load_checkpoint(result.checkpoint)
     assert state["boosted_fit"]["rounds"] == [20, 20] and state["calibration"] is not None
@@ -122,11 +113,15 @@ def test_the_boosted_generator_trains_calibrates_saves_and_samples(data_file, tm
         BoostedVelocity().boosters()
 
 
-def test_the_boosted_generator_refuses_what_it_cannot_do(data_file, tmp_path):
-    config = boosted_config(data_file, tmp_path / "cache")
+def test_the_boosted_generator_refuses_what_it_cannot_do(electron_file, tmp_path):
+    config = boosted_config(electron_file, tmp_path / "cache")
     edm = config_from_dict({**config.to_dict(), "diffusion": {"parameterisation": "edm"}})
     with pytest.raises(ValueError, match="parameterisation: cfm"):
         train(edm, tmp_path / "edm", progress=False)
     with pytest.raises(ValueError, match="cannot be resumed"):
         train(config, tmp_path / "run", resume=True, progress=False)
+    from graphsr.training.trainer import train as train_in_steps
+
+    with pytest.raises(ValueError, match="fitted, not trained in steps"):
+        train_in_steps(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "edm").exists() and not (tmp_path / "run").exists()  # nothing written

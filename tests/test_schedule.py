@@ -111,17 +111,7 @@ def test_training_the_schedule_lowers_the_variance_of_the_loss():
     assert abs(mean_after - expected) < 0.03 * expected and abs(mean_before - expected) < 0.03 * expected
 
 
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    from graphsr.io import write_cocoa
-    from graphsr.simulation import SingleElectronGun, simulate_events
-
-    path = tmp_path_factory.mktemp("data") / "e.root"
-    write_cocoa(path, simulate_events(SingleElectronGun(), 40, factor=2, seed=5, neighbour_branches=False))
-    return path
-
-
-def test_a_model_trains_its_schedule_and_samples_on_its_grid(data_file, tmp_path):
+def test_a_model_trains_its_schedule_and_samples_on_its_grid(electron_file, tmp_path):
     from graphsr.config import config_from_dict
     from graphsr.inference import SuperResolver
     from graphsr.pipelines import train
@@ -129,7 +119,7 @@ def test_a_model_trains_its_schedule_and_samples_on_its_grid(data_file, tmp_path
     from graphsr.training.trainer import load_splits
 
     settings = {
-        "data": {"train": [str(data_file)], "cache": str(tmp_path / "cache")},
+        "data": {"train": [str(electron_file)], "cache": str(tmp_path / "cache")},
         "model": {"width": 16, "depth": 1, "coarse_depth": 1, "heads": 2, "context_tokens": 2},
         "diffusion": {"parameterisation": "eps", "learned_schedule": True},
         "train": {"steps": 6, "batch_size": 8, "lr": 2e-2, "warmup": 1, "val_every": 3},
