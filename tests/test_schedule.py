@@ -146,3 +146,26 @@ def test_a_model_trains_its_schedule_and_samples_on_its_grid(electron_file, tmp_
     resolver.config.sample.grid = "learned"
     with pytest.raises(ValueError, match="no learned schedule"):
         resolver.grid(3)
+
+
+def test_a_schedule_starts_at_its_objectives_own_density():
+    """Before training, the schedule is fitted to the quantile function of the objective's density of ln sigma^2:
+    EDM's lognormal truncated to the schedule's range (scipy's truncnorm, independently), flow matching's uniform t
+    (gamma = 2 logit t). Its draws then fall in the same places, within a few per cent of probability."""
+    from scipy import stats
+
+    lo, hi = 2 * math.log(SIGMA_MIN), 2 * math.log(SIGMA_MAX)
+    u = torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95])
+    mean, std = 2 * -1.2, 2 * 1.2
+    expected = stats.truncnorm.ppf(u.numpy(), (lo - mean) / std, (hi - mean) / std, loc=mean, scale=std)
+    assert np.allclose(DiffusionLoss("edm").gamma_quantile(u, lo, hi).numpy(), expected, atol=1e-4)
+    t = lambda g: 1 / (1 + np.exp(-g / 2))  # noqa: E731
+    cfm = DiffusionLoss("cfm").gamma_quantile(u, lo, hi).numpy()
+    assert np.allclose((t(cfm) - t(lo)) / (t(hi) - t(lo)), u.numpy(), atol=1e-5)
+    for parameterisation in ("edm", "cfm"):
+        loss = DiffusionLoss(parameterisation)
+        torch.manual_seed(0)
+        schedule = LearnedSchedule(SIGMA_MIN, SIGMA_MAX, base=loss.gamma_quantile).start_at_base()
+        draws = schedule(torch.rand(100_000, generator=torch.Generator().manual_seed(1))).detach()
+        for q, value in zip(u.tolist(), loss.gamma_quantile(u, lo, hi).tolist()):
+            assert abs(float((draws < value).float().mean()) - q) < 0.04, (parameterisation, q)

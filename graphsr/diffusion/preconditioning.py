@@ -167,6 +167,20 @@ class DiffusionLoss:
         lo, hi = learned.ends
         return torch.full_like(gamma, 1 / float(hi - lo))
 
+    def gamma_quantile(self, u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+        """The quantile function of :meth:`gamma_density` truncated to [lo, hi]: gamma at probability ``u``, what a
+        learned schedule starts from (:meth:`~graphsr.diffusion.schedule.LearnedSchedule.start_at_base`)."""
+        lo_, hi_ = torch.tensor(lo, dtype=torch.float64), torch.tensor(hi, dtype=torch.float64)
+        u = u.double()
+        if self.parameterisation == "edm":
+            mean, std = 2 * self.p_mean, 2 * self.p_std
+            a, b = torch.special.ndtr((lo_ - mean) / std), torch.special.ndtr((hi_ - mean) / std)
+            return (mean + std * torch.special.ndtri(a + u * (b - a))).float()
+        if self.parameterisation == "cfm":
+            a, b = torch.sigmoid(lo_ / 2), torch.sigmoid(hi_ / 2)
+            return (2 * torch.logit(a + u * (b - a))).float()
+        return (lo_ + u * (hi_ - lo_)).float()
+
     def weight(self, sigma: torch.Tensor) -> torch.Tensor:
         if self.parameterisation == "regression":
             return torch.ones_like(sigma)

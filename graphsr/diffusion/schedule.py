@@ -27,20 +27,43 @@ class LearnedSchedule(nn.Module):
     """Monotone ``gamma(t)`` from ``ln sigma_min^2`` at t = 0 to ``ln sigma_max^2`` at t = 1 (the module docstring).
 
     The network is VDM's: ``y = l1(t)``, ``gamma~ = y + l3(sigmoid(l2(y)))`` with positive weights (softplus of free
-    ones), so increasing in t; then rescaled to the end points. It starts close to linear in gamma.
+    ones), so increasing in t; then rescaled to the end points. ``base``: the quantile function ``gamma(u, lo, hi)``
+    of the objective's own density (:meth:`~graphsr.diffusion.DiffusionLoss.gamma_quantile`), which
+    :meth:`start_at_base` fits before training, so that a run starts from its parameterisation's own sampling.
     """
 
-    def __init__(self, sigma_min: float, sigma_max: float, hidden: int = 64):
+    def __init__(self, sigma_min: float, sigma_max: float, hidden: int = 64, base=None):
         super().__init__()
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"a schedule needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.register_buffer("ends", torch.tensor([2 * math.log(sigma_min), 2 * math.log(sigma_max)]))
+        self.base = base
         self.l1 = nn.Linear(1, 1)
         self.l2 = nn.Linear(1, hidden)
         self.l3 = nn.Linear(hidden, 1)
-        with torch.no_grad():
-            self.l1.weight.fill_(1.0)
-            self.l3.weight.fill_(-5.0)  # softplus(-5) = 0.007: the sigmoid features start small
+        with torch.no_grad():  # y spans [0, 10]; sigmoid steps of many sharpnesses spread across it, so that
+            self.l1.weight.fill_(10.0)  # start_at_base can fit steep quantile functions
+            self.l1.bias.zero_()
+            self.l2.weight.uniform_(-1.0, 4.0)
+            self.l2.bias.copy_(-torch.linspace(0.0, float(softplus(torch.tensor(10.0))), hidden) *
+                               softplus(self.l2.weight[:, 0]))
+            self.l3.weight.fill_(-3.0)
+
+    def start_at_base(self, steps: int = 400) -> LearnedSchedule:
+        """Fit the schedule to ``base`` (least squares on a grid of t; deterministic): training then starts from the
+        parameterisation's own noise-level density, importance weights 1."""
+        if self.base is None:
+            return self
+        lo, hi = (float(v) for v in self.ends)
+        t = torch.linspace(0, 1, 257, device=self.ends.device)[1:-1]
+        target = self.base(t, lo, hi)
+        optimizer = torch.optim.Adam(self.parameters(), lr=0.1)
+        with torch.enable_grad():
+            for _ in range(steps):
+                optimizer.zero_grad()
+                ((self(t) - target) ** 2).mean().backward()
+                optimizer.step()
+        return self
 
     def _monotone(self, t: torch.Tensor) -> torch.Tensor:
         y = t.unsqueeze(-1) * softplus(self.l1.weight[0]) + self.l1.bias

@@ -28,7 +28,11 @@ class DenseGenerator(Denoiser):
     draws_whole_batch = True
 
     def fit(self, batch) -> None:
-        """Nothing to fit: the energy model's standardisation lives beside the weights (``energy_model``)."""
+        """A learned noise schedule starts at the objective's own density of noise levels
+        (:meth:`~graphsr.diffusion.schedule.LearnedSchedule.start_at_base`); nothing else to fit (the energy
+        model's standardisation lives beside the weights, ``energy_model``)."""
+        if self.learned_schedule is not None:
+            self.learned_schedule.start_at_base()
 
     def prepare(self, batch, copies: int = 1) -> dict:
         """What depends on the graphs alone (edges and their embeddings), computed once and passed to every call
@@ -91,7 +95,8 @@ def build_denoiser(config: Config) -> Denoiser:
         return BoostedGenerator(BoostedVelocity(config.boosted), parameterisation="cfm")
     if config.model.generator != "dense":
         raise ValueError(f"unknown generator {config.model.generator!r}; choose 'dense', 'pyramid' or 'boosted'")
-    learned = LearnedSchedule(d.sigma_min, d.sigma_max) if d.learned_schedule else None
+    learned = LearnedSchedule(d.sigma_min, d.sigma_max, base=build_loss(config).gamma_quantile) \
+        if d.learned_schedule else None
     return DenseGenerator(SR3Network(config.model), parameterisation=d.parameterisation, sigma_data=d.sigma_data,
                           schedule=d.schedule, learned_schedule=learned)
 
