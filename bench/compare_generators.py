@@ -13,7 +13,9 @@ Usage::
 
     python bench/compare_generators.py --input data/single_electron_2x.root --events 300 \\
         --model edm=runs/seed1_edm/checkpoint.pt --model cfm=runs/seed1_cfm/checkpoint.pt \\
-        --model "edm student=runs/seed1_edm_4step/checkpoint.pt" --json reports/compare.json --markdown compare.md
+        --model "edm student=runs/seed1_edm_4step/checkpoint.pt" --json reports/compare/generators.json
+
+``bench/results_page.py`` puts every ``generators.json`` under reports/ into docs/results.md.
 
 Networks run through ``torch.compile`` with ``--compile`` (the same function; one compilation serves them all).
 """
@@ -34,6 +36,7 @@ from graphsr.eval.evaluate import compute_metrics, generate
 from graphsr.inference import SuperResolver, fit_calibration, load_resolver, seen_entries
 from graphsr.training.checkpoint import load_checkpoint
 from graphsr.training.trainer import load_splits
+from results_page import generators_table  # bench/, beside this script
 
 
 def training_seconds(path: str) -> float:
@@ -72,20 +75,6 @@ def row(results: dict, name: str, sampler: str, steps: int, train_s: float) -> d
         "train_s": train_s, "ms_per_event": results["ms_per_event"]}
 
 
-def markdown(rows: list[dict], header: str) -> str:
-    columns = [("model", "{}"), ("sampler", "{}"), ("evaluations", "{}"), ("spread_ratio", "{:.3f}"),
-               ("bias", "{:+.4f}"), ("coverage_event", "{:.3f}"), ("coverage_hit_cells", "{:.3f}"),
-               ("rmse_ecal2", "{:.3f}"), ("hits_ecal1", "{:.1f}"), ("empty_gev_ecal1", "{:.3f}"), ("auc", "{:.3f}"),
-               ("train_s", "{:.0f}"), ("ms_per_event", "{:.0f}")]
-    names = ["model", "sampler", "evaluations", "spread ratio", "bias", "68% cov. event", "68% cov. hit cells",
-             "ECAL2 RMSE / GeV", "ECAL1 hits (one sample)", "ECAL1 truth-empty GeV", "AUC", "training s",
-             "ms / event"]
-    lines = [header, "", "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
-    for r in rows:
-        lines.append("| " + " | ".join("n/a" if r[k] is None else f.format(r[k]) for k, f in columns) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True)
@@ -122,9 +111,9 @@ def main():
               f"`python {' '.join(shlex.quote(a) for a in sys.argv)}`")
     if args.json:
         Path(args.json).write_text(json.dumps({"header": header, "rows": rows}, indent=1))
-    text = markdown(rows, header)
+    text = "\n".join(generators_table({"header": header, "rows": rows}))
     if args.markdown:
-        Path(args.markdown).write_text(text)
+        Path(args.markdown).write_text(text + "\n")
     print(text)
 
 

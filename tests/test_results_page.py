@@ -75,3 +75,19 @@ def test_no_reports_says_how_to_make_them(tmp_path):
     output = tmp_path / "results.md"
     assert results_page.main(["--reports", str(tmp_path / "none"), "--output", str(output)]) == 0
     assert "No reports yet: run `make demo`, then `python bench/results_page.py`." in output.read_text()
+
+
+def test_a_generator_comparison_gets_its_own_section_with_its_provenance(tmp_path):
+    """bench/compare_generators.py's generators.json: the header (commit, command) and one row per setting, each
+    figure in its column as written (values made up)."""
+    row = {"model": "cfm", "sampler": "heun", "evaluations": 7, "spread_ratio": 0.5512, "bias": -0.00141,
+           "coverage_event": 0.607, "coverage_hit_cells": 0.6834, "rmse_ecal2": 0.4321, "hits_ecal1": 14.27,
+           "empty_gev_ecal1": 0.0456, "auc": None, "train_s": 190.4, "ms_per_event": 81.6}
+    folder = tmp_path / "reports" / "compare" / "single_electron_2x"
+    folder.mkdir(parents=True)
+    (folder / "generators.json").write_text(json.dumps({"header": f"300 events; commit {COMMIT}", "rows": [row]}))
+    out = tmp_path / "results.md"
+    results_page.main(["--reports", str(tmp_path / "reports"), "--output", str(out)])
+    page = out.read_text()
+    assert "## Generators compared: compare/single_electron_2x" in page and f"commit {COMMIT}" in page
+    assert "| cfm | heun | 7 | 0.551 | -0.0014 | 0.607 | 0.683 | 0.432 | 14.3 | 0.046 | n/a | 190 | 82 |" in page
