@@ -88,6 +88,7 @@ def main():
     parser.add_argument("--json")
     parser.add_argument("--markdown")
     args = parser.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()  # the code run
     models = dict(m.split("=", 1) for m in args.model)
     resolvers = {name: load_resolver(path, device="cpu", compile=args.compile) for name, path in models.items()}
     seen = torch.cat([s for r in resolvers.values() if (s := seen_entries(r, args.input)) is not None]).unique()
@@ -105,7 +106,6 @@ def main():
                                  progress=False)
             rows.append(row(compute_metrics(generated), name, sampler, steps, training_seconds(models[name])))
             print(json.dumps(rows[-1]), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     header = (f"{len(chosen)} held-out events of `{args.input}` (unseen by every model), ensembles of {args.ensemble}, "
               f"each setting calibrated on {len(calibration_events)} validation events; commit {commit}; "
               f"`python {' '.join(shlex.quote(a) for a in sys.argv)}`")
