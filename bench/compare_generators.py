@@ -85,12 +85,16 @@ def main():
     parser.add_argument("--ensemble", type=int, default=10)
     parser.add_argument("--calibration-events", type=int, default=100)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--grid", choices=["karras", "learned"], help="override sample.grid of every model (learned: "
+                        "evenly in t of a model's learned schedule)")
     parser.add_argument("--json")
     parser.add_argument("--markdown")
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()  # the code run
     models = dict(m.split("=", 1) for m in args.model)
     resolvers = {name: load_resolver(path, device="cpu", compile=args.compile) for name, path in models.items()}
+    for resolver in resolvers.values():
+        resolver.config.sample.grid = args.grid or resolver.config.sample.grid
     seen = torch.cat([s for r in resolvers.values() if (s := seen_entries(r, args.input)) is not None]).unique()
     first = next(iter(resolvers.values()))
     storage = read_events(args.input, first.graph_options, exclude=seen, max_events=args.events, factor=first.factor)

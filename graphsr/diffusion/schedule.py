@@ -117,7 +117,7 @@ class VarianceGradient(torch.autograd.Function):
     @staticmethod
     def forward(ctx, value: torch.Tensor, holder: dict) -> torch.Tensor:
         ctx.holder = holder
-        return value.view_as(value)
+        return value.clone()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

@@ -26,8 +26,10 @@ logger = logging.getLogger(__name__)
 CHUNK = 256  # events turned into rows at a time
 
 
-def _rows(subset, energy_model, factor: int, model, draws: int, generator: torch.Generator) -> tuple:
-    """:func:`~graphsr.models.boosted.flow_rows` of every event of ``subset`` (numpy, fine and coarse)."""
+def _rows(subset, energy_model, factor: int, model, draws: int, generator: torch.Generator,
+          coarse_weight: float) -> tuple:
+    """:func:`~graphsr.models.boosted.flow_rows` of every event of ``subset`` (numpy, fine and coarse), weighted as
+    the network's loss weighs its nodes (``diffusion.coarse_weight`` included)."""
     import numpy as np
 
     parts = []
@@ -35,7 +37,7 @@ def _rows(subset, energy_model, factor: int, model, draws: int, generator: torch
     for chunk in torch.split(indices, CHUNK):
         batch = add_inputs(collate_events(*subset.storage(), chunk), factor)
         fine, coarse = energy_model.encode(batch)
-        weight = node_weights(batch, 1.0)
+        weight = node_weights(batch, coarse_weight)
         parts.append(flow_rows(batch, torch.cat([fine, coarse]), weight, model.net.cell_size, draws, generator))
     return tuple(tuple(np.concatenate(column) for column in zip(*(p[i] for p in parts))) for i in range(2))
 
@@ -64,16 +66,17 @@ def train_boosted(config: Config, out_dir: str | Path, *, resume: bool = False, 
     model = build_denoiser(config)
     started = time.perf_counter()
     draws = torch.Generator().manual_seed(tc.seed + 1)
-    rows = _rows(train_set, energy_model, factor, model, config.boosted.draws, draws)
-    valid = _rows(val_set, energy_model, factor, model, 1, torch.Generator().manual_seed(tc.seed + 2)) \
-        if len(val_set) else None
+    coarse_weight = config.diffusion.coarse_weight
+    rows = _rows(train_set, energy_model, factor, model, config.boosted.draws, draws, coarse_weight)
+    valid = _rows(val_set, energy_model, factor, model, 1, torch.Generator().manual_seed(tc.seed + 2),
+                  coarse_weight) if len(val_set) else None
     logger.info(f"boosted trees: {len(rows[0][1]):,} fine and {len(rows[1][1]):,} coarse training rows")
     remaining = None if tc.time_limit is None else max(tc.time_limit - (time.perf_counter() - started), 1.0)
     fit = model.net.fit(*rows, seed=tc.seed, time_limit=remaining, valid=valid)
     seconds = time.perf_counter() - started
     loss_fn = build_loss(config)
     val_loss = trainer.validation_loss(loss_fn, model.eval(), GraphLoader(val_set, tc.batch_size), energy_model,
-                                       torch.device("cpu"), factor, config.diffusion.coarse_weight) \
+                                       torch.device("cpu"), factor, coarse_weight) \
         if len(val_set) else float("nan")
     weights = model.state_dict()
     run = trainer._run_record(config, None, train_set, val_set, energy_model, factor)
