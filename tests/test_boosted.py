@@ -113,8 +113,12 @@ def test_the_boosted_generator_trains_calibrates_saves_and_samples(electron_file
         BoostedVelocity().boosters()
 
 
-def test_the_boosted_generator_refuses_what_it_cannot_do(electron_file, tmp_path):
+def test_the_boosted_generator_refuses_what_it_cannot_do(electron_file, tmp_path, monkeypatch):
     config = boosted_config(electron_file, tmp_path / "cache")
+    with monkeypatch.context() as patch:
+        patch.setenv("WORLD_SIZE", "2")  # as under torchrun
+        with pytest.raises(ValueError, match="without torchrun"):
+            train(config, tmp_path / "run", progress=False)
     edm = config_from_dict({**config.to_dict(), "diffusion": {"parameterisation": "edm"}})
     with pytest.raises(ValueError, match="parameterisation: cfm"):
         train(edm, tmp_path / "edm", progress=False)

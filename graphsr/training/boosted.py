@@ -7,6 +7,7 @@ Deterministic on CPU for a given config and thread count (seeded draws, LightGBM
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -47,6 +48,8 @@ def train_boosted(config: Config, out_dir: str | Path, *, resume: bool = False, 
     """Fit the boosted trees of ``config`` and write ``out_dir/checkpoint.pt`` (and ``history.csv``, one row); the
     checkpoint has the networks' layout (its "EMA" is the trees themselves), so sampling, calibration and evaluation
     take it as any other. A fit is not resumable: ``resume`` and ``stop_after`` are refused."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("boosted trees are fitted in one process: run graphsr train without torchrun")
     if resume or stop_after is not None:
         raise ValueError("boosted trees are fitted in one go (minutes) and cannot be resumed or paused: run again "
                          "with --overwrite")
