@@ -65,7 +65,6 @@ def train_boosted(config: Config, out_dir: str | Path, *, resume: bool = False, 
     claim_run_dir(out_dir, overwrite=overwrite)
     energy_model = trainer.fit_energy_model(train_set, "shares")
     factor = trainer.data_factor(train_set)
-    torch.manual_seed(tc.seed)
     model = build_denoiser(config)
     started = time.perf_counter()
     draws = torch.Generator().manual_seed(tc.seed + 1)
