@@ -6,7 +6,9 @@ student at its own count only) and with Heun at ``--heun`` evaluations (2 steps 
 spread calibration fitted on the model's validation events (``--calibration-events``), never on the scored ones.
 The scored events are the first ``--events`` of ``--input`` that no model trained or validated on. Rows: spread
 ratio, bias, 68% coverage (event energy, hit fine cells), ECAL2 cell RMSE of the estimate, hits per event and
-truth-empty energy (GeV per event) of one sample in ECAL1, classifier AUC of one sample against the truth, training
+truth-empty energy (GeV per event) of one sample in ECAL1, classifier AUC of one sample against the truth, on
+multi-particle inputs the split showers (two-particle events in which the hand clustering of
+:mod:`graphsr.eval.reconstruction` finds more than two particles, on the written estimate and on one sample), training
 seconds (a student's: its teacher's and its distillation's) and sampling ms per event (whole ensemble).
 
 Usage::
@@ -60,6 +62,8 @@ def settings(resolver: SuperResolver, evaluations: list[int], heun: list[int]) -
 def row(results: dict, name: str, sampler: str, steps: int, train_s: float) -> dict:
     ev, coverage, cells = results["event"], results.get("coverage", {}), results["cell"]
     value = lambda pair: None if pair is None else pair["value"]  # noqa: E731
+    split = {f"split_{kind}": value(results.get("particles", {}).get(f"super_resolved_{kind}", {})
+                                     .get("excess", {}).get("2")) for kind in ("estimate", "sample")}
     return {
         "model": name, "sampler": sampler, "steps": steps,
         "evaluations": 2 * steps - 1 if sampler == "heun" else steps,
@@ -71,7 +75,7 @@ def row(results: dict, name: str, sampler: str, steps: int, train_s: float) -> d
         "hits_ecal1": cells["ECAL1"]["super_resolved_sample"]["hits_per_event"],
         "hits_ecal1_truth": cells["ECAL1"]["truth"]["hits_per_event"],
         "empty_gev_ecal1": cells["ECAL1"]["super_resolved_sample"]["hallucinated_gev_per_event"],
-        "auc": value(results["physics_distances"]["super_resolved_sample"]["classifier_auc"]),
+        "auc": value(results["physics_distances"]["super_resolved_sample"]["classifier_auc"]), **split,
         "train_s": train_s, "ms_per_event": results["ms_per_event"]}
 
 

@@ -200,15 +200,20 @@ GENERATOR_COLUMNS = [("model", "{}", "model"), ("sampler", "{}", "sampler"), ("e
                                                                      "68% cov. hit cells"),
                      ("rmse_ecal2", "{:.3f}", "ECAL2 RMSE / GeV"), ("hits_ecal1", "{:.1f}", "ECAL1 hits, one sample"),
                      ("empty_gev_ecal1", "{:.3f}", "ECAL1 truth-empty GeV"), ("auc", "{:.3f}", "AUC, one sample"),
+                     ("split_estimate", "{:.1%}", "2 true, more found: estimate"),
+                     ("split_sample", "{:.1%}", "2 true, more found: one sample"),
                      ("train_s", "{:.0f}", "training s"), ("ms_per_event", "{:.0f}", "ms / event")]
+OPTIONAL_COLUMNS = ("split_estimate", "split_sample")  # multi-particle inputs only
 
 
 def generators_table(data: dict) -> list[str]:
     """A ``bench/compare_generators.py`` JSON (``{"header", "rows"}``): its header (events, commit, command) and one
-    row per model and sampling setting."""
-    rows = [["n/a" if row.get(key) is None else fmt.format(row[key]) for key, fmt, _ in GENERATOR_COLUMNS]
+    row per model and sampling setting (the split-shower columns where the rows have them)."""
+    columns = [c for c in GENERATOR_COLUMNS
+               if c[0] not in OPTIONAL_COLUMNS or any(row.get(c[0]) is not None for row in data["rows"])]
+    rows = [["n/a" if row.get(key) is None else fmt.format(row[key]) for key, fmt, _ in columns]
             for row in data["rows"]]
-    return [data["header"], "", *_table([heading for *_, heading in GENERATOR_COLUMNS], rows)]
+    return [data["header"], "", *_table([heading for *_, heading in columns], rows)]
 
 
 def report_section(path: Path, name: str) -> list[str]:

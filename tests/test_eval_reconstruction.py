@@ -92,6 +92,21 @@ def test_particle_metrics_known_residuals_and_cardinality():
             "eta": np.array([0.0, 0.5, 1.0, 1.5, 2.5]), "phi": np.zeros(5), "count": np.array([1, 1, 1, 2])}
     out = particle_metrics(reco, true_count, true_e, true_eta, true_phi)
     assert out["cardinality"]["1"]["value"] == pytest.approx(0.75) and out["cardinality"]["1"]["events"] == 4
+    # one of the four events has more particles found than true (the fake): 1/4 +- sqrt(1/4 * 3/4 / 4)
+    assert out["excess"]["1"]["value"] == pytest.approx(0.25)
+    assert out["excess"]["1"]["error"] == pytest.approx(np.sqrt(0.25 * 0.75 / 4))
     assert out["efficiency"] == 1.0 and out["fake_rate"] == pytest.approx(0.2)
     assert out["energy"]["value"] == pytest.approx(np.std([0.1, -0.1, 0.1, -0.1], ddof=1))
     assert out["eta"]["value"] == 0.0
+
+
+def test_excess_counts_events_with_more_found_than_true_per_true_count():
+    # two-particle events found with 1, 2, 3 and 5 particles; a three-particle event with 2: by hand, 2 of the 4
+    # two-particle events have more found than true, the three-particle event none
+    true_count = np.array([2, 2, 2, 2, 3])
+    reco = {"count": np.array([1, 2, 3, 5, 2]), "event": np.repeat(np.arange(5), [1, 2, 3, 5, 2]),
+            "energy": np.ones(13), "eta": np.zeros(13), "phi": np.zeros(13)}
+    out = particle_metrics(reco, true_count, np.ones(11), np.zeros(11), np.zeros(11))
+    assert out["excess"]["2"] == {"value": 0.5, "error": pytest.approx(0.25), "events": 4}
+    assert out["excess"]["3"]["value"] == 0.0 and out["cardinality"]["2"]["value"] == 0.25
+    assert "1" not in out["excess"]

@@ -91,3 +91,17 @@ def test_a_generator_comparison_gets_its_own_section_with_its_provenance(tmp_pat
     page = out.read_text()
     assert "## Generators compared: compare/single_electron_2x" in page and f"commit {COMMIT}" in page
     assert "| cfm | heun | 7 | 0.551 | -0.0014 | 0.607 | 0.683 | 0.432 | 14.3 | 0.046 | n/a | 190 | 82 |" in page
+
+
+def test_split_shower_columns_appear_only_for_rows_that_have_them(tmp_path):
+    """Multi-particle comparisons carry the split-shower fractions; single-electron ones keep their columns
+    (values made up)."""
+    base = {"model": "edm", "sampler": "ddim", "evaluations": 8, "spread_ratio": 0.5, "bias": 0.001,
+            "coverage_event": 0.6, "coverage_hit_cells": 0.7, "rmse_ecal2": 0.4, "hits_ecal1": 14.0,
+            "empty_gev_ecal1": 0.05, "auc": 0.9, "train_s": 900.0, "ms_per_event": 80.0}
+    multi = results_page.generators_table({"header": "h", "rows": [base | {"split_estimate": 0.4496,
+                                                                            "split_sample": 0.3}]})
+    assert "2 true, more found: estimate" in multi[2]
+    assert "| 0.900 | 45.0% | 30.0% | 900 | 80 |" in multi[4]
+    single = results_page.generators_table({"header": "h", "rows": [base]})
+    assert "more found" not in single[2] and "| 0.900 | 900 | 80 |" in single[4]

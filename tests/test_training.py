@@ -352,12 +352,13 @@ def test_evaluation_metrics_on_a_tiny_run(trained, data_file, tmp_path):
     assert split["occupancy"]["recall"] > 0.5 and 0 <= split["hallucinated_fraction"] <= 1
     # downstream: single 50 GeV electrons are found in the fine truth, one per event, with a small energy residual
     particles = metrics["particles"]
-    assert set(particles) == {"fine_truth", "super_resolved_mean", "coarse", "even_split", "regression",
-                              "energy_coverage"}
+    assert set(particles) == {"fine_truth", "super_resolved_mean", "super_resolved_estimate", "super_resolved_sample",
+                              "coarse", "even_split", "regression", "energy_coverage"}
     assert particles["energy_coverage"]["particles"] >= 11  # the electrons found on the fine truth
     truth = particles["fine_truth"]
     assert truth["cardinality"]["1"]["events"] == 12 and truth["cardinality"]["1"]["value"] >= 0.9
     assert truth["efficiency"] >= 0.9 and truth["energy"]["value"] < 0.05
+    assert truth["excess"]["1"]["value"] <= 0.1  # a single electron's fine shower has one maximum
 
 
 def test_evaluate_command_writes_metrics_report_and_plots(trained, data_file, tmp_path, capsys):
@@ -385,6 +386,7 @@ def test_evaluate_command_writes_metrics_report_and_plots(trained, data_file, tm
     for section in ("How close", "Where wrong", "Downstream", "How sure", "Inputs outside the training range",
                     "Event displays"):
         assert f"## {section}" in report
+    assert "| more found |" in report and "| super_resolved_estimate |" in report
     occupancy = metrics["calibration"]["occupancy"]  # the estimate's count, as fitted, beside its table
     assert f"ECAL2 {occupancy['scale'][1]:.2f} (" in report and f"truth {occupancy['truth'][1]:.0f})" in report
     for png in ("ensemble_size", "event_energy_residual", "cells_ECAL2", "calibration", "event_0",

@@ -294,12 +294,15 @@ def shifted_summary(g: Generated) -> dict:
 
 def particle_reconstruction(g: Generated) -> dict:
     """Downstream check: :mod:`graphsr.eval.reconstruction` run on the fine truth, the super-resolved ensemble mean,
-    the coarse cells (on their own grid) and the cell-level baselines, against the true particles."""
+    the point estimate that ``graphsr sample`` writes, one sample, the coarse cells (on their own grid) and the
+    cell-level baselines, against the true particles."""
     from graphsr.eval.reconstruction import find_particles, particle_metrics
 
     fine = Geometry.cocoa()
     inputs = {"fine_truth": (g.truth, g.fine_cell, g.event, fine),
               "super_resolved_mean": (g.mean, g.fine_cell, g.event, fine),
+              "super_resolved_estimate": (g.estimate, g.fine_cell, g.event, fine),
+              "super_resolved_sample": (g.samples[0], g.fine_cell, g.event, fine),
               "coarse": (g.coarse_energy, g.coarse_cell, g.coarse_event, fine.coarsen(g.factor)),
               **{name: (v, g.fine_cell, g.event, fine) for name, v in g.baselines.items()}}
     truth = (g.particle_count, g.particle_e, g.particle_eta, g.particle_phi)

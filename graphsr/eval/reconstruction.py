@@ -143,22 +143,23 @@ def particle_metrics(reco: dict[str, np.ndarray], true_count, true_energy, true_
             an event consecutive.
 
     Returns:
-        ``cardinality``: ``{n: (accuracy, error, events)}`` for n = 1..max_count; ``efficiency`` (true particles
-        matched), ``fake_rate`` (reconstructed particles unmatched), ``energy`` (std of (E_reco - E_true) / E_true),
+        ``cardinality``: ``{n: (accuracy, error, events)}`` for n = 1..max_count; ``excess``: ``{n: (fraction,
+        error, events)}``, the events of n true particles in which more than n are found (split showers, the
+        super-resolution failure that the fine truth never shows); ``efficiency`` (true particles matched), ``fake_rate`` (reconstructed particles unmatched), ``energy`` (std of (E_reco - E_true) / E_true),
         ``eta``, ``phi`` (std of the differences), each ``(value, error)``.
     """
     true_count = np.asarray(as_numpy(true_count), dtype=np.int64)
     true_energy, true_eta, true_phi = (as_numpy(a) for a in (true_energy, true_eta, true_phi))
     true_event = np.repeat(np.arange(len(true_count)), true_count)
     r, t = match_particles(reco["event"], reco["eta"], reco["phi"], true_event, true_eta, true_phi, max_dr=max_dr)
-    out = {"cardinality": {}}
-    correct = reco["count"] == true_count
+    out = {"cardinality": {}, "excess": {}}
     for n in range(1, max_count + 1):
         sel = true_count == n
         if sel.any():
-            p = float(correct[sel].mean())
-            out["cardinality"][str(n)] = {"value": p, "error": float(np.sqrt(p * (1 - p) / sel.sum())),
-                                          "events": int(sel.sum())}
+            for key, hit in (("cardinality", reco["count"][sel] == n), ("excess", reco["count"][sel] > n)):
+                p = float(hit.mean())
+                out[key][str(n)] = {"value": p, "error": float(np.sqrt(p * (1 - p) / sel.sum())),
+                                    "events": int(sel.sum())}
     n_true, n_reco = len(true_event), len(reco["event"])
     out["efficiency"] = len(t) / max(n_true, 1)
     out["fake_rate"] = 1 - len(r) / max(n_reco, 1)

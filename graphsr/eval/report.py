@@ -119,18 +119,21 @@ def _particles_markdown(particles: dict) -> list[str]:
              f"A simple deterministic reconstruction (`graphsr.eval.reconstruction`: ECAL2 local maxima above "
              f"{reco.SEED_THRESHOLD} GeV seed particles, cells within {reco.RADIUS} in (eta, phi) join the nearest "
              f"seed, greedy Delta R < {reco.MATCH_RADIUS} matching) run on each input. "
-             "Cardinality: events whose reconstructed count equals the true count, per true count. Residuals: std "
-             "of matched particles' (E - E_true) / E_true, eta - eta_true, phi - phi_true.", "",
+             "Cardinality: events whose reconstructed count equals the true count, per true count; more found: "
+             f"events with more particles found than true ones (split showers), per true count {' / '.join(counts)}. "
+             "Residuals: std of matched particles' (E - E_true) / E_true, eta - eta_true, phi - phi_true.", "",
              "| input | " + " | ".join(f"cardinality {n}" for n in counts) +
-             " | efficiency | fakes | energy | eta | phi |", "|---|" + "---|" * (len(counts) + 5)]
+             " | more found | efficiency | fakes | energy | eta | phi |", "|---|" + "---|" * (len(counts) + 6)]
     for name, v in particles.items():
         card = " | ".join(f"{100 * v['cardinality'][n]['value']:.1f}%" if n in v["cardinality"] else "" for n in counts)
-        lines.append(f"| {name} | {card} | {v['efficiency']:.3f} | {v['fake_rate']:.3f} | "
+        excess = " / ".join(f"{100 * v['excess'][n]['value']:.0f}" if n in v.get("excess", {}) else "-"
+                            for n in counts)
+        lines.append(f"| {name} | {card} | {excess}% | {v['efficiency']:.3f} | {v['fake_rate']:.3f} | "
                      f"{_fmt(v['energy'], 3)} | {_fmt(v['eta'], 4)} | {_fmt(v['phi'], 4)} |")
     for i, label in enumerate(("coarse", "super-resolved")):
         card = " | ".join(f"{100 * published['cardinality'][n][i]:.2f}%" if n in published["cardinality"] else ""
                           for n in counts)
-        lines.append(f"| published particle-flow model, {label} input (multi-particle 4x) | {card} | | | "
+        lines.append(f"| published particle-flow model, {label} input (multi-particle 4x) | {card} | | | | "
                      f"{published['energy'][i]} | {published['eta'][i]} | {published['phi'][i]} |")
     lines += ["", "The published rows come from a trained particle-flow model on COCOA's multi-particle set, ours "
               "from the simple reconstruction on our simulation: compare how each input moves the figures, not "
