@@ -17,7 +17,9 @@ Usage::
         --model edm=runs/seed1_edm/checkpoint.pt --model cfm=runs/seed1_cfm/checkpoint.pt \\
         --model "edm student=runs/seed1_edm_4step/checkpoint.pt" --json reports/compare/generators.json
 
-``bench/results_page.py`` puts every ``generators.json`` under reports/ into docs/results.md.
+``bench/results_page.py`` puts every ``generators.json`` under reports/ into docs/results.md. ``--append`` adds the
+rows to an existing ``--json`` of the same input and events (its header gains this command): models scored by
+several processes at once, one per core, make one table.
 
 Networks run through ``torch.compile`` with ``--compile`` (the same function; one compilation serves them all).
 """
@@ -25,6 +27,7 @@ Networks run through ``torch.compile`` with ``--compile`` (the same function; on
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shlex
 import subprocess
@@ -79,6 +82,27 @@ def row(results: dict, name: str, sampler: str, steps: int, train_s: float) -> d
         "train_s": train_s, "ms_per_event": results["ms_per_event"]}
 
 
+def write_table(path: Path, table: dict, append: bool) -> dict:
+    """Write ``table`` to ``path``, or with ``append`` add its rows to the table there (locked: processes may finish
+    together); returns what was written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        before = handle.read()
+        if append and before:
+            old = json.loads(before)
+            if (old.get("input"), old.get("events")) != (table["input"], table["events"]):
+                raise SystemExit(f"{path} scores {old.get('events')} events of {old.get('input')}, not "
+                                 f"{table['events']} of {table['input']}: cannot append")
+            table = {**old, "header": old["header"] + "\n\nAnd: " + table["header"],
+                     "rows": old["rows"] + table["rows"]}
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(table, indent=1))
+    return table
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--input", required=True)
@@ -92,6 +116,8 @@ def main():
     parser.add_argument("--grid", choices=["karras", "learned"], help="override sample.grid of every model (learned: "
                         "evenly in t of a model's learned schedule)")
     parser.add_argument("--json")
+    parser.add_argument("--append", action="store_true", help="add the rows to --json, which must score the same "
+                        "input and events")
     parser.add_argument("--markdown")
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()  # the code run
@@ -117,9 +143,10 @@ def main():
     header = (f"{len(chosen)} held-out events of `{args.input}` (unseen by every model), ensembles of {args.ensemble}, "
               f"each setting calibrated on {len(calibration_events)} validation events; commit {commit}; "
               f"`python {' '.join(shlex.quote(a) for a in sys.argv)}`")
+    table = {"header": header, "input": args.input, "events": len(chosen), "rows": rows}
     if args.json:
-        Path(args.json).write_text(json.dumps({"header": header, "rows": rows}, indent=1))
-    text = "\n".join(generators_table({"header": header, "rows": rows}))
+        table = write_table(Path(args.json), table, args.append)
+    text = "\n".join(generators_table(table))
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
     print(text)

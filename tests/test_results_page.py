@@ -105,3 +105,21 @@ def test_split_shower_columns_appear_only_for_rows_that_have_them(tmp_path):
     assert "| 0.900 | 45.0% | 30.0% | 900 | 80 |" in multi[4]
     single = results_page.generators_table({"header": "h", "rows": [base]})
     assert "more found" not in single[2] and "| 0.900 | 900 | 80 |" in single[4]
+
+
+def test_compare_generators_appends_rows_of_the_same_events_only(tmp_path, monkeypatch):
+    """Two processes scoring different models of the same events make one table; other events are refused."""
+    import pytest
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    compare = importlib.import_module("compare_generators")
+    path = tmp_path / "compare" / "generators.json"
+    first = {"header": "first", "input": "a.root", "events": 300, "rows": [{"model": "edm"}]}
+    compare.write_table(path, first, append=True)  # nothing there yet: written as it is
+    compare.write_table(path, first | {"header": "second", "rows": [{"model": "cfm"}]}, append=True)
+    table = json.loads(path.read_text())
+    assert [r["model"] for r in table["rows"]] == ["edm", "cfm"] and table["header"] == "first\n\nAnd: second"
+    with pytest.raises(SystemExit, match="scores 300 events of a.root, not 200"):
+        compare.write_table(path, first | {"events": 200}, append=True)
+    compare.write_table(path, first, append=False)  # without --append: replaced
+    assert [r["model"] for r in json.loads(path.read_text())["rows"]] == ["edm"]
