@@ -4,7 +4,8 @@ docs/diffusion.md ("Choose your diffusion").
 Each ``--model NAME=CHECKPOINT`` is sampled with deterministic DDIM at every count of ``--evaluations`` (a distilled
 student at its own count only) and with Heun at ``--heun`` evaluations (2 steps - 1), each setting with its own
 spread calibration fitted on the model's validation events (``--calibration-events``), never on the scored ones.
-The scored events are the first ``--events`` of ``--input`` that no model trained or validated on. Rows: spread
+The scored events are the first ``--events`` of ``--input`` that no model trained or validated on (``--split all``:
+of a file none of them saw). Rows: spread
 ratio, bias, 68% coverage (event energy, hit fine cells), ECAL2 cell RMSE of the estimate, hits per event and
 truth-empty energy (GeV per event) of one sample in ECAL1, classifier AUC of one sample against the truth, on
 multi-particle inputs the split showers (two-particle events in which the hand clustering of
@@ -108,6 +109,9 @@ def main():
     parser.add_argument("--input", required=True)
     parser.add_argument("--model", action="append", required=True, help="NAME=CHECKPOINT (repeat)")
     parser.add_argument("--events", type=int, default=300)
+    parser.add_argument("--split", choices=["test", "all"], default="test",
+                        help="test: the held-out events of a file the models trained on; all: every event of a file "
+                        "none of them saw")
     parser.add_argument("--evaluations", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--heun", type=int, nargs="*", default=[3, 7, 15])
     parser.add_argument("--ensemble", type=int, default=10)
@@ -125,7 +129,8 @@ def main():
     resolvers = {name: load_resolver(path, device="cpu", compile=args.compile) for name, path in models.items()}
     for resolver in resolvers.values():
         resolver.config.sample.grid = args.grid or resolver.config.sample.grid
-    seen = torch.cat([s for r in resolvers.values() if (s := seen_entries(r, args.input)) is not None]).unique()
+    seen = [s for r in resolvers.values() if (s := seen_entries(r, args.input, args.split)) is not None]
+    seen = torch.cat(seen).unique() if seen else None
     first = next(iter(resolvers.values()))
     storage = read_events(args.input, first.graph_options, exclude=seen, max_events=args.events, factor=first.factor)
     chosen = torch.arange(len(storage[1]["event"]) - 1)
