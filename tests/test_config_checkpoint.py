@@ -99,7 +99,7 @@ def test_a_shipped_config_is_what_its_name_says(path):
 
     if path.name == "tiny.yaml":
         return
-    match = re.fullmatch(r"(single_electron_2x|multi_particle_4x)(?:_(30min|gpu|large|9k))?"
+    match = re.fullmatch(r"(single_electron_2x|multi_particle_4x)(?:_(30min|gpu|large|9k|wide))?"
                          r"(?:_(regression|pyramid|cfm|boosted|learned))?\.yaml", path.name)
     assert match, f"{path.name} does not follow <setup>[_<budget>][_<generator>].yaml"
     setup, _, generator = match.groups()

@@ -115,3 +115,18 @@ def resolver_storage(config):
 
     train_set, _, _ = load_splits(config)
     return train_set._data, train_set.slices
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_teacher_and_student_are_compiled_where_the_teachers_run_was(compiled):
+    from graphsr.config import Config
+    from graphsr.models.factory import build_denoiser
+    from graphsr.training.distill import _teacher_and_student
+
+    config = Config()
+    config.train.compile = compiled
+    state = {"ema": {f"module.{k}": v for k, v in build_denoiser(config).state_dict().items()}}
+    teacher, student = _teacher_and_student(state, config, torch.device("cpu"))
+    flags = [m.compile_backbone for net in (teacher, student) for m in net.modules() if hasattr(m, "compile_backbone")]
+    assert flags and all(flag == compiled for flag in flags)
+    assert all(p.requires_grad for p in student.parameters()) and not any(p.requires_grad for p in teacher.parameters())

@@ -21,6 +21,7 @@ import torch
 from graphsr.config import config_from_dict
 from graphsr.diffusion import karras_sigmas
 from graphsr.models.factory import build_denoiser
+from graphsr.nn import use_compile
 from graphsr.models.sr3 import EnergyModel, add_inputs, node_weights, state_batch
 from graphsr.training.checkpoint import claim_run_dir, load_checkpoint, model_weights, save_checkpoint
 from graphsr.training.loop import TrainingLoop, resolve_device, shuffled_batches
@@ -74,8 +75,9 @@ def _distillable_grid(state: dict, config) -> torch.Tensor:
 
 
 def _teacher_and_student(state: dict, config, device) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The frozen teacher (its EMA weights) and a trainable copy of it, the student."""
-    teacher = build_denoiser(config).to(device).eval()
+    """The frozen teacher (its EMA weights) and a trainable copy of it, the student; both compiled where the
+    teacher's run was (``train.compile``)."""
+    teacher = use_compile(build_denoiser(config).to(device).eval(), config.train.compile)
     teacher.load_state_dict(model_weights(state))
     for p in teacher.parameters():
         p.requires_grad_(False)
