@@ -135,7 +135,8 @@ def match_particles(reco_event, reco_eta, reco_phi, true_event, true_eta, true_p
 
 def particle_metrics(reco: dict[str, np.ndarray], true_count, true_energy, true_eta, true_phi, *,
                      max_dr: float = MATCH_RADIUS, max_count: int = 4) -> dict:
-    """Cardinality accuracy per true particle count, efficiency, fakes, and residuals of matched particles.
+    """Cardinality accuracy per true particle count, events with more particles found than true ones (``excess``, split
+    showers), efficiency, fakes, and residuals of matched particles.
 
     Args:
         reco: from :func:`find_particles`.
