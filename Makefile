@@ -74,11 +74,12 @@ demo: $(STAMP) $(DATA)/single_electron_2x.root
 	  --regression $(RUN)_regression/checkpoint.pt
 	@echo "demo done: report in $(REPORT)/report.md"
 
-# the multi-particle 4x setup on CPU (an electron plus 0-3 photons; 45-65 min on 2 cores): simulate, train ~20 min
+# the multi-particle 4x setup on CPU (an electron plus 0-3 photons; 45-65 min on 2 cores): simulate, train flow
+# matching compiled ~15 min
 # (+ the regression baseline, 3 min), the particle-flow models (1,200 steps each: ~1.5, 7 and 8 min), evaluate with the downstream particle
 # reconstruction (hand-written and learned); reports/multi_particle_4x/report.md
 demo-multi: $(STAMP) $(DATA)/multi_particle_4x.root $(DATA)/multi_particle_4x_reco.root
-	$(GRAPHSR) train --config configs/multi_particle_4x.yaml --out runs/multi_particle_4x --overwrite
+	$(GRAPHSR) train --config configs/multi_particle_4x_cfm.yaml --out runs/multi_particle_4x --overwrite
 	$(GRAPHSR) train --config configs/multi_particle_4x_regression.yaml --out runs/multi_particle_4x_regression --overwrite
 	# particle-flow models (1,200 steps each) on the reco events: coarse cells, fine truth, and their SR output (an
 	# ensemble of 10, 8 DDIM steps, as evaluate's: ~2 CPU-seconds per event with the CPU config's SR model)
