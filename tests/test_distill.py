@@ -129,4 +129,5 @@ def test_teacher_and_student_are_compiled_where_the_teachers_run_was(compiled):
     teacher, student = _teacher_and_student(state, config, torch.device("cpu"))
     flags = [m.compile_backbone for net in (teacher, student) for m in net.modules() if hasattr(m, "compile_backbone")]
     assert flags and all(flag == compiled for flag in flags)
-    assert all(p.requires_grad for p in student.parameters()) and not any(p.requires_grad for p in teacher.parameters())
+    assert all(p.requires_grad for p in student.parameters())
+    assert not any(p.requires_grad for p in teacher.parameters())

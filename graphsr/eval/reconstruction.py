@@ -146,8 +146,9 @@ def particle_metrics(reco: dict[str, np.ndarray], true_count, true_energy, true_
     Returns:
         ``cardinality``: ``{n: (accuracy, error, events)}`` for n = 1..max_count; ``excess``: ``{n: (fraction,
         error, events)}``, the events of n true particles in which more than n are found (split showers, the
-        super-resolution failure that the fine truth never shows); ``efficiency`` (true particles matched), ``fake_rate`` (reconstructed particles unmatched), ``energy`` (std of (E_reco - E_true) / E_true),
-        ``eta``, ``phi`` (std of the differences), each ``(value, error)``.
+        super-resolution failure that the fine truth never shows); ``efficiency`` (true particles matched),
+        ``fake_rate`` (reconstructed particles unmatched), ``energy`` (std of (E_reco - E_true) / E_true), ``eta``,
+        ``phi`` (std of the differences), each ``(value, error)``.
     """
     true_count = np.asarray(as_numpy(true_count), dtype=np.int64)
     true_energy, true_eta, true_phi = (as_numpy(a) for a in (true_energy, true_eta, true_phi))
