@@ -362,6 +362,7 @@ def test_sampling_starts_where_training_reaches_and_from_pure_noise(name):
     config = Config() if name == "default" else load_config(CONFIGS / name)
     d = config.diffusion
     if d.parameterisation != "edm":
-        pytest.skip("not EDM: eps / v follow their VP schedule, flow matching its t, boosted trees too; regression takes one step")
+        pytest.skip("not EDM: eps / v follow their VP schedule, flow matching (and the trees) its t in [0, 1], "
+                    "the regression baseline takes one step")
     assert d.sigma_max <= math.exp(d.p_mean + 3.5 * d.p_std)
     assert d.sigma_max >= 10 * d.sigma_data
