@@ -21,6 +21,17 @@ _compiled: dict = {}
 _failed: set = set()
 
 
+def cpu_options() -> dict:
+    """Options of the compiled CPU loops. On AVX-512 hosts their vectors are 256 bits (8 floats) instead of 512:
+    attention heads have 8 features at graphsr's sizes (width 32, 4 heads), so each head's dot product fills one
+    vector instead of half of a masked one (bench/bench_speed.py measures it). Elsewhere the compiler's own
+    choice."""
+    options = {"cpp.threads": CPU_THREADS}
+    if torch.backends.cpu.get_cpu_capability() == "AVX512":
+        options["cpp.simdlen"] = 256
+    return options
+
+
 def use_compile(model: torch.nn.Module, enabled: bool = True) -> torch.nn.Module:
     """Run every backbone in ``model`` compiled (``enabled``) or eagerly; returns ``model``. Copies of the model
     (e.g. an EMA) inherit the setting."""
@@ -39,12 +50,15 @@ def run_compiled(function, *args):
         # the generated CPU loops run on one thread: their scatter-adds (the backward of every gather) contend
         # between threads, and on a 2-core machine 2-thread loops made training steps 2.5x slower than 1-thread
         # ones (bench/bench_speed.py); matmuls stay on torch's threads
-        _compiled[function] = torch.compile(function, dynamic=True, options={"cpp.threads": CPU_THREADS})
-    # every tensor's first dimension (nodes, edges, distinct offsets) may change between calls: compile for any
-    # size at once instead of for the first call's sizes and then again
+        _compiled[function] = torch.compile(function, dynamic=True, options=cpu_options())
+    # every tensor's first dimension (nodes, edges, distinct offsets) may change between calls, and so may the
+    # second of an index table (edges [2, E]): compile for any size at once instead of for the first call's sizes
+    # and then again
     for leaf in torch.utils._pytree.tree_leaves(args):
         if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
             torch._dynamo.maybe_mark_dynamic(leaf, 0)
+            if leaf.dim() == 2 and not leaf.is_floating_point():
+                torch._dynamo.maybe_mark_dynamic(leaf, 1)
     try:
         with ops.use_extensions(False):
             return _compiled[function](*args)
