@@ -13,13 +13,18 @@ apart and left out of the rates. The two implementations take turns, ``--rounds`
 the fastest round of each: on a shared machine, a neighbour's burst then slows one round, not one side.
 
 Usage: ``python bench/bench_speed.py [--config configs/single_electron_2x.yaml] [--threads 1 2] [--rounds 3]
-[--json out.json]`` (about 10 minutes on 2 cores).
+[--json reports/speed/speed.json]`` (about 10 minutes on 2 cores); ``bench/results_page.py`` puts a ``speed.json``
+under ``reports/`` on docs/results.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import shlex
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -213,7 +218,15 @@ def main():
                 print("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                        for k, v in row.items() if k != "matmul_peak_gflops"), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "graphsr", "bench"], capture_output=True,
+                               text=True).stdout.strip()
+        header = (f"{args.config}'s model sizes on `{platform.processor() or platform.machine()}` "
+                  f"({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}; commit {commit}"
+                  f"{' (with uncommitted changes)' if dirty else ''}; best of {ROUNDS} alternating rounds; "
+                  f"`python {' '.join(shlex.quote(a) for a in sys.argv)}`")
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"header": header, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

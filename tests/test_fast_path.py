@@ -145,3 +145,12 @@ def test_the_compiled_backbone_gives_the_eager_outputs(storage):
         use_compile(net, False)
         assert torch.allclose(again, net(x2, other.coarse_energy.unsqueeze(1), other, cond2), atol=1e-5)
     assert torch.allclose(compiled, eager, atol=1e-5)
+
+
+@pytest.mark.parametrize("capability, simdlen", [("AVX512", 256), ("AVX2", None), ("DEFAULT", None)])
+def test_compiled_cpu_loops_use_8_float_vectors_on_avx512_only(monkeypatch, capability, simdlen):
+    """A head of 8 features fills one 256-bit vector; other hosts keep the compiler's choice."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    options = compiled_module.cpu_options()
+    assert options.get("cpp.simdlen") == simdlen
+    assert options["cpp.threads"] == compiled_module.CPU_THREADS

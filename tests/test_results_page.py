@@ -93,6 +93,26 @@ def test_a_generator_comparison_gets_its_own_section_with_its_provenance(tmp_pat
     assert "| cfm | heun | 7 | 0.551 | -0.0014 | 0.607 | 0.683 | 0.432 | 14.3 | 0.046 | n/a | 190 | 82 |" in page
 
 
+def test_a_speed_measurement_gets_its_section_with_ms_for_evaluations_and_events_per_second_otherwise(tmp_path):
+    """bench/bench_speed.py's speed.json: the header (commit, command) and one row per measurement, each figure in
+    its column as written (values made up)."""
+    rows = [{"row": "denoiser, 16 events x 10", "threads": 1, "reference_ms": 512.34, "fast_ms": 120.06,
+             "speedup": 4.2674, "first_call_s": 0.2, "max_abs_difference": 2.384e-07, "matmul_peak_gflops": 146.2},
+            {"row": "SuperResolver, 64 events", "threads": 2, "reference_events_per_s": 5.373,
+             "fast_events_per_s": 25.79, "speedup": 4.8, "reference_per_gflops": 0.03673, "fast_per_gflops": 0.1763,
+             "first_call_s": 20.0, "max_abs_difference_gev": 1.335e-05, "matmul_peak_gflops": 267.0}]
+    folder = tmp_path / "reports" / "speed"
+    folder.mkdir(parents=True)
+    (folder / "speed.json").write_text(json.dumps({"header": f"demo model; commit {COMMIT}", "rows": rows}))
+    out = tmp_path / "results.md"
+    results_page.main(["--reports", str(tmp_path / "reports"), "--output", str(out)])
+    page = out.read_text()
+    assert "## Denoiser speed: speed" in page and f"commit {COMMIT}" in page
+    assert "| denoiser, 16 events x 10 | 1 | 146 | 512.3 ms | 120.1 ms | 4.27x | n/a | 2.4e-07 |" in page
+    assert ("| SuperResolver, 64 events | 2 | 267 | 5.4 events/s | 25.8 events/s | 4.80x | 0.0367 / 0.1763 | 1.3e-05 |"
+            in page)
+
+
 def test_split_shower_columns_appear_only_for_rows_that_have_them(tmp_path):
     """Multi-particle comparisons carry the split-shower fractions; single-electron ones keep their columns
     (values made up)."""
