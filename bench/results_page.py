@@ -234,7 +234,7 @@ def speed_table(data: dict) -> list[str]:
         rows.append([row["row"], str(row["threads"]), f"{row['matmul_peak_gflops']:.0f}", reference, fast,
                      f"{row['speedup']:.2f}x", per_peak, difference])
     return [data["header"], "", *_table(["measured", "threads", "matmul peak GFLOP/s", "reference", "fast path",
-                                         "speed-up", "events/s per GFLOP/s: reference / fast", "max |difference|"],
+                                         "speed-up", "events/s per GFLOP/s: reference / fast", "largest difference"],
                                         rows)]
 
 
