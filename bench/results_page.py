@@ -159,13 +159,16 @@ def cardinality_table(rows: dict[str, dict], title: str) -> list[str]:
     rows = {name: v for name, v in rows.items() if isinstance(v, dict) and "cardinality" in v}
     if not rows:
         return []
-    counts = sorted({n for v in rows.values() for n in v["cardinality"]}, key=int)
+    # true counts in order, then what is not a count (the learned models' "all")
+    counts = sorted({n for v in rows.values() for n in v["cardinality"]},
+                    key=lambda n: (0, int(n), "") if str(n).isdigit() else (1, 0, str(n)))
     body = []
     for name, v in rows.items():
         card = v["cardinality"]
         body.append([name] + [f"{100 * card[n]['value']:.1f}%" if n in card else "" for n in counts]
                     + [_pair(v.get("energy"), 3)])
-    return [title, "", *_table(["input"] + [f"{n} true" for n in counts] + ["energy residual"], body)]
+    return [title, "", *_table(["input"] + [f"{n} true" if str(n).isdigit() else str(n) for n in counts]
+                               + ["energy residual"], body)]
 
 
 def particle_tables(r: dict) -> list[str]:

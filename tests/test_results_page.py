@@ -60,6 +60,23 @@ def test_page_names_the_figures_commit_config_and_command(tmp_path):
     assert "| SR one sample | 1.23 ± 0.05 | 0.004 ± 0.001 | 0.863 ± 0.010 |" in page
 
 
+def test_learned_particle_flow_rows_list_their_overall_accuracy_after_the_counts(tmp_path):
+    """evaluate --reco writes an "all" accuracy beside the per-count ones: a column of its own, after 1-2 true."""
+    metrics = _metrics()
+    metrics["reco"] = {"events": 300, "learned": {"coarse-trained on coarse": {"cardinality": {
+        "2": {"value": 0.614}, "all": {"value": 0.68}, "1": {"value": 0.771}}}},
+        "hand_clustering": {"on truth": {"cardinality": {"1": {"value": 1.0}, "2": {"value": 0.971}}}}}
+    report = tmp_path / "reports" / "multi"
+    report.mkdir(parents=True)
+    (report / "metrics.json").write_text(json.dumps(metrics))
+    out = tmp_path / "results.md"
+    results_page.main(["--reports", str(tmp_path / "reports"), "--output", str(out)])
+    page = out.read_text()
+    assert "| input | 1 true | 2 true | all | energy residual |" in page
+    assert "| learned, coarse-trained on coarse | 77.1% | 61.4% | 68.0% |" in page
+    assert "| hand clustering, on truth | 100.0% | 97.1% |  |" in page
+
+
 def test_report_without_provenance_is_listed_as_unknown(tmp_path):
     path = tmp_path / "old" / "metrics.json"
     path.parent.mkdir()
