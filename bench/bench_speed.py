@@ -67,13 +67,10 @@ def matmul_peak(repeats: int = 5) -> dict:
     return out
 
 
-ROUNDS = 3
-
-
-def alternating(run: dict, rounds: int | None = None) -> dict:
+def alternating(run: dict, rounds: int) -> dict:
     """The fastest of ``rounds`` timings of each ``run[name]()``, the names taking turns."""
     best = {name: float("inf") for name in run}
-    for _ in range(rounds or ROUNDS):
+    for _ in range(rounds):
         for name, fn in run.items():
             start = time.perf_counter()
             fn()
@@ -99,7 +96,7 @@ def checkpoint(config_path: str, folder: Path) -> tuple[Path, object]:
     return folder / "run" / "checkpoint.pt", config
 
 
-def denoiser_rows(resolver: SuperResolver, test, threads: int) -> list[dict]:
+def denoiser_rows(resolver: SuperResolver, test, threads: int, rounds: int) -> list[dict]:
     rows = []
     for events in (1, 16, 64):
         batch = add_inputs(collate_events(*test.storage(), torch.as_tensor(test.indices()[:events]).repeat(10)),
@@ -121,7 +118,7 @@ def denoiser_rows(resolver: SuperResolver, test, threads: int) -> list[dict]:
                     reference(resolver.denoiser, name == "reference")
                     resolver.denoiser(x, sigma, nodes, data=batch, prepared=prepared[name])
                 return run
-            seconds = alternating({name: evaluation(name) for name in ("reference", "fast")}, 3 * ROUNDS)
+            seconds = alternating({name: evaluation(name) for name in ("reference", "fast")}, 3 * rounds)
         rows.append({"row": f"denoiser, {events} events x 10", "threads": threads,
                      "reference_ms": 1000 * seconds["reference"], "fast_ms": 1000 * seconds["fast"],
                      "speedup": seconds["reference"] / seconds["fast"], "first_call_s": first,
@@ -129,7 +126,7 @@ def denoiser_rows(resolver: SuperResolver, test, threads: int) -> list[dict]:
     return rows
 
 
-def resolver_row(resolver: SuperResolver, test, threads: int, peak: float) -> dict:
+def resolver_row(resolver: SuperResolver, test, threads: int, peak: float, rounds: int) -> dict:
     events = torch.as_tensor(test.indices()[:64])
     settings = dict(sampler="ddim", steps=4, ensemble=10, seed=3, calibrated=False)
     out, first = {}, 0.0
@@ -144,7 +141,7 @@ def resolver_row(resolver: SuperResolver, test, threads: int, peak: float) -> di
             reference(resolver.denoiser, name == "reference")
             out[name] = resolver(test.storage(), events, **settings)["samples"]
         return run
-    seconds = alternating({name: resolve(name) for name in ("reference", "fast")})
+    seconds = alternating({name: resolve(name) for name in ("reference", "fast")}, rounds)
     rate = {name: len(events) / seconds[name] for name in seconds}
     return {"row": "SuperResolver, 64 events, ensemble 10, 4 DDIM steps", "threads": threads,
             "reference_events_per_s": rate["reference"], "fast_events_per_s": rate["fast"],
@@ -153,7 +150,8 @@ def resolver_row(resolver: SuperResolver, test, threads: int, peak: float) -> di
             "max_abs_difference_gev": float((out["reference"] - out["fast"]).abs().max())}
 
 
-def training_row(resolver: SuperResolver, config, train_set, threads: int, steps: int = 16, warmup: int = 3) -> dict:
+def training_row(resolver: SuperResolver, config, train_set, threads: int, rounds: int, steps: int = 16,
+                 warmup: int = 3) -> dict:
     """Whole optimiser steps (forward, backward, clipping, AdamW, EMA) of the demo's batch size. The reference
     runs torch's default AdamW and a per-parameter EMA as before; the fast path the loop's own (fused AdamW, one
     multi-tensor EMA lerp)."""
@@ -184,7 +182,7 @@ def training_row(resolver: SuperResolver, config, train_set, threads: int, steps
         start = time.perf_counter()
         steppers[name](batches[:warmup])  # the compiled code of the first batch shapes
         first = time.perf_counter() - start if name == "fast" else first
-    seconds = alternating(steppers)
+    seconds = alternating(steppers, rounds)
     rate = {name: steps * size / seconds[name] for name in seconds}
     model.eval()
     return {"row": f"training steps, batch {size}", "threads": threads, "reference_events_per_s": rate["reference"],
@@ -192,14 +190,12 @@ def training_row(resolver: SuperResolver, config, train_set, threads: int, steps
 
 
 def main():
-    global ROUNDS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/single_electron_2x.yaml")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--rounds", type=int, default=ROUNDS, help="turns of each implementation per row")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each implementation per row")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
-    ROUNDS = args.rounds
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         path, config = checkpoint(args.config, Path(folder))
@@ -210,9 +206,9 @@ def main():
             peak = matmul_peak()
             print(f"{threads} thread(s): matmul peak {peak['2048^3']:.0f} GFLOP/s (2048^3), "
                   f"{peak['20000x32x128']:.0f} GFLOP/s ([20000x32]@[32x128])", flush=True)
-            for row in [*denoiser_rows(resolver, test, threads), resolver_row(resolver, test, threads,
-                                                                              peak["2048^3"]),
-                        training_row(resolver, config, train_set, threads)]:
+            for row in [*denoiser_rows(resolver, test, threads, args.rounds),
+                        resolver_row(resolver, test, threads, peak["2048^3"], args.rounds),
+                        training_row(resolver, config, train_set, threads, args.rounds)]:
                 row["matmul_peak_gflops"] = peak["2048^3"]
                 rows.append(row)
                 print("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
@@ -223,7 +219,7 @@ def main():
                                text=True).stdout.strip()
         header = (f"{args.config}'s model sizes on `{platform.processor() or platform.machine()}` "
                   f"({torch.backends.cpu.get_cpu_capability()}), torch {torch.__version__}; commit {commit}"
-                  f"{' (with uncommitted changes)' if dirty else ''}; best of {ROUNDS} alternating rounds; "
+                  f"{' (with uncommitted changes)' if dirty else ''}; best of {args.rounds} alternating rounds; "
                   f"`python {' '.join(shlex.quote(a) for a in sys.argv)}`")
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"header": header, "rows": rows}, indent=1))
