@@ -51,14 +51,11 @@ def run_compiled(function, *args):
         # between threads, and on a 2-core machine 2-thread loops made training steps 2.5x slower than 1-thread
         # ones (bench/bench_speed.py); matmuls stay on torch's threads
         _compiled[function] = torch.compile(function, dynamic=True, options=cpu_options())
-    # every tensor's first dimension (nodes, edges, distinct offsets) may change between calls, and so may the
-    # second of an index table (edges [2, E]): compile for any size at once instead of for the first call's sizes
-    # and then again
+    # every tensor's first dimension (nodes, edges, distinct offsets) may change between calls: compile for any
+    # size at once instead of for the first call's sizes and then again
     for leaf in torch.utils._pytree.tree_leaves(args):
         if isinstance(leaf, torch.Tensor) and leaf.dim() > 0:
             torch._dynamo.maybe_mark_dynamic(leaf, 0)
-            if leaf.dim() == 2 and not leaf.is_floating_point():
-                torch._dynamo.maybe_mark_dynamic(leaf, 1)
     try:
         with ops.use_extensions(False):
             return _compiled[function](*args)
