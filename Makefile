@@ -59,6 +59,12 @@ RECO_EVENTS ?= 1000
 $(DATA)/multi_particle_4x_reco.root: | $(STAMP)
 	$(GRAPHSR) simulate --gun multi-particle --factor 4 --events $(RECO_EVENTS) --seed $$(( $(SEED) + 1000 )) --output $@
 
+# make demo-multi's SR training events (another seed again): its evaluation file, multi_particle_4x.root, is then
+# unseen by every model, all of its events held out
+MULTI_TRAIN_EVENTS ?= 12000
+$(DATA)/multi_particle_4x_12k.root: | $(STAMP)
+	$(GRAPHSR) simulate --gun multi-particle --factor 4 --events $(MULTI_TRAIN_EVENTS) --seed $$(( $(SEED) + 2 )) --output $@
+
 data: $(DATA)/single_electron_2x.root $(DATA)/multi_particle_4x.root
 
 # ----------------------------------------------------------------------------------------------- main job
@@ -74,22 +80,26 @@ demo: $(STAMP) $(DATA)/single_electron_2x.root
 	  --regression $(RUN)_regression/checkpoint.pt
 	@echo "demo done: report in $(REPORT)/report.md"
 
-# the multi-particle 4x setup on CPU (an electron plus 0-3 photons; 45-65 min on 2 cores): simulate, train flow
-# matching compiled ~15 min
-# (+ the regression baseline, 3 min), the particle-flow models (1,200 steps each: ~1.5, 7 and 8 min), evaluate with the downstream particle
-# reconstruction (hand-written and learned); reports/multi_particle_4x/report.md
-demo-multi: $(STAMP) $(DATA)/multi_particle_4x.root $(DATA)/multi_particle_4x_reco.root
-	$(GRAPHSR) train --config configs/multi_particle_4x_cfm.yaml --out runs/multi_particle_4x --overwrite
-	$(GRAPHSR) train --config configs/multi_particle_4x_regression.yaml --out runs/multi_particle_4x_regression --overwrite
+# the multi-particle 4x setup on CPU (an electron plus 0-3 photons; 60-75 min on 2 cores): simulate, train flow
+# matching compiled on 12,000 events (~25 min: configs/multi_particle_4x_30min_cfm.yaml, the budget that splits fewest
+# showers per minute, docs/diffusion.md) and the regression baseline on the same events (3 min), the particle-flow
+# models (1,200 steps each: ~1.5, 7 and 8 min), then evaluate on 300 events of multi_particle_4x.root, a file no model
+# saw, with the downstream particle reconstruction (hand-written and learned): reports/multi_particle_4x/report.md
+MULTI_TRAIN := $(DATA)/multi_particle_4x_12k.root
+demo-multi: $(STAMP) $(DATA)/multi_particle_4x.root $(DATA)/multi_particle_4x_reco.root $(MULTI_TRAIN)
+	$(GRAPHSR) train --config configs/multi_particle_4x_30min_cfm.yaml --data $(MULTI_TRAIN) --out runs/multi_particle_4x \
+	  --overwrite
+	$(GRAPHSR) train --config configs/multi_particle_4x_regression.yaml --data $(MULTI_TRAIN) \
+	  --out runs/multi_particle_4x_regression --overwrite
 	# particle-flow models (1,200 steps each) on the reco events: coarse cells, fine truth, and their SR output (an
-	# ensemble of 10, 8 DDIM steps, as evaluate's: ~2 CPU-seconds per event with the CPU config's SR model)
+	# ensemble of 10, as evaluate's)
 	$(GRAPHSR) sample --checkpoint runs/multi_particle_4x/checkpoint.pt --input $(DATA)/multi_particle_4x_reco.root \
 	  --output runs/multi_particle_4x/reco_sr.root --overwrite
 	for type in coarse truth sr; do $(GRAPHSR) train-reco --config configs/reco/multi_particle_4x.yaml \
 	  --input-type $$type --out runs/multi_particle_4x_reco_$$type --overwrite --data $(DATA)/multi_particle_4x_reco.root \
 	  --sr-files runs/multi_particle_4x/reco_sr.root --sr-checkpoint runs/multi_particle_4x/checkpoint.pt || exit 1; done
 	$(GRAPHSR) evaluate --checkpoint runs/multi_particle_4x/checkpoint.pt --input $(DATA)/multi_particle_4x.root \
-	  --out reports/multi_particle_4x --events 300 --regression runs/multi_particle_4x_regression/checkpoint.pt \
+	  --split all --out reports/multi_particle_4x --events 300 --regression runs/multi_particle_4x_regression/checkpoint.pt \
 	  --reco runs/multi_particle_4x_reco_coarse/checkpoint.pt runs/multi_particle_4x_reco_truth/checkpoint.pt \
 	  runs/multi_particle_4x_reco_sr/checkpoint.pt
 	@echo "multi-particle demo done: report in reports/multi_particle_4x/report.md"
