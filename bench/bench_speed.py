@@ -3,7 +3,8 @@ peak measured in the same process.
 
 Reference: what graphsr ran before the fast path (edge networks on every edge, modulation gathered per node, eager
 with torch-scatter). Fast: the edge networks on the distinct relative positions, one modulation row when every event
-has the same noise level, the backbone through ``torch.compile`` (``graphsr.nn.use_compile``). Both run the same
+has the same noise level, the backbone through ``torch.compile`` (``graphsr.nn.use_compile``) with the softmax
+maxima over rank tables (``graphsr.ops.segment_rank``). Both run the same
 weights (the demo config's sizes, perturbed from a 2-step training so that no gate is zero) and the outputs are
 compared. Rows: one denoiser evaluation (1 / 16 / 64 events x ensemble 10), ``SuperResolver`` on 64 events (ensemble
 10, 4 DDIM steps: events/s, and events/s per GFLOP/s of matmul peak) and the training steps' own rate (forward,
@@ -50,7 +51,7 @@ def reference(model: torch.nn.Module, enabled: bool) -> None:
     """Switch a model's backbones to the reference implementation (``enabled``) or to the fast path."""
     for module in model.modules():
         if isinstance(module, (GraphTransformer, CellTransformer)):
-            module.per_offset = module.share_modulation = not enabled
+            module.per_offset = module.share_modulation = module.rank_tables = not enabled
     use_compile(model, not enabled)
 
 

@@ -57,18 +57,49 @@ def scatter(src: torch.Tensor, index: torch.Tensor, dim_size: int | None = None,
     if has_torch_scatter():
         return torch_scatter.scatter(src, index, dim=0, dim_size=dim_size, reduce=reduce)
     out = src.new_zeros((dim_size, *src.shape[1:]))
+    if reduce in ("sum", "mean"):  # index_add: compiled code fuses it (a scatter_reduce mean runs unfused)
+        total = out.index_add(0, index, src)
+        if reduce == "sum":
+            return total
+        count = src.new_zeros(dim_size).index_add(0, index, src.new_ones(index.numel())).clamp(min=1)
+        return total / count.view(-1, *([1] * (src.dim() - 1)))
     expanded = index.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
-    torch_reduce = {"sum": "sum", "mean": "mean", "max": "amax", "min": "amin"}[reduce]
+    torch_reduce = {"max": "amax", "min": "amin"}[reduce]
     return out.scatter_reduce(0, expanded, src, reduce=torch_reduce, include_self=False)
 
 
-def segment_softmax(src: torch.Tensor, index: torch.Tensor, dim_size: int | None = None) -> torch.Tensor:
-    """Softmax of ``src`` ([N, ...]) over the rows that share a segment ``index`` ([N])."""
+def segment_rank(index: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(rank [N], width)``: each row's position among the rows of its segment ``index`` ([N]), in row order, and
+    the size of the largest segment (:func:`segment_softmax` takes them)."""
+    if index.numel() == 0:
+        return index.new_zeros(0), 0
+    if bool((index[1:] >= index[:-1]).all()):  # sorted, as PyG batches and kNN graphs come: no sort needed
+        rank = _rank_within(index)
+    else:
+        order = torch.sort(index, stable=True).indices
+        rank = torch.empty_like(index)
+        rank[order] = _rank_within(index[order])
+    return rank, int(rank.max()) + 1
+
+
+def segment_softmax(src: torch.Tensor, index: torch.Tensor, dim_size: int | None = None,
+                    rank: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
+    """Softmax of ``src`` ([N, ...]) over the rows that share a segment ``index`` ([N]).
+
+    ``rank``: :func:`segment_rank` of ``index``. The pure-torch path then takes each segment's maximum (the shift
+    that keeps ``exp`` finite) as a dense maximum over a ``[dim_size, width]`` table, which ``torch.compile`` fuses
+    into its loops; its scatter maximum runs as a separate, unfused kernel. The same result either way."""
     if dim_size is None:
         dim_size = int(index.max()) + 1 if index.numel() else 0
     if has_torch_scatter():
         return torch_scatter.scatter_softmax(src, index, dim=0, dim_size=dim_size)
-    shifted = src - scatter(src.detach(), index, dim_size, "max")[index]
+    if rank is None:
+        maximum = scatter(src.detach(), index, dim_size, "max")
+    else:
+        rank, width = rank
+        table = src.new_full((dim_size * width, *src.shape[1:]), float("-inf"))
+        maximum = table.index_put((index * width + rank,), src.detach()).view(dim_size, width, *src.shape[1:]).amax(1)
+    shifted = src - maximum[index]
     exp = shifted.exp()
     return exp / scatter(exp, index, dim_size, "sum")[index]
 

@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 
+from graphsr import ops
 from graphsr.graphs import GraphOptions, build_storage, collate_events
 from graphsr.nn import GraphAttention, GraphTransformer, use_compile
 from graphsr.nn import compiled as compiled_module
@@ -33,16 +34,20 @@ def model(seed=0):
     return net.eval()
 
 
-def test_attention_with_offset_tables_is_dense_attention_by_hand():
+@pytest.mark.parametrize("tables", [False, True])
+def test_attention_with_offset_tables_is_dense_attention_by_hand(tables):
+    """tables: the pure-torch softmax with its maxima over rank tables (as compiled code runs it)."""
     torch.manual_seed(0)
     attention = GraphAttention(4, 2, edge_dim=1).eval()
     x = torch.randn(3, 4)
-    # edges into node 0 from 1 and 2 and into node 1 from 0 and 2, with two distinct edge features
-    edge_index = torch.tensor([[1, 2, 0, 2], [0, 0, 1, 1]])
-    features = torch.tensor([[0.5], [-1.0], [0.5], [0.5]])
+    # edges into node 0 from 2 and 1 and into node 1 from 0 and 2 (targets unsorted), two distinct edge features
+    edge_index = torch.tensor([[2, 0, 1, 2], [0, 1, 0, 1]])
+    features = torch.tensor([[-1.0], [0.5], [0.5], [0.5]])
     distinct, index = distinct_rows(features)
     assert distinct.shape == (2, 1)
-    out = attention(x, x, edge_index, attention.embed_edges(distinct, index))
+    with ops.use_extensions(not tables):
+        rank = ops.segment_rank(edge_index[1]) if tables else None
+        out = attention(x, x, edge_index, attention.embed_edges(distinct, index), rank)
     with torch.no_grad():  # by hand: softmax over each target's sources of q.(k + e_k) / sqrt(d), values v + e_v
         expected = torch.zeros(3, 4)
         for t in (0, 1):
@@ -75,8 +80,9 @@ def test_distinct_rows_rebuild_the_rows_even_when_their_keys_collide():
 
 
 def test_fast_and_reference_paths_give_the_same_outputs(storage):
-    """Edge networks on distinct offsets and one modulation row (the default) against per-edge embeddings and
-    per-node modulation (the reference): the same weights give the same outputs within float rounding."""
+    """Edge networks on distinct offsets, one modulation row and the softmax's rank tables (the default, the last in
+    the pure-torch softmax compiled code runs) against per-edge embeddings, per-node modulation and the extension's
+    softmax (the reference): the same weights give the same outputs within float rounding."""
     net = model()
     batch = collate_events(*storage, torch.arange(5))
     g = torch.Generator().manual_seed(1)
@@ -85,8 +91,10 @@ def test_fast_and_reference_paths_give_the_same_outputs(storage):
                  torch.randn(batch.num_graphs, 16, generator=g)):              # training: one per event
         outputs = []
         for fast in (True, False):
-            net.per_offset = net.share_modulation = fast
-            outputs.append(net(x, batch.coarse_energy.unsqueeze(1), batch, cond))
+            net.per_offset = net.share_modulation = net.rank_tables = fast
+            with ops.use_extensions(not fast):
+                assert bool(net.prepare(batch)["ranks"]) == fast
+                outputs.append(net(x, batch.coarse_energy.unsqueeze(1), batch, cond))
         assert torch.allclose(outputs[0], outputs[1], atol=1e-6)
         assert outputs[0].abs().max() > 1e-2  # not trivially zero
 
@@ -98,11 +106,15 @@ def test_an_ensembles_graph_work_is_done_once(storage):
     copies = collate_events(*storage, events.repeat(4))  # copy-major, as SuperResolver batches an ensemble
     for per_offset in (True, False):
         net.per_offset = per_offset
-        tiled = net.repeat_prepared(net.prepare(single), 4, single.num_nodes, single.coarse_layer.numel())
-        direct = net.prepare(copies)
+        with ops.use_extensions(False):  # the pure-torch softmax: with its rank tables
+            tiled = net.repeat_prepared(net.prepare(single), 4, single.num_nodes, single.coarse_layer.numel())
+            direct = net.prepare(copies)
+        assert sorted(direct["ranks"]) == ["coarse", "context", "cross", "fine"]
+        assert {name: width for name, (_, width) in tiled["ranks"].items()} == \
+            {name: width for name, (_, width) in direct["ranks"].items()}
 
         def tensors(prepared):
-            out = [prepared["inside"], prepared["cross"]]
+            out = [prepared["inside"], prepared["cross"], *[rank for rank, _ in prepared["ranks"].values()]]
             for terms in [*prepared["coarse_edges"], *[t for pair in prepared["fine_edges"] for t in pair]]:
                 out += list(terms) if isinstance(terms, tuple) else [terms]
             return out

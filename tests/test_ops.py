@@ -57,6 +57,29 @@ def test_segment_softmax_paths_agree_and_normalise():
     assert torch.allclose(ops.scatter(b, index, 6)[index.unique()], torch.ones(len(index.unique()), 4), atol=1e-5)
 
 
+def test_segment_rank_by_hand():
+    rank, width = ops.segment_rank(torch.tensor([2, 0, 2, 1, 0, 2]))  # unsorted: ranks in row order
+    assert rank.tolist() == [0, 0, 1, 0, 1, 2] and width == 3
+    rank, width = ops.segment_rank(torch.tensor([0, 0, 1, 3, 3, 3, 3]))  # sorted
+    assert rank.tolist() == [0, 1, 0, 0, 1, 2, 3] and width == 4
+    assert ops.segment_rank(torch.zeros(0, dtype=torch.long))[1] == 0
+
+
+def test_segment_softmax_with_rank_tables_is_each_segments_softmax():
+    """The dense-table maximum (rank given) against torch.softmax over each segment's rows, with logits far
+    beyond exp's range (1e3: no overflow, no all-zero segment) and an empty segment."""
+    generator = torch.Generator().manual_seed(5)
+    src = torch.randn(30, 3, generator=generator) * 1000
+    index = torch.randint(0, 5, (30,), generator=generator)
+    index[index == 3] = 4  # segment 3 empty
+    with ops.use_extensions(False):
+        out = ops.segment_softmax(src, index, 6, ops.segment_rank(index))
+    for segment in index.unique():
+        rows = index == segment
+        assert torch.allclose(out[rows], torch.softmax(src[rows], 0), atol=1e-6)
+    assert torch.isfinite(out).all()
+
+
 @needs_cluster
 @pytest.mark.parametrize("loop", [False, True])
 def test_knn_graph_paths_agree(loop):

@@ -77,9 +77,10 @@ class GraphAttention(nn.Module):
         return self.edge(edge_attr) if index is None else (self.edge(edge_attr), index)
 
     def forward(self, x_source: torch.Tensor, x_target: torch.Tensor, edge_index: torch.Tensor,
-                edge_embedding: torch.Tensor | tuple | None = None) -> torch.Tensor:
+                edge_embedding: torch.Tensor | tuple | None = None, rank: tuple | None = None) -> torch.Tensor:
         """x_source [Ns, F_s], x_target [Nt, width], edge_index [2, E] (source, target), edge_embedding from
-        :meth:`embed_edges` (per edge or per distinct feature) -> [Nt, width].
+        :meth:`embed_edges` (per edge or per distinct feature), rank: :func:`graphsr.ops.segment_rank` of the
+        targets (optional: a faster softmax in compiled code) -> [Nt, width].
 
         Targets without incoming edges get zeros.
         """
@@ -94,7 +95,7 @@ class GraphAttention(nn.Module):
         key, value = key_value.view(num_edges, 2, h, d).unbind(1)
         query = self.query(x_target).index_select(0, target).view(-1, h, d)
         logits = (query * key).sum(-1) / math.sqrt(d)
-        weight = self.dropout(ops.segment_softmax(logits, target, x_target.size(0)))
+        weight = self.dropout(ops.segment_softmax(logits, target, x_target.size(0), rank))
         out = ops.scatter(weight.unsqueeze(-1) * value, target, x_target.size(0), "sum")
         return self.out(out.reshape(-1, h * d))
 
@@ -116,12 +117,16 @@ class EventContext(nn.Module):
         self.read_key_value = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: torch.Tensor, num_graphs: int, rank: tuple | None = None) -> torch.Tensor:
+        """x [N, width], batch [N] (sorted), rank: :func:`graphsr.ops.segment_rank` of ``batch`` (optional: a
+        faster softmax in compiled code) -> [N, width]."""
         n, t, h, d = x.size(0), self.tokens, self.heads, self.head_dim
         key, value = self.pool_key_value(x).view(n, 2, h, d).unbind(1)
         logits = torch.einsum("nhd,thd->nth", key, self.queries.view(t, h, d)) / math.sqrt(d)
         segment = (batch.unsqueeze(1) * t + torch.arange(t, device=x.device)).reshape(-1)  # (event, token)
-        weight = ops.segment_softmax(logits.reshape(n * t, h), segment, num_graphs * t)
+        if rank is not None:  # a node's rank in its event is its rank in each of its (event, token) segments
+            rank = (rank[0].unsqueeze(1).expand(n, t).reshape(-1), rank[1])
+        weight = ops.segment_softmax(logits.reshape(n * t, h), segment, num_graphs * t, rank)
         pooled = ops.scatter(weight.unsqueeze(-1) * value.unsqueeze(1).expand(n, t, h, d).reshape(n * t, h, d),
                              segment, num_graphs * t, "sum").view(num_graphs, t, h * d)
         token_key, token_value = self.read_key_value(pooled).view(num_graphs, t, 2, h, d).unbind(2)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from graphsr.detector.geometry import ETA_MAX, Geometry
+from graphsr import ops
 from graphsr.ops import scatter
 from graphsr.nn.attention import EventContext, GraphAttention, distinct_rows
 from graphsr.nn.compiled import run_compiled
@@ -59,6 +60,20 @@ def shared_rows(cond: torch.Tensor, share: bool = True) -> torch.Tensor:
     if share and cond.size(0) > 1 and bool((cond == cond[:1]).all()):
         return cond[:1]
     return cond
+
+
+def softmax_ranks(module: nn.Module, segments: dict) -> dict:
+    """:func:`graphsr.ops.segment_rank` of each ``{name: (index, dim_size)}`` where the pure-torch softmax will run
+    (compiled code, or no torch_scatter) and ``module.rank_tables`` is on; a name is left out where its table would
+    hold over 8 times the rows (very uneven segments: the scatter maximum is then cheaper)."""
+    if not module.rank_tables or not (module.compile_backbone or not ops.has_torch_scatter()):
+        return {}
+    ranks = {}
+    for name, (index, dim_size) in segments.items():
+        rank = ops.segment_rank(index)
+        if dim_size * rank[1] <= 8 * max(index.numel(), 1):
+            ranks[name] = rank
+    return ranks
 
 
 def per_node(rows: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
@@ -113,10 +128,12 @@ class Block(nn.Module):
         cross = embed(self.cross_attention, cross_attr) if self.cross_attention is not None else None
         return embed(self.self_attention, edge_attr), cross
 
-    def forward(self, x, edge_index, edge_embedding, batch, cond, num_graphs, coarse=None):
+    def forward(self, x, edge_index, edge_embedding, batch, cond, num_graphs, coarse=None, ranks=None):
         """x [N, W]; edge_embedding: of the self-attention (:meth:`embed_edges`); cond [num_graphs, cond_dim],
         or [1, cond_dim] when every event has the same (e.g. a sampler's noise level): the modulation is then one
-        row for all nodes; coarse: (h_coarse, cross_edge_index, cross_edge_embedding)."""
+        row for all nodes; coarse: (h_coarse, cross_edge_index, cross_edge_embedding); ranks: the
+        :func:`softmax_ranks` of the ``"self"``, ``"cross"`` and ``"context"`` softmaxes (each optional)."""
+        ranks = ranks or {}
         mods = per_node(self.modulation(cond), batch).chunk(3 * self.num_sublayers, dim=-1)
         sub = iter(range(self.num_sublayers))
 
@@ -124,14 +141,14 @@ class Block(nn.Module):
             return self.norm(x) * (1 + mods[3 * i + 1]) + mods[3 * i], mods[3 * i + 2]
 
         h, gate = modulated(next(sub))
-        x = x + gate * self.self_attention(h, h, edge_index, edge_embedding)
+        x = x + gate * self.self_attention(h, h, edge_index, edge_embedding, ranks.get("self"))
         if self.cross_attention is not None:
             h, gate = modulated(next(sub))
             h_coarse, cross_index, cross_embedding = coarse
-            x = x + gate * self.cross_attention(h_coarse, h, cross_index, cross_embedding)
+            x = x + gate * self.cross_attention(h_coarse, h, cross_index, cross_embedding, ranks.get("cross"))
         if self.context is not None:
             h, gate = modulated(next(sub))
-            x = x + gate * self.context(h, batch, num_graphs)
+            x = x + gate * self.context(h, batch, num_graphs, ranks.get("context"))
         h, gate = modulated(next(sub))
         return x + gate * self.mlp(h)
 
@@ -152,9 +169,11 @@ class GraphTransformer(nn.Module):
     """
 
     # the exact fast paths (same function, same weights; the bench's reference turns them off): edge networks on
-    # the distinct relative positions, one modulation row when every event has the same conditioning
+    # the distinct relative positions, one modulation row when every event has the same conditioning, softmax
+    # maxima over dense tables (softmax_ranks)
     per_offset = True
     share_modulation = True
+    rank_tables = True
     compile_backbone = False  # graphsr.nn.use_compile
 
     def __init__(self, fine_in: int, coarse_in: int, out: int, width: int = 128, depth: int = 4,
@@ -214,8 +233,11 @@ class GraphTransformer(nn.Module):
         cross_attr = self.relative(c_pos[cross[0]], c_layer[cross[0]], f_pos[cross[1]], f_layer[cross[1]])
         if self.per_offset:  # the edge networks on the distinct relative positions only
             c_attr, f_attr, cross_attr = (distinct_rows(a) for a in (c_attr, f_attr, cross_attr))
+        num_fine, num_coarse = f_layer.numel(), c_layer.numel()
+        ranks = softmax_ranks(self, {"coarse": (c_dst, num_coarse), "fine": (f_dst, num_fine),
+                                     "cross": (cross[1], num_fine), "context": (data.batch, data.num_graphs)})
         return {"inside": self.relative(c_pos[data.fine_parent], c_layer[data.fine_parent], f_pos, f_layer)[:, :2],
-                "cross": cross,
+                "cross": cross, "ranks": ranks,
                 "coarse_edges": [block.embed_edges(c_attr)[0] for block in self.coarse_blocks],
                 "fine_edges": [block.embed_edges(f_attr, cross_attr) for block in self.blocks]}
 
@@ -239,7 +261,10 @@ class GraphTransformer(nn.Module):
         copy = torch.arange(copies, device=cross.device)
         cross = torch.cat([part.repeat(1, copies) + copy.repeat_interleave(part.size(1)) * offsets
                            for part in (cross[:, :num_fine], cross[:, num_fine:])], dim=1)
-        return {"inside": prepared["inside"].repeat(copies, 1), "cross": cross,
+        # a row's rank in its segment is the same in every copy
+        ranks = {name: (tiled(rank, num_fine if name == "cross" else None), width)
+                 for name, (rank, width) in prepared["ranks"].items()}
+        return {"inside": prepared["inside"].repeat(copies, 1), "cross": cross, "ranks": ranks,
                 "coarse_edges": [tiled(terms) for terms in prepared["coarse_edges"]],
                 "fine_edges": [(tiled(own), tiled(other, num_fine)) for own, other in prepared["fine_edges"]]}
 
@@ -259,11 +284,15 @@ class GraphTransformer(nn.Module):
             self.layer_embedding(data.fine_layer)
         hc = self.coarse_input(torch.cat([x_coarse, c_pos[:, :1] / ETA_MAX], dim=1)) + \
             self.layer_embedding(data.coarse_layer)
+        ranks = prepared.get("ranks", {})
+        coarse_ranks = {"self": ranks.get("coarse")}
+        fine_ranks = {"self": ranks.get("fine"), "cross": ranks.get("cross"), "context": ranks.get("context")}
         for block, edges in zip(self.coarse_blocks, prepared["coarse_edges"]):
-            hc = block(hc, data.coarse_edge_index, edges, coarse_batch, cond, num_graphs)
+            hc = block(hc, data.coarse_edge_index, edges, coarse_batch, cond, num_graphs, ranks=coarse_ranks)
         cross = prepared["cross"]
         for block, (edges, cross_edges) in zip(self.blocks, prepared["fine_edges"]):
-            h = block(h, data.fine_edge_index, edges, batch, cond, num_graphs, coarse=(hc, cross, cross_edges))
+            h = block(h, data.fine_edge_index, edges, batch, cond, num_graphs, coarse=(hc, cross, cross_edges),
+                      ranks=fine_ranks)
         shift, scale = per_node(self.final_modulation(cond), batch).chunk(2, dim=-1)
         out = self.head(self.final_norm(h) * (1 + scale) + shift)
         if not hasattr(self, "coarse_head"):
@@ -295,6 +324,7 @@ class CellTransformer(nn.Module):
 
     per_offset = True  # as GraphTransformer's
     share_modulation = True
+    rank_tables = True
     compile_backbone = False
 
     def __init__(self, cell_in: int, out: int | None = None, width: int = 64, depth: int = 3, heads: int = 4,
@@ -323,15 +353,16 @@ class CellTransformer(nn.Module):
         attr = relative_positions(self.fine_cell_size, pos[source], layer[source], pos[target], layer[target])
         if self.per_offset:
             attr = distinct_rows(attr)
+        ranks = softmax_ranks(self, {"self": (target, x.size(0)), "context": (cells.batch, cond.size(0))})
         args = (self, x, pos, layer, cells.edge_index, cells.batch, attr, shared_rows(cond, self.share_modulation),
-                cond.size(0))
+                cond.size(0), ranks)
         return run_compiled(CellTransformer._forward, *args) if self.compile_backbone else \
             CellTransformer._forward(*args)
 
-    def _forward(self, x, pos, layer, edge_index, batch, attr, cond, num_graphs):
+    def _forward(self, x, pos, layer, edge_index, batch, attr, cond, num_graphs, ranks):
         h = self.cell_input(torch.cat([x, pos[:, :1] / ETA_MAX], dim=1)) + self.layer_embedding(layer)
         for block in self.blocks:
-            h = block(h, edge_index, block.embed_edges(attr)[0], batch, cond, num_graphs)
+            h = block(h, edge_index, block.embed_edges(attr)[0], batch, cond, num_graphs, ranks=ranks)
         shift, scale = per_node(self.final_modulation(cond), batch).chunk(2, dim=-1)
         h = self.final_norm(h) * (1 + scale) + shift
         return h if self.head is None else self.head(h)
