@@ -24,9 +24,8 @@ import math
 import torch
 from torch import nn
 
-from graphsr.detector.geometry import ETA_MAX, Geometry
 from graphsr import ops
-from graphsr.ops import scatter
+from graphsr.detector.geometry import ETA_MAX, Geometry
 from graphsr.nn.attention import EventContext, GraphAttention, distinct_rows
 from graphsr.nn.compiled import run_compiled
 
@@ -298,7 +297,7 @@ class GraphTransformer(nn.Module):
         if not hasattr(self, "coarse_head"):
             return out
         shift, scale = per_node(self.coarse_modulation(cond), coarse_batch).chunk(2, dim=-1)
-        children = scatter(h, data.fine_parent, hc.size(0), "mean")
+        children = ops.scatter(h, data.fine_parent, hc.size(0), "mean")
         state = torch.cat([self.final_norm(hc), self.final_norm(children)], dim=1)
         return out, self.coarse_head(state * (1 + scale.repeat(1, 2)) + shift.repeat(1, 2))
 
