@@ -51,7 +51,7 @@ def reference(model: torch.nn.Module, enabled: bool) -> None:
     """Switch a model's backbones to the reference implementation (``enabled``) or to the fast path."""
     for module in model.modules():
         if isinstance(module, (GraphTransformer, CellTransformer)):
-            module.per_offset = module.share_modulation = module.rank_tables = not enabled
+            module.per_offset = module.share_modulation = module.rank_tables = module.fused_attention = not enabled
     use_compile(model, not enabled)
 
 

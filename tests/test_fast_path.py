@@ -14,6 +14,7 @@ from graphsr import ops
 from graphsr.graphs import GraphOptions, build_storage, collate_events
 from graphsr.nn import GraphAttention, GraphTransformer, use_compile
 from graphsr.nn import compiled as compiled_module
+from graphsr.nn import fused_attention
 from graphsr.nn.attention import distinct_rows
 from graphsr.simulation import MultiParticleGun, simulate_events
 
@@ -34,9 +35,13 @@ def model(seed=0):
     return net.eval()
 
 
-@pytest.mark.parametrize("tables", [False, True])
-def test_attention_with_offset_tables_is_dense_attention_by_hand(tables):
-    """tables: the pure-torch softmax with its maxima over rank tables (as compiled code runs it)."""
+@pytest.mark.parametrize("path", ["scatter", "tables", "fused"])
+def test_attention_with_offset_tables_is_dense_attention_by_hand(path):
+    """scatter: torch_scatter's softmax; tables: the pure-torch softmax with its maxima over rank tables (as compiled
+    code runs it); fused: the fused CPU kernel."""
+    tables = path == "tables"
+    if path == "fused" and not fused_attention.available(torch.zeros(1), 2, 2):
+        pytest.skip("no C compiler for the fused attention kernel")
     torch.manual_seed(0)
     attention = GraphAttention(4, 2, edge_dim=1).eval()
     x = torch.randn(3, 4)
@@ -47,7 +52,8 @@ def test_attention_with_offset_tables_is_dense_attention_by_hand(tables):
     assert distinct.shape == (2, 1)
     with ops.use_extensions(not tables):
         rank = ops.segment_rank(edge_index[1]) if tables else None
-        out = attention(x, x, edge_index, attention.embed_edges(distinct, index), rank)
+        csr = fused_attention.csr(edge_index[1], 3) if path == "fused" else None
+        out = attention(x, x, edge_index, attention.embed_edges(distinct, index), rank, csr)
     with torch.no_grad():  # by hand: softmax over each target's sources of q.(k + e_k) / sqrt(d), values v + e_v
         expected = torch.zeros(3, 4)
         for t in (0, 1):
@@ -80,9 +86,10 @@ def test_distinct_rows_rebuild_the_rows_even_when_their_keys_collide():
 
 
 def test_fast_and_reference_paths_give_the_same_outputs(storage):
-    """Edge networks on distinct offsets, one modulation row and the softmax's rank tables (the default, the last in
-    the pure-torch softmax compiled code runs) against per-edge embeddings, per-node modulation and the extension's
-    softmax (the reference): the same weights give the same outputs within float rounding."""
+    """Edge networks on distinct offsets, one modulation row, the softmax's rank tables (the pure-torch softmax
+    compiled code runs) and the fused attention kernel (the defaults) against per-edge embeddings, per-node
+    modulation and the extension's softmax (the reference): the same weights give the same outputs within float
+    rounding; and with the kernel off, the rank tables alone."""
     net = model()
     batch = collate_events(*storage, torch.arange(5))
     g = torch.Generator().manual_seed(1)
@@ -90,13 +97,19 @@ def test_fast_and_reference_paths_give_the_same_outputs(storage):
     for cond in (torch.randn(1, 16, generator=g).expand(batch.num_graphs, 16),  # a sampler: one noise level
                  torch.randn(batch.num_graphs, 16, generator=g)):              # training: one per event
         outputs = []
-        for fast in (True, False):
+        for fast, fused in ((True, True), (True, False), (False, False)):
             net.per_offset = net.share_modulation = net.rank_tables = fast
+            net.fused_attention = fused
             with ops.use_extensions(not fast):
-                assert bool(net.prepare(batch)["ranks"]) == fast
+                prepared = net.prepare(batch)
+                assert sorted(prepared["ranks"]) == (["coarse", "context", "cross", "fine"] if fast and not fused
+                                                     else ["context"] if fast else [])
+                assert bool(prepared["csr"]) == (fused and fused_attention.available(x, 2, 8))
                 outputs.append(net(x, batch.coarse_energy.unsqueeze(1), batch, cond))
-        assert torch.allclose(outputs[0], outputs[1], atol=1e-6)
+        assert torch.allclose(outputs[0], outputs[2], atol=1e-6)
+        assert torch.allclose(outputs[1], outputs[2], atol=1e-6)
         assert outputs[0].abs().max() > 1e-2  # not trivially zero
+    net.fused_attention = True
 
 
 def test_an_ensembles_graph_work_is_done_once(storage):
@@ -104,17 +117,22 @@ def test_an_ensembles_graph_work_is_done_once(storage):
     events = torch.tensor([0, 2, 3])
     single = collate_events(*storage, events)
     copies = collate_events(*storage, events.repeat(4))  # copy-major, as SuperResolver batches an ensemble
-    for per_offset in (True, False):
-        net.per_offset = per_offset
+    for per_offset, fused in ((True, True), (True, False), (False, False)):
+        net.per_offset, net.fused_attention = per_offset, fused
         with ops.use_extensions(False):  # the pure-torch softmax: with its rank tables
             tiled = net.repeat_prepared(net.prepare(single), 4, single.num_nodes, single.coarse_layer.numel())
             direct = net.prepare(copies)
-        assert sorted(direct["ranks"]) == ["coarse", "context", "cross", "fine"]
+        if fused and fused_attention.available(single.fine_pos, 2, 8):
+            assert sorted(direct["ranks"]) == ["context"] and sorted(direct["csr"]) == ["coarse", "cross", "fine"]
+        else:
+            assert sorted(direct["ranks"]) == ["coarse", "context", "cross", "fine"] and not direct["csr"]
         assert {name: width for name, (_, width) in tiled["ranks"].items()} == \
             {name: width for name, (_, width) in direct["ranks"].items()}
+        assert sorted(tiled["csr"]) == sorted(direct["csr"])
 
         def tensors(prepared):
             out = [prepared["inside"], prepared["cross"], *[rank for rank, _ in prepared["ranks"].values()]]
+            out += [t for name in sorted(prepared["csr"]) for t in prepared["csr"][name]]
             for terms in [*prepared["coarse_edges"], *[t for pair in prepared["fine_edges"] for t in pair]]:
                 out += list(terms) if isinstance(terms, tuple) else [terms]
             return out

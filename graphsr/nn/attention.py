@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from graphsr import ops
+from graphsr.nn import fused_attention
 
 
 def distinct_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,15 +78,29 @@ class GraphAttention(nn.Module):
         return self.edge(edge_attr) if index is None else (self.edge(edge_attr), index)
 
     def forward(self, x_source: torch.Tensor, x_target: torch.Tensor, edge_index: torch.Tensor,
-                edge_embedding: torch.Tensor | tuple | None = None, rank: tuple | None = None) -> torch.Tensor:
+                edge_embedding: torch.Tensor | tuple | None = None, rank: tuple | None = None,
+                csr: tuple | None = None) -> torch.Tensor:
         """x_source [Ns, F_s], x_target [Nt, width], edge_index [2, E] (source, target), edge_embedding from
         :meth:`embed_edges` (per edge or per distinct feature), rank: :func:`graphsr.ops.segment_rank` of the
-        targets (optional: a faster softmax in compiled code) -> [Nt, width].
+        targets (optional: a faster softmax in compiled code), csr: :func:`graphsr.nn.fused_attention.csr` of the
+        targets (optional: the fused CPU kernel, where :func:`~graphsr.nn.fused_attention.available`) ->
+        [Nt, width].
 
         Targets without incoming edges get zeros.
         """
         source, target = edge_index
         num_edges, h, d = source.numel(), self.heads, self.head_dim
+        if csr is not None and not (self.training and self.dropout.p > 0):  # the kernel has no dropout
+            if isinstance(edge_embedding, tuple):
+                table, row = edge_embedding
+            elif edge_embedding is not None:
+                table, row = edge_embedding, torch.arange(num_edges, device=source.device)
+            else:
+                table = x_target.new_zeros(1, 2 * h * d)
+                row = torch.zeros(num_edges, dtype=torch.long, device=source.device)
+            out = fused_attention.edge_attention(self.query(x_target), self.key_value(x_source), table, row, source,
+                                                 *csr, h)
+            return self.out(out)
         key_value = self.key_value(x_source).index_select(0, source)  # index_select: cheap backward on CPU
         if isinstance(edge_embedding, tuple):
             table, index = edge_embedding

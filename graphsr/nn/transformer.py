@@ -26,6 +26,7 @@ from torch import nn
 
 from graphsr import ops
 from graphsr.detector.geometry import ETA_MAX, Geometry
+from graphsr.nn import fused_attention
 from graphsr.nn.attention import EventContext, GraphAttention, distinct_rows
 from graphsr.nn.compiled import run_compiled
 
@@ -73,6 +74,16 @@ def softmax_ranks(module: nn.Module, segments: dict) -> dict:
         if dim_size * rank[1] <= 8 * max(index.numel(), 1):
             ranks[name] = rank
     return ranks
+
+
+def attention_orders(module: nn.Module, segments: dict) -> dict:
+    """:func:`graphsr.nn.fused_attention.csr` of each ``{name: (target, num_targets)}`` where the fused attention
+    kernel will run: ``module.fused_attention`` on and the kernel available for the module's device and dtype."""
+    attention = next((m for m in module.modules() if isinstance(m, GraphAttention)), None)
+    if not module.fused_attention or attention is None or \
+            not fused_attention.available(module.fine_cell_size, attention.heads, attention.head_dim):
+        return {}
+    return {name: fused_attention.csr(index, size) for name, (index, size) in segments.items()}
 
 
 def per_node(rows: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
@@ -127,12 +138,13 @@ class Block(nn.Module):
         cross = embed(self.cross_attention, cross_attr) if self.cross_attention is not None else None
         return embed(self.self_attention, edge_attr), cross
 
-    def forward(self, x, edge_index, edge_embedding, batch, cond, num_graphs, coarse=None, ranks=None):
+    def forward(self, x, edge_index, edge_embedding, batch, cond, num_graphs, coarse=None, ranks=None, csr=None):
         """x [N, W]; edge_embedding: of the self-attention (:meth:`embed_edges`); cond [num_graphs, cond_dim],
         or [1, cond_dim] when every event has the same (e.g. a sampler's noise level): the modulation is then one
         row for all nodes; coarse: (h_coarse, cross_edge_index, cross_edge_embedding); ranks: the
-        :func:`softmax_ranks` of the ``"self"``, ``"cross"`` and ``"context"`` softmaxes (each optional)."""
-        ranks = ranks or {}
+        :func:`softmax_ranks` of the ``"self"``, ``"cross"`` and ``"context"`` softmaxes; csr: the
+        :func:`attention_orders` of the ``"self"`` and ``"cross"`` attentions (each optional)."""
+        ranks, csr = ranks or {}, csr or {}
         mods = per_node(self.modulation(cond), batch).chunk(3 * self.num_sublayers, dim=-1)
         sub = iter(range(self.num_sublayers))
 
@@ -140,11 +152,12 @@ class Block(nn.Module):
             return self.norm(x) * (1 + mods[3 * i + 1]) + mods[3 * i], mods[3 * i + 2]
 
         h, gate = modulated(next(sub))
-        x = x + gate * self.self_attention(h, h, edge_index, edge_embedding, ranks.get("self"))
+        x = x + gate * self.self_attention(h, h, edge_index, edge_embedding, ranks.get("self"), csr.get("self"))
         if self.cross_attention is not None:
             h, gate = modulated(next(sub))
             h_coarse, cross_index, cross_embedding = coarse
-            x = x + gate * self.cross_attention(h_coarse, h, cross_index, cross_embedding, ranks.get("cross"))
+            x = x + gate * self.cross_attention(h_coarse, h, cross_index, cross_embedding, ranks.get("cross"),
+                                                     csr.get("cross"))
         if self.context is not None:
             h, gate = modulated(next(sub))
             x = x + gate * self.context(h, batch, num_graphs, ranks.get("context"))
@@ -169,10 +182,11 @@ class GraphTransformer(nn.Module):
 
     # the exact fast paths (same function, same weights; the bench's reference turns them off): edge networks on
     # the distinct relative positions, one modulation row when every event has the same conditioning, softmax
-    # maxima over dense tables (softmax_ranks)
+    # maxima over dense tables (softmax_ranks), graph attention as one fused CPU kernel (attention_orders)
     per_offset = True
     share_modulation = True
     rank_tables = True
+    fused_attention = True
     compile_backbone = False  # graphsr.nn.use_compile
 
     def __init__(self, fine_in: int, coarse_in: int, out: int, width: int = 128, depth: int = 4,
@@ -233,10 +247,12 @@ class GraphTransformer(nn.Module):
         if self.per_offset:  # the edge networks on the distinct relative positions only
             c_attr, f_attr, cross_attr = (distinct_rows(a) for a in (c_attr, f_attr, cross_attr))
         num_fine, num_coarse = f_layer.numel(), c_layer.numel()
-        ranks = softmax_ranks(self, {"coarse": (c_dst, num_coarse), "fine": (f_dst, num_fine),
-                                     "cross": (cross[1], num_fine), "context": (data.batch, data.num_graphs)})
+        segments = {"coarse": (c_dst, num_coarse), "fine": (f_dst, num_fine), "cross": (cross[1], num_fine)}
+        csr = attention_orders(self, segments)
+        ranks = softmax_ranks(self, {**{name: s for name, s in segments.items() if name not in csr},
+                                     "context": (data.batch, data.num_graphs)})
         return {"inside": self.relative(c_pos[data.fine_parent], c_layer[data.fine_parent], f_pos, f_layer)[:, :2],
-                "cross": cross, "ranks": ranks,
+                "cross": cross, "ranks": ranks, "csr": csr,
                 "coarse_edges": [block.embed_edges(c_attr)[0] for block in self.coarse_blocks],
                 "fine_edges": [block.embed_edges(f_attr, cross_attr) for block in self.blocks]}
 
@@ -263,7 +279,9 @@ class GraphTransformer(nn.Module):
         # a row's rank in its segment is the same in every copy
         ranks = {name: (tiled(rank, num_fine if name == "cross" else None), width)
                  for name, (rank, width) in prepared["ranks"].items()}
-        return {"inside": prepared["inside"].repeat(copies, 1), "cross": cross, "ranks": ranks,
+        csr = {name: fused_attention.tile_csr(*orders, copies, num_fine if name == "cross" else None)
+               for name, orders in prepared.get("csr", {}).items()}
+        return {"inside": prepared["inside"].repeat(copies, 1), "cross": cross, "ranks": ranks, "csr": csr,
                 "coarse_edges": [tiled(terms) for terms in prepared["coarse_edges"]],
                 "fine_edges": [(tiled(own), tiled(other, num_fine)) for own, other in prepared["fine_edges"]]}
 
@@ -283,15 +301,17 @@ class GraphTransformer(nn.Module):
             self.layer_embedding(data.fine_layer)
         hc = self.coarse_input(torch.cat([x_coarse, c_pos[:, :1] / ETA_MAX], dim=1)) + \
             self.layer_embedding(data.coarse_layer)
-        ranks = prepared.get("ranks", {})
+        ranks, csr = prepared.get("ranks", {}), prepared.get("csr", {})
         coarse_ranks = {"self": ranks.get("coarse")}
         fine_ranks = {"self": ranks.get("fine"), "cross": ranks.get("cross"), "context": ranks.get("context")}
+        fine_csr = {"self": csr.get("fine"), "cross": csr.get("cross")}
         for block, edges in zip(self.coarse_blocks, prepared["coarse_edges"]):
-            hc = block(hc, data.coarse_edge_index, edges, coarse_batch, cond, num_graphs, ranks=coarse_ranks)
+            hc = block(hc, data.coarse_edge_index, edges, coarse_batch, cond, num_graphs, ranks=coarse_ranks,
+                       csr={"self": csr.get("coarse")})
         cross = prepared["cross"]
         for block, (edges, cross_edges) in zip(self.blocks, prepared["fine_edges"]):
             h = block(h, data.fine_edge_index, edges, batch, cond, num_graphs, coarse=(hc, cross, cross_edges),
-                      ranks=fine_ranks)
+                      ranks=fine_ranks, csr=fine_csr)
         shift, scale = per_node(self.final_modulation(cond), batch).chunk(2, dim=-1)
         out = self.head(self.final_norm(h) * (1 + scale) + shift)
         if not hasattr(self, "coarse_head"):
@@ -324,6 +344,7 @@ class CellTransformer(nn.Module):
     per_offset = True  # as GraphTransformer's
     share_modulation = True
     rank_tables = True
+    fused_attention = True
     compile_backbone = False
 
     def __init__(self, cell_in: int, out: int | None = None, width: int = 64, depth: int = 3, heads: int = 4,
@@ -352,16 +373,18 @@ class CellTransformer(nn.Module):
         attr = relative_positions(self.fine_cell_size, pos[source], layer[source], pos[target], layer[target])
         if self.per_offset:
             attr = distinct_rows(attr)
-        ranks = softmax_ranks(self, {"self": (target, x.size(0)), "context": (cells.batch, cond.size(0))})
+        csr = attention_orders(self, {"self": (target, x.size(0))})
+        ranks = softmax_ranks(self, {**({} if csr else {"self": (target, x.size(0))}),
+                                     "context": (cells.batch, cond.size(0))})
         args = (self, x, pos, layer, cells.edge_index, cells.batch, attr, shared_rows(cond, self.share_modulation),
-                cond.size(0), ranks)
+                cond.size(0), ranks, csr)
         return run_compiled(CellTransformer._forward, *args) if self.compile_backbone else \
             CellTransformer._forward(*args)
 
-    def _forward(self, x, pos, layer, edge_index, batch, attr, cond, num_graphs, ranks):
+    def _forward(self, x, pos, layer, edge_index, batch, attr, cond, num_graphs, ranks, csr):
         h = self.cell_input(torch.cat([x, pos[:, :1] / ETA_MAX], dim=1)) + self.layer_embedding(layer)
         for block in self.blocks:
-            h = block(h, edge_index, block.embed_edges(attr)[0], batch, cond, num_graphs, ranks=ranks)
+            h = block(h, edge_index, block.embed_edges(attr)[0], batch, cond, num_graphs, ranks=ranks, csr=csr)
         shift, scale = per_node(self.final_modulation(cond), batch).chunk(2, dim=-1)
         h = self.final_norm(h) * (1 + scale) + shift
         return h if self.head is None else self.head(h)

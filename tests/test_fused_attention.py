@@ -1,0 +1,135 @@
+"""The fused CPU attention kernel (graphsr.nn.fused_attention): outputs and gradients against attention written out
+per target with torch.softmax, empty targets, extreme and NaN logits, the ensemble tiling of its edge order, the
+build cache and the fallback where no C compiler works."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from graphsr.nn import GraphAttention, GraphTransformer
+from graphsr.nn import fused_attention as fa
+
+
+def needs_kernel(heads, dim):
+    if not fa.available(torch.zeros(1), heads, dim):
+        pytest.skip("no C compiler for the fused attention kernel")
+
+
+def by_hand(q, kv, table, row, source, target, num_targets, heads):
+    """Per target and head: softmax over its edges of q . (k + b) / sqrt(d), then the weighted sum of v + b'."""
+    width = q.size(1)
+    dim = width // heads
+    terms = kv[source] + table[row]
+    out = []
+    for t in range(num_targets):
+        edges = (target == t).nonzero().squeeze(1)
+        heads_out = []
+        for h in range(heads):
+            cols = slice(h * dim, (h + 1) * dim)
+            key, value = terms[edges][:, cols], terms[edges][:, width:][:, cols]
+            weight = torch.softmax(key @ q[t, cols] / dim ** 0.5, 0)
+            heads_out.append(weight @ value if len(edges) else q.new_zeros(dim))
+        out.append(torch.cat(heads_out))
+    return torch.stack(out)
+
+
+def graph(seed=0, targets=7, sources=5, edges=30, heads=2, dim=4, rows=3):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, targets - 1, (edges,), generator=g)  # the last target has no edge
+    source = torch.randint(0, sources, (edges,), generator=g)
+    row = torch.randint(0, rows, (edges,), generator=g)
+    width = heads * dim
+    q = torch.randn(targets, width, generator=g, requires_grad=True)
+    kv = torch.randn(sources, 2 * width, generator=g, requires_grad=True)
+    table = torch.randn(rows, 2 * width, generator=g, requires_grad=True)
+    return q, kv, table, row, source, target
+
+
+@pytest.mark.parametrize("heads, dim", [(2, 4), (4, 8), (3, 5)])
+def test_outputs_and_gradients_are_softmax_attention_by_hand(heads, dim):
+    needs_kernel(heads, dim)
+    q, kv, table, row, source, target = graph(heads=heads, dim=dim)
+    out = fa.edge_attention(q, kv, table, row, source, *fa.csr(target, 7), heads)
+    expected = by_hand(q.double(), kv.double(), table.double(), row, source, target, 7, heads)
+    assert torch.allclose(out.double(), expected, atol=1e-5)
+    assert torch.equal(out[6], torch.zeros(heads * dim))  # no incoming edge
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    got = torch.autograd.grad(out, (q, kv, table), grad)
+    want = torch.autograd.grad(expected, (q, kv, table), grad.double())
+    for g, w in zip(got, want):
+        assert torch.allclose(g.double(), w.double(), atol=1e-4)
+    assert torch.equal(got[0][6], torch.zeros(heads * dim))
+    assert got[1].abs().sum() > 0 and got[2].abs().sum() > 0  # not trivially zero
+
+
+def test_extreme_logits_give_the_softmax_limits_and_nan_stays_nan():
+    needs_kernel(2, 4)
+    q, kv, table, row, source, target = graph()
+    with torch.no_grad():
+        q = q * 300  # logits hundreds apart: weights underflow to exactly 0 or 1, as torch.softmax's
+        out = fa.edge_attention(q, kv, table, row, source, *fa.csr(target, 7), 2)
+        expected = by_hand(q.double(), kv.double(), table.double(), row, source, target, 7, 2)
+        assert torch.allclose(out.double(), expected, atol=1e-4)
+        q[0, 0] = float("nan")
+        out = fa.edge_attention(q, kv, table, row, source, *fa.csr(target, 7), 2)
+    assert out[0, :4].isnan().all() and not out[1:].isnan().any()  # the head with a NaN query, alone
+
+
+def test_tiled_edge_order_is_the_order_of_tiled_edges():
+    """An ensemble's copies batched one after the other; the cross edges in two parts, each tiled on its own."""
+    target = torch.tensor([1, 0, 2, 1, 0, 2, 2])  # 3 targets; first part: edges 0-2, second part: 3-6
+    order, ptr = fa.csr(target, 3)
+    tiled_order, tiled_ptr = fa.tile_csr(order, ptr, 2, first=3)
+    # by hand: [first part of copy 0, of copy 1, second part of copy 0, of copy 1], targets offset by 3 per copy
+    tiled_target = torch.cat([target[:3], target[:3] + 3, target[3:], target[3:] + 3])
+    want_order, want_ptr = fa.csr(tiled_target, 6)
+    assert torch.equal(tiled_order, want_order) and torch.equal(tiled_ptr, want_ptr)
+    assert torch.equal(tiled_ptr, torch.tensor([0, 2, 4, 7, 9, 11, 14]))
+    plain_order, plain_ptr = fa.tile_csr(order, ptr, 3)
+    assert torch.equal(plain_order, fa.csr(torch.cat([target, target + 3, target + 6]), 9)[0])
+
+
+def test_attention_with_dropout_in_training_keeps_the_scatter_path():
+    needs_kernel(2, 2)
+    torch.manual_seed(0)
+    attention = GraphAttention(4, 2, edge_dim=1, dropout=1.0).train()  # every weight dropped
+    x = torch.randn(3, 4)
+    edge_index = torch.tensor([[2, 0, 1], [0, 1, 0]])
+    embedding = attention.embed_edges(torch.randn(3, 1))
+    out = attention(x, x, edge_index, embedding, csr=fa.csr(edge_index[1], 3))
+    assert torch.allclose(out, attention.out.bias.expand(3, 4))
+
+
+def test_the_kernel_is_built_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHSR_CACHE", str(tmp_path))
+    monkeypatch.setattr(fa, "_libraries", {})
+    monkeypatch.setattr(fa, "_failed", [])
+    if fa._compiler() is None:
+        pytest.skip("no C compiler")
+    assert fa.available(torch.zeros(1), 2, 3)
+    built = list(tmp_path.glob("edge_attention_2x3_*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(fa, "_libraries", {})
+    assert fa.available(torch.zeros(1), 2, 3) and built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    assert not fa.available(torch.zeros(1, dtype=torch.float64), 2, 3)
+
+
+def test_a_failing_compiler_warns_once_and_the_model_keeps_the_scatter_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHSR_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a compiler that always fails
+    monkeypatch.setattr(fa, "_libraries", {})
+    monkeypatch.setattr(fa, "_failed", [])
+    if fa._compiler() is None:
+        pytest.skip("no `false` command")
+    with pytest.warns(RuntimeWarning, match="edge_attention.c"):
+        assert not fa.available(torch.zeros(1), 2, 3)
+    net = GraphTransformer(fine_in=1, coarse_in=1, out=1, width=8, depth=1, coarse_depth=1, heads=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: no second try, no second warning
+        assert not fa.available(torch.zeros(1), 4, 8)
+        from graphsr.nn.transformer import attention_orders
+        assert attention_orders(net, {"fine": (torch.tensor([0, 1]), 2)}) == {}
