@@ -43,7 +43,7 @@ from graphsr.models.sr3 import add_inputs, state_batch
 from graphsr.nn import CellTransformer, GraphTransformer, use_compile
 from graphsr.simulation import SingleElectronGun, simulate_events
 from graphsr.training.checkpoint import load_checkpoint, save_checkpoint
-from graphsr.training.loop import adamw, ema_update, optimiser_step
+from graphsr.training.loop import ExponentialAverage, adamw, optimiser_step
 from graphsr.training.trainer import fit_energy_model, load_splits, train
 
 
@@ -154,8 +154,8 @@ def resolver_row(resolver: SuperResolver, test, threads: int, peak: float, round
 def training_row(resolver: SuperResolver, config, train_set, threads: int, rounds: int, steps: int = 16,
                  warmup: int = 3) -> dict:
     """Whole optimiser steps (forward, backward, clipping, AdamW, EMA) of the demo's batch size. The reference
-    runs torch's default AdamW and a per-parameter EMA as before; the fast path the loop's own (fused AdamW, one
-    multi-tensor EMA lerp)."""
+    runs torch's default AdamW, ``clip_grad_norm_`` and a per-parameter EMA as before; the fast path the loop's own
+    (``optimiser_step``: fused AdamW, multi-tensor clipping and EMA)."""
     energy_model = fit_energy_model(train_set, "shares")
     loss_fn = build_loss(config)
     size = config.train.batch_size
@@ -168,7 +168,7 @@ def training_row(resolver: SuperResolver, config, train_set, threads: int, round
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
             ema = AveragedModel(model, avg_fn=lambda a, c, n: 0.999 * a + 0.001 * c)
         else:
-            optimizer, ema = adamw(model.parameters(), 1e-4, 0.0), AveragedModel(model, multi_avg_fn=ema_update(0.999))
+            optimizer, ema = adamw(model.parameters(), 1e-4, 0.0), ExponentialAverage(model, 0.999)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1.0)
         generator = torch.Generator().manual_seed(0)
 
@@ -177,7 +177,15 @@ def training_row(resolver: SuperResolver, config, train_set, threads: int, round
                 reference(model, name == "reference")
                 for batch in chosen:
                     loss = model.loss(loss_fn, batch, generator, resolver.factor, energy_model=energy_model)
-                    optimiser_step(loss, model, optimizer, scheduler, ema, 1.0)
+                    if name == "fast":
+                        optimiser_step(loss, model, optimizer, scheduler, ema, 1.0)
+                        continue
+                    optimizer.zero_grad(set_to_none=True)  # the step as graphsr took it before
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                    ema.update_parameters(model)
             return run
         steppers[name] = steps_of(name, optimizer, scheduler, ema, generator)
         start = time.perf_counter()

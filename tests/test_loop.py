@@ -1,10 +1,11 @@
-"""The shared training loop: stopping rules and an exact resume, on a toy model."""
+"""The shared training loop: stopping rules and an exact resume, on a toy model; its AdamW, clipping and EMA by hand."""
 
 import itertools
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 
-from graphsr.training.loop import TrainingLoop, optimiser_step
+from graphsr.training.loop import ExponentialAverage, TrainingLoop, clip_gradients, ema_update, optimiser_step
 
 
 def _toy(steps=10, **options):
@@ -71,3 +72,37 @@ def test_one_optimiser_step_is_adamw_and_the_ema_warms_up_by_hand():
     assert torch.allclose(model.weight.detach(), expected, atol=1e-6)
     d = min(0.9, 2 / 11)  # the second update: n = 1
     assert torch.allclose(loop.ema.module.weight.detach(), d * start + (1 - d) * expected, atol=1e-6)
+
+
+def test_gradients_are_clipped_to_the_total_norm_by_hand():
+    """Gradients (3, 4) and (12): total norm 13. A limit of 6.5 halves them; a limit above 13 leaves them."""
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1))
+    unused = torch.nn.Parameter(torch.zeros(1))  # no gradient: skipped
+    for limit, factor in ((6.5, 0.5), (20.0, 1.0)):
+        a.grad, b.grad = torch.tensor([3.0, 4.0]), torch.tensor([12.0])
+        clip_gradients([a, b, unused], limit)
+        assert torch.allclose(a.grad, factor * torch.tensor([3.0, 4.0]), rtol=1e-6)
+        assert torch.allclose(b.grad, factor * torch.tensor([12.0]), rtol=1e-6)
+    assert unused.grad is None
+
+
+def test_the_ema_copy_follows_buffers_and_reads_an_averaged_models_state():
+    """Buffers are copied at every update (not averaged); the state dict is AveragedModel's (checkpoints written
+    with it load), and updates go on from its count."""
+    model = torch.nn.BatchNorm1d(2)
+    ema = ExponentialAverage(model, 0.9)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        model.running_mean.fill_(5.0)
+    ema.update_parameters(model)
+    assert torch.equal(ema.module.running_mean, model.running_mean) and torch.equal(ema.module.weight, model.weight)
+    old = AveragedModel(model, multi_avg_fn=ema_update(0.9))
+    old.update_parameters(model)
+    old.update_parameters(model)
+    restored = ExponentialAverage(model, 0.9)
+    restored.load_state_dict(old.state_dict())
+    assert int(restored.n_averaged) == 2 and sorted(restored.state_dict()) == sorted(old.state_dict())
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    restored.update_parameters(model)  # n = 2: keeps d = min(0.9, 3 / 12) of the average
+    assert torch.allclose(restored.module.weight, torch.full((2,), 0.25 * 2.0))
