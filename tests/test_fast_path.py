@@ -73,7 +73,16 @@ def test_attention_with_offset_tables_is_dense_attention_by_hand(path):
     assert torch.allclose(out[2], attention.out(torch.zeros(4)), atol=1e-6)
 
 
-def test_distinct_rows_rebuild_the_rows_even_when_their_keys_collide():
+@pytest.mark.parametrize("hashed", [True, False])
+def test_distinct_rows_rebuild_the_rows_even_when_their_keys_collide(hashed, monkeypatch):
+    """hashed: in the kernel's library (first-appearance order); else by torch.unique (sorted)."""
+    if hashed and not fused_attention.available(torch.zeros(1)):
+        pytest.skip("no C compiler for the fused attention kernel")
+    if not hashed:
+        monkeypatch.setattr(fused_attention, "_libraries", {})
+    signed_zeros = torch.tensor([[0.0], [-0.0], [0.0]])  # equal as numbers, not as bits: two rows
+    distinct, index = distinct_rows(signed_zeros)
+    assert len(distinct) == 2 and index[0] == index[2] != index[1]
     rows = torch.tensor([[0.5, -1.0, 2.0], [0.5, -1.0, 2.0], [0.0, 1.0, 0.0], [0.5, -1.0, 2.5]])
     distinct, index = distinct_rows(rows)
     assert len(distinct) == 3 and torch.equal(distinct[index], rows)

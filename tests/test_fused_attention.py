@@ -133,3 +133,13 @@ def test_a_failing_compiler_warns_once_and_the_model_keeps_the_scatter_path(tmp_
         assert not fa.available(torch.zeros(1), 4, 8)
         from graphsr.nn.transformer import attention_orders
         assert attention_orders(net, {"fine": (torch.tensor([0, 1]), 2)}) == {}
+
+
+def test_the_counting_csr_is_a_stable_sort_and_rejects_targets_out_of_range():
+    needs_kernel(2, 4)  # loads the library that counts
+    target = torch.randint(0, 50, (2000,), generator=torch.Generator().manual_seed(3))
+    order, ptr = fa.csr(target, 60)  # the last 10 targets have no edge
+    assert torch.equal(order, torch.sort(target, stable=True).indices)
+    assert torch.equal(ptr[1:] - ptr[:-1], torch.bincount(target, minlength=60)) and ptr[0] == 0
+    with pytest.raises(ValueError, match=r"outside 0\.\.2"):
+        fa.csr(torch.tensor([0, 5]), 3)

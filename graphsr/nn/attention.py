@@ -16,9 +16,14 @@ from graphsr.nn import fused_attention
 
 
 def distinct_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(distinct [R, F], index [E])`` with ``distinct[index] == rows`` exactly (rows [E, F] of float32)."""
+    """``(distinct [R, F], index [E])`` with ``distinct[index] == rows`` exactly (rows [E, F] of float32). By hashing
+    where the fused attention kernel's library is loaded (CPU; distinct rows in order of first appearance), else by a
+    sort (sorted rows)."""
     if rows.size(0) == 0:
         return rows, torch.zeros(0, dtype=torch.long, device=rows.device)
+    hashed = fused_attention.distinct_rows(rows)
+    if hashed is not None:
+        return hashed
     # one sort of a 64-bit mix of each row's bits; checked, and in the (unlikely) case of a collision the exact
     # column-by-column way
     bits = rows.contiguous().view(torch.int32).long()

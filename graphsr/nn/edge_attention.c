@@ -22,6 +22,68 @@
 #endif
 #define WIDTH (HEADS * DIM)
 
+/* The edges sorted by target, stably, by counting (O(E), where a comparison sort is O(E log E)): order [E] and
+ * ptr [targets + 1], target t's edges at order[ptr[t] .. ptr[t + 1]). Returns 1 for a target outside 0..targets-1. */
+int graphsr_csr(int64_t edges, int64_t targets, const int64_t *restrict target, int64_t *restrict order,
+                int64_t *restrict ptr)
+{
+    memset(ptr, 0, sizeof(int64_t) * (targets + 1));
+    for (int64_t e = 0; e < edges; e++) {
+        if (target[e] < 0 || target[e] >= targets)
+            return 1;
+        ptr[target[e] + 1]++;
+    }
+    for (int64_t t = 0; t < targets; t++)
+        ptr[t + 1] += ptr[t];
+    int64_t *next = malloc(sizeof(int64_t) * (targets ? targets : 1));
+    if (!next)
+        return 2;
+    memcpy(next, ptr, sizeof(int64_t) * targets);
+    for (int64_t e = 0; e < edges; e++)
+        order[next[target[e]]++] = e;
+    free(next);
+    return 0;
+}
+
+/* Distinct rows of a [rows, features] array of 32-bit words (float bits: rows equal bit for bit), in order of first
+ * appearance, by an open-addressing hash table (linear probing): index [rows] (each row's distinct row) and first [distinct] (the
+ * row where each first appears); returns the number of distinct rows, -1 out of memory. */
+int64_t graphsr_distinct_rows(int64_t rows, int64_t features, const uint32_t *restrict bits,
+                              int64_t *restrict index, int64_t *restrict first)
+{
+    uint64_t size = 16;
+    while (size < 2 * (uint64_t)rows)
+        size *= 2;
+    int64_t *slot = malloc(sizeof(int64_t) * size);  /* distinct row id, -1 empty */
+    if (!slot)
+        return -1;
+    for (uint64_t i = 0; i < size; i++)
+        slot[i] = -1;
+    int64_t count = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint32_t *row = bits + r * features;
+        uint64_t hash = 0;  /* each word mixed in, then splitmix64's finaliser: the low bits index the table */
+        for (int64_t f = 0; f < features; f++)
+            hash = (hash + row[f]) * 0x9E3779B97F4A7C15ull;
+        hash ^= hash >> 30, hash *= 0xBF58476D1CE4E5B9ull, hash ^= hash >> 27, hash *= 0x94D049BB133111EBull;
+        hash ^= hash >> 31;
+        for (uint64_t i = hash & (size - 1);; i = (i + 1) & (size - 1)) {
+            if (slot[i] < 0) {
+                slot[i] = count;
+                first[count] = r;
+                index[r] = count++;
+                break;
+            }
+            if (!memcmp(bits + first[slot[i]] * features, row, sizeof(uint32_t) * features)) {
+                index[r] = slot[i];
+                break;
+            }
+        }
+    }
+    free(slot);
+    return count;
+}
+
 static int64_t most_edges(int64_t targets, const int64_t *ptr)
 {
     int64_t most = 1;

@@ -72,6 +72,9 @@ def _build(heads: int, dim: int) -> ctypes.CDLL:
     i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
     lib.graphsr_attention_forward.argtypes = [i64, *[ptr] * 7, f32, ptr, ptr]
     lib.graphsr_attention_backward.argtypes = [i64, *[ptr] * 7, f32, *[ptr] * 6]
+    lib.graphsr_csr.argtypes = [i64, i64, ptr, ptr, ptr]
+    lib.graphsr_distinct_rows.argtypes = [i64, i64, ptr, ptr, ptr]
+    lib.graphsr_distinct_rows.restype = i64
     return lib
 
 
@@ -97,10 +100,35 @@ def available(like: torch.Tensor, heads: int = 4, dim: int = 8) -> bool:
 
 def csr(target: torch.Tensor, num_targets: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(order [E], ptr [num_targets + 1])``: the edges sorted by ``target`` (stable) and where each target's
-    edges start, for :func:`edge_attention`."""
+    edges start, for :func:`edge_attention`. By counting in the kernel's library where it is loaded (a sort's
+    fraction of the time), else by a sort."""
+    lib = next(iter(_libraries.values()), None)
+    if lib is not None and target.device.type == "cpu" and target.dtype == torch.long:
+        target = target.contiguous()
+        order, ptr = torch.empty_like(target), target.new_empty(num_targets + 1)
+        code = lib.graphsr_csr(target.numel(), num_targets, *_pointers(target, order, ptr))
+        if code == 1:
+            raise ValueError(f"edge targets outside 0..{num_targets - 1}")
+        if code:
+            raise MemoryError("csr: out of memory")
+        return order, ptr
     order = torch.sort(target, stable=True).indices
     count = torch.bincount(target, minlength=num_targets)
     return order, torch.cat([count.new_zeros(1), torch.cumsum(count, 0)])
+
+
+def distinct_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(distinct [R, F], index [E])`` of float32 rows [E, F] on the CPU, equal bit for bit, in order of first
+    appearance, by hashing in the kernel's library (no sort); None where the library is not loaded."""
+    lib = next(iter(_libraries.values()), None)
+    if lib is None or rows.device.type != "cpu" or rows.dtype != torch.float32 or rows.dim() != 2:
+        return None
+    rows = rows.contiguous()
+    index, first = (torch.empty(rows.size(0), dtype=torch.long) for _ in range(2))
+    count = lib.graphsr_distinct_rows(rows.size(0), rows.size(1), *_pointers(rows, index, first))
+    if count < 0:
+        raise MemoryError("distinct rows: out of memory")
+    return rows.index_select(0, first[:count]), index
 
 
 def tile_csr(order: torch.Tensor, ptr: torch.Tensor, copies: int, first: int | None = None):
