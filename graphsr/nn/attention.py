@@ -103,8 +103,13 @@ class GraphAttention(nn.Module):
             else:
                 table = x_target.new_zeros(1, 2 * h * d)
                 row = torch.zeros(num_edges, dtype=torch.long, device=source.device)
-            out = fused_attention.edge_attention(self.query(x_target), self.key_value(x_source), table, row, source,
-                                                 *csr, h)
+            if x_source is x_target:  # self-attention: queries, keys and values in one matmul
+                weight = torch.cat([self.query.weight, self.key_value.weight])
+                query, key_value = nn.functional.linear(x_target, weight, torch.cat([self.query.bias,
+                                                        self.key_value.bias])).split([h * d, 2 * h * d], dim=1)
+            else:
+                query, key_value = self.query(x_target), self.key_value(x_source)
+            out = fused_attention.edge_attention(query, key_value, table, row, source, *csr, h)
             return self.out(out)
         key_value = self.key_value(x_source).index_select(0, source)  # index_select: cheap backward on CPU
         if isinstance(edge_embedding, tuple):
@@ -141,7 +146,11 @@ class EventContext(nn.Module):
         """x [N, width], batch [N] (sorted), rank: :func:`graphsr.ops.segment_rank` of ``batch`` (optional: a
         faster softmax in compiled code) -> [N, width]."""
         n, t, h, d = x.size(0), self.tokens, self.heads, self.head_dim
-        key, value = self.pool_key_value(x).view(n, 2, h, d).unbind(1)
+        # the pooling's keys and values and the read's queries in one matmul
+        weight = torch.cat([self.pool_key_value.weight, self.read_query.weight])
+        bias = torch.cat([self.pool_key_value.bias, self.read_query.bias])
+        key_value, query = nn.functional.linear(x, weight, bias).split([2 * h * d, h * d], dim=1)
+        key, value = key_value.reshape(n, 2, h, d).unbind(1)
         logits = torch.einsum("nhd,thd->nth", key, self.queries.view(t, h, d)) / math.sqrt(d)
         segment = (batch.unsqueeze(1) * t + torch.arange(t, device=x.device)).reshape(-1)  # (event, token)
         if rank is not None:  # a node's rank in its event is its rank in each of its (event, token) segments
@@ -150,7 +159,7 @@ class EventContext(nn.Module):
         pooled = ops.scatter(weight.unsqueeze(-1) * value.unsqueeze(1).expand(n, t, h, d).reshape(n * t, h, d),
                              segment, num_graphs * t, "sum").view(num_graphs, t, h * d)
         token_key, token_value = self.read_key_value(pooled).view(num_graphs, t, 2, h, d).unbind(2)
-        query = self.read_query(x).view(n, h, d)
+        query = query.reshape(n, h, d)
         scores = torch.einsum("nhd,nthd->nht", query, token_key.index_select(0, batch)) / math.sqrt(d)
         out = torch.einsum("nht,nthd->nhd", scores.softmax(-1), token_value.index_select(0, batch))
         return self.out(out.reshape(n, h * d))

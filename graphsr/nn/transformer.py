@@ -42,7 +42,7 @@ def relative_positions(cell_size: torch.Tensor, pos_source: torch.Tensor, layer_
                        pos_target: torch.Tensor, layer_target: torch.Tensor) -> torch.Tensor:
     """Edge features ``[E, 3]``: (delta eta, delta phi) in cells of the target's layer (``cell_size`` per layer, in
     eta units; phi cells scaled to the same units), and delta layer."""
-    size = cell_size[layer_target].unsqueeze(1)
+    size = cell_size.index_select(0, layer_target).unsqueeze(1)
     delta = pos_source - pos_target
     delta = torch.stack([delta[:, 0], wrap_phi(delta[:, 1]) * (ETA_MAX / math.pi)], dim=1) / size
     return torch.cat([delta, (layer_source - layer_target).unsqueeze(1).float()], dim=1)
@@ -218,6 +218,12 @@ class GraphTransformer(nn.Module):
         """Edge features: (delta eta, delta phi) in fine cells of the target's layer, and delta layer."""
         return relative_positions(self.fine_cell_size, pos_source, layer_source, pos_target, layer_target)
 
+    def edge_features(self, pos_source, layer_source, pos_target, layer_target, edge_index):
+        """:meth:`relative` of the edges ``edge_index`` (source, target) between two sets of cells."""
+        source, target = edge_index
+        return self.relative(pos_source.index_select(0, source), layer_source.index_select(0, source),
+                             pos_target.index_select(0, target), layer_target.index_select(0, target))
+
     def cross_edges(self, data):
         """Coarse -> fine edges: each fine cell's parent and the parent's coarse neighbours."""
         parent = data.fine_parent
@@ -226,12 +232,13 @@ class GraphTransformer(nn.Module):
         order = torch.argsort(parent, stable=True)
         first_child = torch.cumsum(children, 0) - children
         source, target = data.coarse_edge_index
-        repeats = children[target]
+        repeats = children.index_select(0, target)
         edge = torch.repeat_interleave(torch.arange(source.numel(), device=parent.device), repeats)
-        offset = torch.arange(edge.numel(), device=parent.device) - (torch.cumsum(repeats, 0) - repeats)[edge]
-        fine = order[first_child[target[edge]] + offset]
+        offset = torch.arange(edge.numel(), device=parent.device) - \
+            (torch.cumsum(repeats, 0) - repeats).index_select(0, edge)
+        fine = order.index_select(0, first_child.index_select(0, target.index_select(0, edge)) + offset)
         fine_all = torch.arange(parent.numel(), device=parent.device)
-        return torch.stack([torch.cat([parent, source[edge]]), torch.cat([fine_all, fine])])
+        return torch.stack([torch.cat([parent, source.index_select(0, edge)]), torch.cat([fine_all, fine])])
 
     def prepare(self, data) -> dict:
         """Everything that depends on the events' cells alone, not on the inputs or the conditioning: the position
@@ -239,11 +246,12 @@ class GraphTransformer(nn.Module):
         and passes the result to :meth:`forward` at every step (with the same weights: embeddings are weights')."""
         f_pos, c_pos = data.fine_pos, data.coarse_pos
         f_layer, c_layer = data.fine_layer, data.coarse_layer
-        (c_src, c_dst), (f_src, f_dst) = data.coarse_edge_index, data.fine_edge_index
+        c_dst, f_dst = data.coarse_edge_index[1], data.fine_edge_index[1]
         cross = self.cross_edges(data)
-        c_attr = self.relative(c_pos[c_src], c_layer[c_src], c_pos[c_dst], c_layer[c_dst])
-        f_attr = self.relative(f_pos[f_src], f_layer[f_src], f_pos[f_dst], f_layer[f_dst])
-        cross_attr = self.relative(c_pos[cross[0]], c_layer[cross[0]], f_pos[cross[1]], f_layer[cross[1]])
+        # index_select, not x[index]: a few times faster on CPU, and the graph work is a tenth of a training step
+        c_attr = self.edge_features(c_pos, c_layer, c_pos, c_layer, data.coarse_edge_index)
+        f_attr = self.edge_features(f_pos, f_layer, f_pos, f_layer, data.fine_edge_index)
+        cross_attr = self.edge_features(c_pos, c_layer, f_pos, f_layer, cross)
         if self.per_offset:  # the edge networks on the distinct relative positions only
             c_attr, f_attr, cross_attr = (distinct_rows(a) for a in (c_attr, f_attr, cross_attr))
         num_fine, num_coarse = f_layer.numel(), c_layer.numel()
@@ -251,7 +259,9 @@ class GraphTransformer(nn.Module):
         csr = attention_orders(self, segments)
         ranks = softmax_ranks(self, {**{name: s for name, s in segments.items() if name not in csr},
                                      "context": (data.batch, data.num_graphs)})
-        return {"inside": self.relative(c_pos[data.fine_parent], c_layer[data.fine_parent], f_pos, f_layer)[:, :2],
+        parent = data.fine_parent
+        inside = self.relative(c_pos.index_select(0, parent), c_layer.index_select(0, parent), f_pos, f_layer)
+        return {"inside": inside[:, :2],
                 "cross": cross, "ranks": ranks, "csr": csr,
                 "coarse_edges": [block.embed_edges(c_attr)[0] for block in self.coarse_blocks],
                 "fine_edges": [block.embed_edges(f_attr, cross_attr) for block in self.blocks]}
@@ -370,7 +380,8 @@ class CellTransformer(nn.Module):
         cond [num_graphs, cond_dim]."""
         source, target = cells.edge_index
         pos, layer = cells.pos, cells.layer
-        attr = relative_positions(self.fine_cell_size, pos[source], layer[source], pos[target], layer[target])
+        attr = relative_positions(self.fine_cell_size, pos.index_select(0, source), layer.index_select(0, source),
+                                  pos.index_select(0, target), layer.index_select(0, target))
         if self.per_offset:
             attr = distinct_rows(attr)
         csr = attention_orders(self, {"self": (target, x.size(0))})
