@@ -143,3 +143,19 @@ def test_the_counting_csr_is_a_stable_sort_and_rejects_targets_out_of_range():
     assert torch.equal(ptr[1:] - ptr[:-1], torch.bincount(target, minlength=60)) and ptr[0] == 0
     with pytest.raises(ValueError, match=r"outside 0\.\.2"):
         fa.csr(torch.tensor([0, 5]), 3)
+
+
+def test_queries_and_keys_may_be_column_slices_of_one_matmul_output():
+    """Self-attention projects queries, keys and values in one matmul: the kernel reads the slices in place."""
+    needs_kernel(2, 4)
+    _, _, table, row, source, target = graph(targets=5, sources=5)
+    wide = torch.randn(5, 24, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    q, kv = wide.split([8, 16], dim=1)
+    assert q.stride(0) == kv.stride(0) == 24
+    out = fa.edge_attention(q, kv, table, row, source, *fa.csr(target, 5), 2)
+    expected = by_hand(q.double(), kv.double(), table.double(), row, source, target, 5, 2)
+    assert torch.allclose(out.double(), expected, atol=1e-5)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    got, = torch.autograd.grad(out, wide, grad)
+    want, = torch.autograd.grad(expected, wide, grad.double())
+    assert torch.allclose(got, want.float(), atol=1e-4) and got.abs().sum() > 0

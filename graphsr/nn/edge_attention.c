@@ -2,7 +2,8 @@
  * target's edges (graphsr.nn.fused_attention builds and calls it; float32, CPU, one thread). HEADS and DIM (features per head) are
  * fixed at build time, one build per size, so that every per-edge loop is unrolled and vectorised.
  *
- * Shapes (W = heads * head_dim): q [T, W] per target; kv [S, 2W] per source (key, then value); table [R, 2W] of edge
+ * Shapes (W = heads * head_dim): q [T, W] per target; kv [S, 2W] per source (key, then value), their rows q_stride
+ * and kv_stride floats apart (views into a wider matmul output need no copy); dq and dkv are contiguous; table [R, 2W] of edge
  * terms added to key and value, edge e using row[e]; source [E]; order [E] the edges sorted by target, target t's
  * edges order[ptr[t] .. ptr[t + 1]); scale = 1 / sqrt(head_dim).
  * Forward: out [T, W] = sum over t's edges of softmax_e(scale q . k_e) v_e per head (zero for targets without edges),
@@ -135,7 +136,7 @@ static inline void logits(const float *restrict q, const float *restrict k, cons
     }
 }
 
-int graphsr_attention_forward(int64_t targets, const float *restrict q, const float *restrict kv,
+int graphsr_attention_forward(int64_t targets, int64_t q_stride, int64_t kv_stride, const float *restrict q, const float *restrict kv,
                               const float *restrict table, const int64_t *restrict source,
                               const int64_t *restrict row, const int64_t *restrict order,
                               const int64_t *restrict ptr, float scale, float *restrict out, float *restrict lse)
@@ -145,7 +146,7 @@ int graphsr_attention_forward(int64_t targets, const float *restrict q, const fl
         return 1;
     for (int64_t t = 0; t < targets; t++) {
         const int64_t begin = ptr[t], count = ptr[t + 1] - begin;
-        const float *qt = q + t * WIDTH;
+        const float *qt = q + t * q_stride;
         float maximum[HEADS], total[HEADS], acc[WIDTH];
         for (int h = 0; h < HEADS; h++)
             maximum[h] = -INFINITY, total[h] = 0.0f;
@@ -153,7 +154,7 @@ int graphsr_attention_forward(int64_t targets, const float *restrict q, const fl
             acc[i] = 0.0f;
         for (int64_t j = 0; j < count; j++) {
             const int64_t e = order[begin + j];
-            logits(qt, kv + source[e] * 2 * WIDTH, table + row[e] * 2 * WIDTH, scale, logit + j * HEADS);
+            logits(qt, kv + source[e] * kv_stride, table + row[e] * 2 * WIDTH, scale, logit + j * HEADS);
             for (int h = 0; h < HEADS; h++)
                 maximum[h] = logit[j * HEADS + h] > maximum[h] ? logit[j * HEADS + h] : maximum[h];
         }
@@ -163,7 +164,7 @@ int graphsr_attention_forward(int64_t targets, const float *restrict q, const fl
                 total[h] += logit[j * HEADS + h];
         for (int64_t j = 0; j < count; j++) {
             const int64_t e = order[begin + j];
-            const float *v = kv + source[e] * 2 * WIDTH + WIDTH, *b = table + row[e] * 2 * WIDTH + WIDTH;
+            const float *v = kv + source[e] * kv_stride + WIDTH, *b = table + row[e] * 2 * WIDTH + WIDTH;
             float weight[WIDTH];
             for (int h = 0; h < HEADS; h++)
                 for (int d = 0; d < DIM; d++)
@@ -183,7 +184,7 @@ int graphsr_attention_forward(int64_t targets, const float *restrict q, const fl
     return 0;
 }
 
-int graphsr_attention_backward(int64_t targets, const float *restrict q, const float *restrict kv,
+int graphsr_attention_backward(int64_t targets, int64_t q_stride, int64_t kv_stride, const float *restrict q, const float *restrict kv,
                                const float *restrict table, const int64_t *restrict source,
                                const int64_t *restrict row, const int64_t *restrict order,
                                const int64_t *restrict ptr, float scale, const float *restrict out,
@@ -198,7 +199,7 @@ int graphsr_attention_backward(int64_t targets, const float *restrict q, const f
     }
     for (int64_t t = 0; t < targets; t++) {
         const int64_t begin = ptr[t], count = ptr[t + 1] - begin;
-        const float *qt = q + t * WIDTH, *g = dout + t * WIDTH, *o = out + t * WIDTH;
+        const float *qt = q + t * q_stride, *g = dout + t * WIDTH, *o = out + t * WIDTH;
         float delta[HEADS], dqt[WIDTH];
         for (int h = 0; h < HEADS; h++) {  /* sum_e p_e (dout . v_e) = dout . out */
             float s = 0.0f;
@@ -208,7 +209,7 @@ int graphsr_attention_backward(int64_t targets, const float *restrict q, const f
         }
         for (int64_t j = 0; j < count; j++) {  /* the logits again, and dout . v_e */
             const int64_t e = order[begin + j];
-            const float *k = kv + source[e] * 2 * WIDTH, *b = table + row[e] * 2 * WIDTH;
+            const float *k = kv + source[e] * kv_stride, *b = table + row[e] * 2 * WIDTH;
             logits(qt, k, b, scale, p + j * HEADS);
             logits(g, k + WIDTH, b + WIDTH, 1.0f, dp + j * HEADS);
         }
@@ -217,7 +218,7 @@ int graphsr_attention_backward(int64_t targets, const float *restrict q, const f
             dqt[i] = 0.0f;
         for (int64_t j = 0; j < count; j++) {
             const int64_t e = order[begin + j];
-            const float *k = kv + source[e] * 2 * WIDTH, *b = table + row[e] * 2 * WIDTH;
+            const float *k = kv + source[e] * kv_stride, *b = table + row[e] * 2 * WIDTH;
             float *dk = dkv + source[e] * 2 * WIDTH, *db = dtable + row[e] * 2 * WIDTH;
             float weight[WIDTH], ds[WIDTH];
             for (int h = 0; h < HEADS; h++)

@@ -70,8 +70,8 @@ def _build(heads: int, dim: int) -> ctypes.CDLL:
             os.replace(built, library)
     lib = ctypes.CDLL(str(library))
     i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
-    lib.graphsr_attention_forward.argtypes = [i64, *[ptr] * 7, f32, ptr, ptr]
-    lib.graphsr_attention_backward.argtypes = [i64, *[ptr] * 7, f32, *[ptr] * 6]
+    lib.graphsr_attention_forward.argtypes = [i64, i64, i64, *[ptr] * 7, f32, ptr, ptr]
+    lib.graphsr_attention_backward.argtypes = [i64, i64, i64, *[ptr] * 7, f32, *[ptr] * 6]
     lib.graphsr_csr.argtypes = [i64, i64, ptr, ptr, ptr]
     lib.graphsr_distinct_rows.argtypes = [i64, i64, ptr, ptr, ptr]
     lib.graphsr_distinct_rows.restype = i64
@@ -150,14 +150,20 @@ def _pointers(*tensors):
     return [ctypes.c_void_p(t.data_ptr()) for t in tensors]
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself where its rows are contiguous (any distance apart, e.g. a column slice of a wider matmul
+    output: the kernel takes the row stride), else a contiguous copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 @torch.library.custom_op("graphsr::edge_attention", mutates_args=())
 def _forward(q: torch.Tensor, kv: torch.Tensor, table: torch.Tensor, source: torch.Tensor, row: torch.Tensor,
              order: torch.Tensor, ptr: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-    q, kv, table = q.contiguous(), kv.contiguous(), table.contiguous()
+    q, kv, table = _rows(q), _rows(kv), table.contiguous()
     targets, dim = q.size(0), q.size(1) // heads
     out, lse = q.new_empty(q.shape), q.new_empty(targets, heads)
     code = _kernel(heads, dim).graphsr_attention_forward(
-        targets, *_pointers(q, kv, table, source.contiguous(), row.contiguous(), order.contiguous(),
+        targets, q.stride(0), kv.stride(0), *_pointers(q, kv, table, source.contiguous(), row.contiguous(), order.contiguous(),
                                         ptr.contiguous()), dim ** -0.5, *_pointers(out, lse))
     if code:
         raise MemoryError("edge attention: out of memory for its per-target buffers")
@@ -173,10 +179,10 @@ def _(q, kv, table, source, row, order, ptr, heads):
 def _backward(q: torch.Tensor, kv: torch.Tensor, table: torch.Tensor, source: torch.Tensor, row: torch.Tensor,
               order: torch.Tensor, ptr: torch.Tensor, heads: int, out: torch.Tensor, lse: torch.Tensor,
               grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    q, kv, table, grad = q.contiguous(), kv.contiguous(), table.contiguous(), grad.contiguous()
-    dq, dkv, dtable = torch.zeros_like(q), torch.zeros_like(kv), torch.zeros_like(table)
+    q, kv, table, grad = _rows(q), _rows(kv), table.contiguous(), grad.contiguous()
+    dq, dkv, dtable = q.new_zeros(q.shape), kv.new_zeros(kv.shape), torch.zeros_like(table)
     code = _kernel(heads, q.size(1) // heads).graphsr_attention_backward(
-        q.size(0),
+        q.size(0), q.stride(0), kv.stride(0),
         *_pointers(q, kv, table, source.contiguous(), row.contiguous(), order.contiguous(), ptr.contiguous()),
         (q.size(1) // heads) ** -0.5, *_pointers(out.contiguous(), lse.contiguous(), grad, dq, dkv, dtable))
     if code:
@@ -186,7 +192,7 @@ def _backward(q: torch.Tensor, kv: torch.Tensor, table: torch.Tensor, source: to
 
 @_backward.register_fake
 def _(q, kv, table, source, row, order, ptr, heads, out, lse, grad):
-    return torch.empty_like(q), torch.empty_like(kv), torch.empty_like(table)
+    return q.new_empty(q.shape), kv.new_empty(kv.shape), torch.empty_like(table)
 
 
 def _setup(ctx, inputs, output):
