@@ -186,10 +186,14 @@ def test_the_compiled_backbone_gives_the_eager_outputs(storage):
     assert torch.allclose(compiled, eager, atol=1e-5)
 
 
-@pytest.mark.parametrize("capability, simdlen", [("AVX512", 256), ("AVX2", None), ("DEFAULT", None)])
-def test_compiled_cpu_loops_use_8_float_vectors_on_avx512_only(monkeypatch, capability, simdlen):
-    """A head of 8 features fills one 256-bit vector; other hosts keep the compiler's choice."""
+@pytest.mark.parametrize("capability, kernel, simdlen", [("AVX512", False, 256), ("AVX512", True, None),
+                                                         ("AVX2", False, None), ("DEFAULT", False, None)])
+def test_compiled_cpu_loops_use_8_float_vectors_where_they_run_the_attention(monkeypatch, capability, kernel,
+                                                                               simdlen):
+    """On AVX-512 without the fused attention kernel, a head of 8 features fills one 256-bit vector; with the kernel,
+    and on other hosts, the compiler's own width."""
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(fused_attention, "_libraries", {(4, 8): object()} if kernel else {})
     options = compiled_module.cpu_options()
     assert options.get("cpp.simdlen") == simdlen
     assert options["cpp.threads"] == compiled_module.CPU_THREADS

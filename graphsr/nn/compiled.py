@@ -15,6 +15,7 @@ import warnings
 import torch
 
 from graphsr import ops
+from graphsr.nn import fused_attention
 
 CPU_THREADS = 1  # threads of the compiled CPU loops (-1: torch's); set before the first compiled call
 _compiled: dict = {}
@@ -22,12 +23,13 @@ _failed: set = set()
 
 
 def cpu_options() -> dict:
-    """Options of the compiled CPU loops. On AVX-512 hosts their vectors are 256 bits (8 floats) instead of 512:
-    attention heads have 8 features at graphsr's sizes (width 32, 4 heads), so each head's dot product fills one
-    vector instead of half of a masked one (bench/bench_speed.py measures it). Elsewhere the compiler's own
-    choice."""
+    """Options of the compiled CPU loops: one thread (:data:`CPU_THREADS`), and the compiler's own vector width,
+    except on AVX-512 hosts where the graph attention itself runs in the compiled loops (its fused kernel,
+    :mod:`graphsr.nn.fused_attention`, not loaded): 256-bit vectors there, as attention heads have 8 features at
+    graphsr's sizes (width 32, 4 heads) and each head's dot product then fills one vector instead of half of a
+    masked one. With the kernel, the remaining loops (layer norms, GELU, modulation) run faster on 512-bit ones."""
     options = {"cpp.threads": CPU_THREADS}
-    if torch.backends.cpu.get_cpu_capability() == "AVX512":
+    if torch.backends.cpu.get_cpu_capability() == "AVX512" and not fused_attention.loaded():
         options["cpp.simdlen"] = 256
     return options
 

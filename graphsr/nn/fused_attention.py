@@ -90,6 +90,11 @@ def _kernel(heads: int, dim: int):
     return _libraries.get((heads, dim))
 
 
+def loaded() -> bool:
+    """Whether the kernel has been built and loaded (for some size) in this process."""
+    return bool(_libraries)
+
+
 def available(like: torch.Tensor, heads: int = 4, dim: int = 8) -> bool:
     """Whether the kernel runs for tensors like ``like`` (float32, on the CPU) and attention of ``heads`` heads of
     ``dim`` features: the kernel for those sizes built."""
@@ -163,8 +168,9 @@ def _forward(q: torch.Tensor, kv: torch.Tensor, table: torch.Tensor, source: tor
     targets, dim = q.size(0), q.size(1) // heads
     out, lse = q.new_empty(q.shape), q.new_empty(targets, heads)
     code = _kernel(heads, dim).graphsr_attention_forward(
-        targets, q.stride(0), kv.stride(0), *_pointers(q, kv, table, source.contiguous(), row.contiguous(), order.contiguous(),
-                                        ptr.contiguous()), dim ** -0.5, *_pointers(out, lse))
+        targets, q.stride(0), kv.stride(0),
+        *_pointers(q, kv, table, source.contiguous(), row.contiguous(), order.contiguous(), ptr.contiguous()),
+        dim ** -0.5, *_pointers(out, lse))
     if code:
         raise MemoryError("edge attention: out of memory for its per-target buffers")
     return out, lse
