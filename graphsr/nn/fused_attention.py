@@ -95,6 +95,11 @@ def loaded() -> bool:
     return bool(_libraries)
 
 
+def _any_library():
+    """A loaded build (any size: the graph helpers, csr and distinct rows, do not depend on it), or None."""
+    return next(iter(_libraries.values()), None)
+
+
 def available(like: torch.Tensor, heads: int = 4, dim: int = 8) -> bool:
     """Whether the kernel runs for tensors like ``like`` (float32, on the CPU) and attention of ``heads`` heads of
     ``dim`` features: the kernel for those sizes built."""
@@ -107,7 +112,7 @@ def csr(target: torch.Tensor, num_targets: int) -> tuple[torch.Tensor, torch.Ten
     """``(order [E], ptr [num_targets + 1])``: the edges sorted by ``target`` (stable) and where each target's
     edges start, for :func:`edge_attention`. By counting in the kernel's library where it is loaded (a sort's
     fraction of the time), else by a sort."""
-    lib = next(iter(_libraries.values()), None)
+    lib = _any_library()
     if lib is not None and target.device.type == "cpu" and target.dtype == torch.long:
         target = target.contiguous()
         order, ptr = torch.empty_like(target), target.new_empty(num_targets + 1)
@@ -125,7 +130,7 @@ def csr(target: torch.Tensor, num_targets: int) -> tuple[torch.Tensor, torch.Ten
 def distinct_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(distinct [R, F], index [E])`` of float32 rows [E, F] on the CPU, equal bit for bit, in order of first
     appearance, by hashing in the kernel's library (no sort); None where the library is not loaded."""
-    lib = next(iter(_libraries.values()), None)
+    lib = _any_library()
     if lib is None or rows.device.type != "cpu" or rows.dtype != torch.float32 or rows.dim() != 2:
         return None
     rows = rows.contiguous()
