@@ -4,6 +4,7 @@ build cache and the fallback where no C compiler works."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -159,3 +160,54 @@ def test_queries_and_keys_may_be_column_slices_of_one_matmul_output():
     got, = torch.autograd.grad(out, wide, grad)
     want, = torch.autograd.grad(expected, wide, grad.double())
     assert torch.allclose(got, want.float(), atol=1e-4) and got.abs().sum() > 0
+
+
+def test_event_graphs_pool_each_events_nodes_and_read_its_tokens():
+    """Events 0 (nodes 0-2), 1 (none), 2 (3-4), 3 (5); two tokens: written out by hand."""
+    graphs = fa.event_graphs(torch.tensor([0, 0, 0, 2, 2, 3]), 4, 2)
+    row, source, order, ptr = graphs["pool"]
+    assert source.tolist() == [0, 1, 2, 0, 1, 2, 3, 4, 3, 4, 5, 5]
+    assert ptr.tolist() == [0, 3, 6, 6, 6, 8, 10, 11, 12]  # event 1's tokens have no edge
+    row, source, order, ptr = graphs["read"]
+    assert source.tolist() == [0, 1, 0, 1, 0, 1, 4, 5, 4, 5, 6, 7] and ptr.tolist() == list(range(0, 13, 2))
+    assert order.tolist() == list(range(12)) and row.abs().sum() == 0
+
+
+def test_the_event_context_in_the_kernel_is_its_attention_written_out_per_event():
+    """EventContext with the kernel's graphs against its two softmaxes written per event in float64 (the learned
+    queries pool each event's nodes; each node reads its event's tokens), outputs and gradients; event 1 empty."""
+    from graphsr.nn import EventContext
+
+    needs_kernel(2, 4)
+    torch.manual_seed(0)
+    context = EventContext(8, 2, 3)
+    batch = torch.tensor([0, 0, 0, 0, 2, 2, 2, 3, 3])
+    x = torch.randn(9, 8, requires_grad=True)
+    out = context(x, batch, 4, graphs=fa.event_graphs(batch, 4, 3))
+
+    def by_event(x, p):
+        dim = 4  # features per head (2 heads)
+        rows = []
+        for b in range(4):
+            nodes = x[batch == b]
+            if not len(nodes):
+                continue
+            key, value = p["pool_key_value"](nodes).split(8, dim=1)
+            tokens = torch.cat([torch.softmax(key[:, s] @ p["queries"][:, s].T / dim ** 0.5, 0).T @ value[:, s]
+                                for s in (slice(0, 4), slice(4, 8))], dim=1)  # [3 tokens, 8]
+            token_key, token_value = p["read_key_value"](tokens).split(8, dim=1)
+            query = p["read_query"](nodes)
+            read = torch.cat([torch.softmax(query[:, s] @ token_key[:, s].T / dim ** 0.5, 1) @ token_value[:, s]
+                              for s in (slice(0, 4), slice(4, 8))], dim=1)
+            rows.append(p["out"](read))
+        return torch.cat(rows)
+
+    double = copy.deepcopy(context).double()
+    x_double = x.detach().double().requires_grad_()
+    expected = by_event(x_double, dict(double.named_children(), queries=double.queries))
+    assert torch.allclose(out.double(), expected, atol=1e-5)
+    grad = torch.randn(out.shape)
+    got = torch.autograd.grad(out, (x, context.queries), grad)
+    want = torch.autograd.grad(expected, (x_double, double.queries), grad.double())
+    for a, b in zip(got, want):
+        assert torch.allclose(a.double(), b, atol=1e-5) and a.abs().sum() > 0

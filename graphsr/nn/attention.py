@@ -142,14 +142,22 @@ class EventContext(nn.Module):
         self.read_key_value = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, batch: torch.Tensor, num_graphs: int, rank: tuple | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, batch: torch.Tensor, num_graphs: int, rank: tuple | None = None,
+                graphs: dict | None = None) -> torch.Tensor:
         """x [N, width], batch [N] (sorted), rank: :func:`graphsr.ops.segment_rank` of ``batch`` (optional: a
-        faster softmax in compiled code) -> [N, width]."""
+        faster softmax in compiled code), graphs: :func:`graphsr.nn.fused_attention.event_graphs` of ``batch``
+        (optional: both attentions in the fused CPU kernel, where it is available) -> [N, width]."""
         n, t, h, d = x.size(0), self.tokens, self.heads, self.head_dim
         # the pooling's keys and values and the read's queries in one matmul
         weight = torch.cat([self.pool_key_value.weight, self.read_query.weight])
         bias = torch.cat([self.pool_key_value.bias, self.read_query.bias])
         key_value, query = nn.functional.linear(x, weight, bias).split([2 * h * d, h * d], dim=1)
+        if graphs is not None:  # the same two softmaxes, each target's edges in one pass of the kernel
+            zero = x.new_zeros(1, 2 * h * d)
+            pooled = fused_attention.edge_attention(self.queries.repeat(num_graphs, 1), key_value, zero,
+                                                    *graphs["pool"], h)
+            out = fused_attention.edge_attention(query, self.read_key_value(pooled), zero, *graphs["read"], h)
+            return self.out(out)
         key, value = key_value.reshape(n, 2, h, d).unbind(1)
         logits = torch.einsum("nhd,thd->nth", key, self.queries.view(t, h, d)) / math.sqrt(d)
         segment = (batch.unsqueeze(1) * t + torch.arange(t, device=x.device)).reshape(-1)  # (event, token)

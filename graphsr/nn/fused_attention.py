@@ -156,6 +156,32 @@ def tile_csr(order: torch.Tensor, ptr: torch.Tensor, copies: int, first: int | N
     return tiled.reshape(-1), torch.cat([starts.reshape(-1), ptr.new_full((1,), copies * edges)])
 
 
+def event_graphs(batch: torch.Tensor, num_graphs: int, tokens: int) -> dict:
+    """The two attentions of :class:`~graphsr.nn.EventContext` as :func:`edge_attention` graphs, each ``(row,
+    source, order, ptr)`` (edges already in target order; no edge terms: ``row`` all 0, for a one-row zero table),
+    from ``batch`` [N] (sorted):
+
+    - ``"pool"``: target ``b * tokens + t`` (event b's token t) over every node of event b;
+    - ``"read"``: target node n over its event's tokens ``batch[n] * tokens + t``.
+    """
+    device = batch.device
+    count = torch.bincount(batch, minlength=num_graphs)
+    first = torch.cumsum(count, 0) - count  # each event's first node
+    edges = batch.numel() * tokens
+    # pool: for each event, its nodes once per token
+    length = count.repeat_interleave(tokens)
+    start = torch.cumsum(length, 0) - length
+    segment = torch.arange(num_graphs * tokens, device=device).repeat_interleave(length, output_size=edges)
+    pool_source = torch.arange(edges, device=device) - (start - first.repeat_interleave(tokens)).index_select(
+        0, segment)
+    pool_ptr = torch.cat([start, start.new_full((1,), edges)])
+    # read: each node its event's tokens
+    read_source = (batch.unsqueeze(1) * tokens + torch.arange(tokens, device=device)).reshape(-1)
+    read_ptr = torch.arange(0, edges + 1, tokens, device=device)
+    order, row = torch.arange(edges, device=device), torch.zeros(edges, dtype=torch.long, device=device)
+    return {"pool": (row, pool_source, order, pool_ptr), "read": (row, read_source, order, read_ptr)}
+
+
 def _pointers(*tensors):
     return [ctypes.c_void_p(t.data_ptr()) for t in tensors]
 

@@ -86,6 +86,13 @@ def attention_orders(module: nn.Module, segments: dict) -> dict:
     return {name: fused_attention.csr(index, size) for name, (index, size) in segments.items()}
 
 
+def context_graphs(module: nn.Module, csr: dict, batch: torch.Tensor, num_graphs: int) -> dict:
+    """``{"context": fused_attention.event_graphs(...)}`` where the fused kernel runs (``csr``, from
+    :func:`attention_orders`, not empty) and the module's blocks have an event context; else ``{}``."""
+    tokens = next((m.tokens for m in module.modules() if isinstance(m, EventContext)), 0)
+    return {"context": fused_attention.event_graphs(batch, num_graphs, tokens)} if csr and tokens else {}
+
+
 def per_node(rows: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
     """Per-event rows [B, F] -> per node [N, F]; one row [1, F] stays one row (it broadcasts)."""
     return rows.index_select(0, batch) if rows.size(0) > 1 else rows
@@ -143,7 +150,8 @@ class Block(nn.Module):
         or [1, cond_dim] when every event has the same (e.g. a sampler's noise level): the modulation is then one
         row for all nodes; coarse: (h_coarse, cross_edge_index, cross_edge_embedding); ranks: the
         :func:`softmax_ranks` of the ``"self"``, ``"cross"`` and ``"context"`` softmaxes; csr: the
-        :func:`attention_orders` of the ``"self"`` and ``"cross"`` attentions (each optional)."""
+        :func:`attention_orders` of the ``"self"`` and ``"cross"`` attentions and the :func:`context_graphs` as
+        ``"context"`` (each optional)."""
         ranks, csr = ranks or {}, csr or {}
         mods = per_node(self.modulation(cond), batch).chunk(3 * self.num_sublayers, dim=-1)
         sub = iter(range(self.num_sublayers))
@@ -160,7 +168,7 @@ class Block(nn.Module):
                                                      csr.get("cross"))
         if self.context is not None:
             h, gate = modulated(next(sub))
-            x = x + gate * self.context(h, batch, num_graphs, ranks.get("context"))
+            x = x + gate * self.context(h, batch, num_graphs, ranks.get("context"), csr.get("context"))
         h, gate = modulated(next(sub))
         return x + gate * self.mlp(h)
 
@@ -257,8 +265,7 @@ class GraphTransformer(nn.Module):
         num_fine, num_coarse = f_layer.numel(), c_layer.numel()
         segments = {"coarse": (c_dst, num_coarse), "fine": (f_dst, num_fine), "cross": (cross[1], num_fine)}
         csr = attention_orders(self, segments)
-        ranks = softmax_ranks(self, {**{name: s for name, s in segments.items() if name not in csr},
-                                     "context": (data.batch, data.num_graphs)})
+        ranks = softmax_ranks(self, {} if csr else {**segments, "context": (data.batch, data.num_graphs)})
         parent = data.fine_parent
         inside = self.relative(c_pos.index_select(0, parent), c_layer.index_select(0, parent), f_pos, f_layer)
         return {"inside": inside[:, :2],
@@ -300,6 +307,10 @@ class GraphTransformer(nn.Module):
         """x_fine [Nf, fine_in], x_coarse [Nc, coarse_in], data: a (batched) PairData, cond [num_graphs, cond_dim];
         prepared: :meth:`prepare` of ``data`` (computed here when not given)."""
         prepared = self.prepare(data) if prepared is None else prepared
+        # the event context's graphs: per batch (not in prepare, whose result an ensemble tiles), outside the
+        # compiled code (their sizes depend on the data)
+        prepared = {**prepared, "csr": {**prepared.get("csr", {}),
+                                        **context_graphs(self, prepared.get("csr"), data.batch, cond.size(0))}}
         args = (self, x_fine, x_coarse, data, shared_rows(cond, self.share_modulation), prepared, cond.size(0))
         return run_compiled(GraphTransformer._forward, *args) if self.compile_backbone else \
             GraphTransformer._forward(*args)
@@ -314,7 +325,7 @@ class GraphTransformer(nn.Module):
         ranks, csr = prepared.get("ranks", {}), prepared.get("csr", {})
         coarse_ranks = {"self": ranks.get("coarse")}
         fine_ranks = {"self": ranks.get("fine"), "cross": ranks.get("cross"), "context": ranks.get("context")}
-        fine_csr = {"self": csr.get("fine"), "cross": csr.get("cross")}
+        fine_csr = {"self": csr.get("fine"), "cross": csr.get("cross"), "context": csr.get("context")}
         for block, edges in zip(self.coarse_blocks, prepared["coarse_edges"]):
             hc = block(hc, data.coarse_edge_index, edges, coarse_batch, cond, num_graphs, ranks=coarse_ranks,
                        csr={"self": csr.get("coarse")})
@@ -385,8 +396,9 @@ class CellTransformer(nn.Module):
         if self.per_offset:
             attr = distinct_rows(attr)
         csr = attention_orders(self, {"self": (target, x.size(0))})
-        ranks = softmax_ranks(self, {**({} if csr else {"self": (target, x.size(0))}),
-                                     "context": (cells.batch, cond.size(0))})
+        csr.update(context_graphs(self, csr, cells.batch, cond.size(0)))
+        ranks = softmax_ranks(self, {} if csr else {"self": (target, x.size(0)), "context": (cells.batch,
+                                                                                                cond.size(0))})
         args = (self, x, pos, layer, cells.edge_index, cells.batch, attr, shared_rows(cond, self.share_modulation),
                 cond.size(0), ranks, csr)
         return run_compiled(CellTransformer._forward, *args) if self.compile_backbone else \
