@@ -101,8 +101,7 @@ class GraphAttention(nn.Module):
             elif edge_embedding is not None:
                 table, row = edge_embedding, torch.arange(num_edges, device=source.device)
             else:
-                table = x_target.new_zeros(1, 2 * h * d)
-                row = torch.zeros(num_edges, dtype=torch.long, device=source.device)
+                table = row = None
             if x_source is x_target:  # self-attention: queries, keys and values in one matmul
                 weight = torch.cat([self.query.weight, self.key_value.weight])
                 query, key_value = nn.functional.linear(x_target, weight, torch.cat([self.query.bias,
@@ -153,10 +152,9 @@ class EventContext(nn.Module):
         bias = torch.cat([self.pool_key_value.bias, self.read_query.bias])
         key_value, query = nn.functional.linear(x, weight, bias).split([2 * h * d, h * d], dim=1)
         if graphs is not None:  # the same two softmaxes, each target's edges in one pass of the kernel
-            zero = x.new_zeros(1, 2 * h * d)
-            pooled = fused_attention.edge_attention(self.queries.repeat(num_graphs, 1), key_value, zero,
+            pooled = fused_attention.edge_attention(self.queries.repeat(num_graphs, 1), key_value, None, None,
                                                     *graphs["pool"], h)
-            out = fused_attention.edge_attention(query, self.read_key_value(pooled), zero, *graphs["read"], h)
+            out = fused_attention.edge_attention(query, self.read_key_value(pooled), None, None, *graphs["read"], h)
             return self.out(out)
         key, value = key_value.reshape(n, 2, h, d).unbind(1)
         logits = torch.einsum("nhd,thd->nth", key, self.queries.view(t, h, d)) / math.sqrt(d)

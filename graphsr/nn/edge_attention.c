@@ -4,11 +4,12 @@
  *
  * Shapes (W = heads * head_dim): q [T, W] per target; kv [S, 2W] per source (key, then value), their rows q_stride
  * and kv_stride floats apart (views into a wider matmul output need no copy); dq and dkv are contiguous; table [R, 2W] of edge
- * terms added to key and value, edge e using row[e]; source [E]; order [E] the edges sorted by target, target t's
+ * terms added to key and value, edge e using row[e] (table NULL: no edge terms, row unused); source [E]; order [E] the edges sorted by target, target t's
  * edges order[ptr[t] .. ptr[t + 1]); scale = 1 / sqrt(head_dim).
  * Forward: out [T, W] = sum over t's edges of softmax_e(scale q . k_e) v_e per head (zero for targets without edges),
  * and lse [T, heads], each softmax's log normaliser, which the backward reuses instead of a second maximum pass.
- * Backward: the gradients dq, dkv, dtable (zeroed by the caller) of out's gradient dout.
+ * Backward: the gradients dq, dkv, dtable (dkv and dtable zeroed by the caller; dtable NULL where table is) of out's
+ * gradient dout.
  */
 #include <math.h>
 #include <stdint.h>
@@ -85,6 +86,13 @@ int64_t graphsr_distinct_rows(int64_t rows, int64_t features, const uint32_t *re
     return count;
 }
 
+static const float no_terms[2 * WIDTH];  /* the edge terms where there is no table: zeros */
+
+static inline const float *terms(const float *table, const int64_t *row, int64_t e)
+{
+    return table ? table + row[e] * 2 * WIDTH : no_terms;
+}
+
 static int64_t most_edges(int64_t targets, const int64_t *ptr)
 {
     int64_t most = 1;
@@ -154,7 +162,7 @@ int graphsr_attention_forward(int64_t targets, int64_t q_stride, int64_t kv_stri
             acc[i] = 0.0f;
         for (int64_t j = 0; j < count; j++) {
             const int64_t e = order[begin + j];
-            logits(qt, kv + source[e] * kv_stride, table + row[e] * 2 * WIDTH, scale, logit + j * HEADS);
+            logits(qt, kv + source[e] * kv_stride, terms(table, row, e), scale, logit + j * HEADS);
             for (int h = 0; h < HEADS; h++)
                 maximum[h] = logit[j * HEADS + h] > maximum[h] ? logit[j * HEADS + h] : maximum[h];
         }
@@ -164,7 +172,7 @@ int graphsr_attention_forward(int64_t targets, int64_t q_stride, int64_t kv_stri
                 total[h] += logit[j * HEADS + h];
         for (int64_t j = 0; j < count; j++) {
             const int64_t e = order[begin + j];
-            const float *v = kv + source[e] * kv_stride + WIDTH, *b = table + row[e] * 2 * WIDTH + WIDTH;
+            const float *v = kv + source[e] * kv_stride + WIDTH, *b = terms(table, row, e) + WIDTH;
             float weight[WIDTH];
             for (int h = 0; h < HEADS; h++)
                 for (int d = 0; d < DIM; d++)
@@ -209,7 +217,7 @@ int graphsr_attention_backward(int64_t targets, int64_t q_stride, int64_t kv_str
         }
         for (int64_t j = 0; j < count; j++) {  /* the logits again, and dout . v_e */
             const int64_t e = order[begin + j];
-            const float *k = kv + source[e] * kv_stride, *b = table + row[e] * 2 * WIDTH;
+            const float *k = kv + source[e] * kv_stride, *b = terms(table, row, e);
             logits(qt, k, b, scale, p + j * HEADS);
             logits(g, k + WIDTH, b + WIDTH, 1.0f, dp + j * HEADS);
         }
@@ -218,8 +226,8 @@ int graphsr_attention_backward(int64_t targets, int64_t q_stride, int64_t kv_str
             dqt[i] = 0.0f;
         for (int64_t j = 0; j < count; j++) {
             const int64_t e = order[begin + j];
-            const float *k = kv + source[e] * kv_stride, *b = table + row[e] * 2 * WIDTH;
-            float *dk = dkv + source[e] * 2 * WIDTH, *db = dtable + row[e] * 2 * WIDTH;
+            const float *k = kv + source[e] * kv_stride, *b = terms(table, row, e);
+            float *dk = dkv + source[e] * 2 * WIDTH;
             float weight[WIDTH], ds[WIDTH];
             for (int h = 0; h < HEADS; h++)
                 for (int d = 0; d < DIM; d++) {  /* d loss / d logit, times d logit / d (q . k) */
@@ -227,12 +235,16 @@ int graphsr_attention_backward(int64_t targets, int64_t q_stride, int64_t kv_str
                     ds[h * DIM + d] = p[j * HEADS + h] * (dp[j * HEADS + h] - delta[h]) * scale;
                 }
             for (int i = 0; i < WIDTH; i++) {
-                const float gk = ds[i] * qt[i], gv = weight[i] * g[i];
                 dqt[i] += ds[i] * (k[i] + b[i]);
-                dk[i] += gk;
-                dk[WIDTH + i] += gv;
-                db[i] += gk;
-                db[WIDTH + i] += gv;
+                dk[i] += ds[i] * qt[i];
+                dk[WIDTH + i] += weight[i] * g[i];
+            }
+            if (table) {
+                float *db = dtable + row[e] * 2 * WIDTH;
+                for (int i = 0; i < WIDTH; i++) {
+                    db[i] += ds[i] * qt[i];
+                    db[WIDTH + i] += weight[i] * g[i];
+                }
             }
         }
         for (int i = 0; i < WIDTH; i++)

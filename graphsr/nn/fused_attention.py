@@ -157,9 +157,8 @@ def tile_csr(order: torch.Tensor, ptr: torch.Tensor, copies: int, first: int | N
 
 
 def event_graphs(batch: torch.Tensor, num_graphs: int, tokens: int) -> dict:
-    """The two attentions of :class:`~graphsr.nn.EventContext` as :func:`edge_attention` graphs, each ``(row,
-    source, order, ptr)`` (edges already in target order; no edge terms: ``row`` all 0, for a one-row zero table),
-    from ``batch`` [N] (sorted):
+    """The two attentions of :class:`~graphsr.nn.EventContext` as :func:`edge_attention` graphs, each ``(source,
+    order, ptr)`` (edges already in target order; no edge terms), from ``batch`` [N] (sorted):
 
     - ``"pool"``: target ``b * tokens + t`` (event b's token t) over every node of event b;
     - ``"read"``: target node n over its event's tokens ``batch[n] * tokens + t``.
@@ -178,12 +177,13 @@ def event_graphs(batch: torch.Tensor, num_graphs: int, tokens: int) -> dict:
     # read: each node its event's tokens
     read_source = (batch.unsqueeze(1) * tokens + torch.arange(tokens, device=device)).reshape(-1)
     read_ptr = torch.arange(0, edges + 1, tokens, device=device)
-    order, row = torch.arange(edges, device=device), torch.zeros(edges, dtype=torch.long, device=device)
-    return {"pool": (row, pool_source, order, pool_ptr), "read": (row, read_source, order, read_ptr)}
+    order = torch.arange(edges, device=device)
+    return {"pool": (pool_source, order, pool_ptr), "read": (read_source, order, read_ptr)}
 
 
 def _pointers(*tensors):
-    return [ctypes.c_void_p(t.data_ptr()) for t in tensors]
+    """Each tensor's data pointer; NULL for an empty one (an edge table of no rows: no edge terms)."""
+    return [ctypes.c_void_p(t.data_ptr() if t.numel() else None) for t in tensors]
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -217,7 +217,7 @@ def _backward(q: torch.Tensor, kv: torch.Tensor, table: torch.Tensor, source: to
               order: torch.Tensor, ptr: torch.Tensor, heads: int, out: torch.Tensor, lse: torch.Tensor,
               grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     q, kv, table, grad = _rows(q), _rows(kv), table.contiguous(), grad.contiguous()
-    dq, dkv, dtable = q.new_zeros(q.shape), kv.new_zeros(kv.shape), torch.zeros_like(table)
+    dq, dkv, dtable = q.new_empty(q.shape), kv.new_zeros(kv.shape), torch.zeros_like(table)  # dq: every row set
     code = _kernel(heads, q.size(1) // heads).graphsr_attention_backward(
         q.size(0), q.stride(0), kv.stride(0),
         *_pointers(q, kv, table, source.contiguous(), row.contiguous(), order.contiguous(), ptr.contiguous()),
@@ -246,10 +246,12 @@ def _gradients(ctx, grad_out, grad_lse):
 _forward.register_autograd(_gradients, setup_context=_setup)
 
 
-def edge_attention(q: torch.Tensor, kv: torch.Tensor, table: torch.Tensor, row: torch.Tensor, source: torch.Tensor,
-                   order: torch.Tensor, ptr: torch.Tensor, heads: int) -> torch.Tensor:
+def edge_attention(q: torch.Tensor, kv: torch.Tensor, table: torch.Tensor | None, row: torch.Tensor | None,
+                   source: torch.Tensor, order: torch.Tensor, ptr: torch.Tensor, heads: int) -> torch.Tensor:
     """Attention of targets over their incoming edges: q [T, W] (queries), kv [S, 2W] (keys, then values, per
-    source), table [R, 2W] (edge terms added to key and value; edge e uses row ``row[e]``), ``source`` [E], and
-    the :func:`csr` of the edges' targets -> [T, W]. Differentiable in q, kv and table. The log normaliser of each
-    softmax is not differentiable (its gradient is ignored)."""
+    source), table [R, 2W] (edge terms added to key and value; edge e uses row ``row[e]``; None: no edge terms),
+    ``source`` [E], and the :func:`csr` of the edges' targets -> [T, W]. Differentiable in q, kv and table. The log
+    normaliser of each softmax is not differentiable (its gradient is ignored)."""
+    if table is None:  # an empty table: the kernel reads no edge terms and accumulates no gradient for them
+        table, row = q.new_empty(0, kv.size(1)), source.new_empty(0)
     return _forward(q, kv, table, source, row, order, ptr, heads)[0]
