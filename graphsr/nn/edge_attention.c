@@ -1,11 +1,12 @@
 /* Multi-head attention of target nodes over their incoming edges, forward and backward, in one pass over each
- * target's edges (graphsr.nn.fused_attention builds and calls it; float32, CPU, one thread). HEADS and DIM (features per head) are
- * fixed at build time, one build per size, so that every per-edge loop is unrolled and vectorised.
+ * target's edges (graphsr.nn.fused_attention builds and calls it; float32, CPU, one thread). HEADS and DIM (features
+ * per head) are fixed at build time, one build per size, so that every per-edge loop is unrolled and vectorised.
  *
  * Shapes (W = heads * head_dim): q [T, W] per target; kv [S, 2W] per source (key, then value), their rows q_stride
- * and kv_stride floats apart (views into a wider matmul output need no copy); dq and dkv are contiguous; table [R, 2W] of edge
- * terms added to key and value, edge e using row[e] (table NULL: no edge terms, row unused); source [E]; order [E] the edges sorted by target, target t's
- * edges order[ptr[t] .. ptr[t + 1]); scale = 1 / sqrt(head_dim).
+ * and kv_stride floats apart (views into a wider matmul output need no copy); dq and dkv are contiguous; table
+ * [R, 2W] of edge terms added to key and value, edge e using row[e] (table NULL: no edge terms, row unused);
+ * source [E]; order [E] the edges sorted by target, target t's edges order[ptr[t] .. ptr[t + 1]);
+ * scale = 1 / sqrt(head_dim).
  * Forward: out [T, W] = sum over t's edges of softmax_e(scale q . k_e) v_e per head (zero for targets without edges),
  * and lse [T, heads], each softmax's log normaliser, which the backward reuses instead of a second maximum pass.
  * Backward: the gradients dq, dkv, dtable (dkv and dtable zeroed by the caller; dtable NULL where table is) of out's
@@ -48,8 +49,8 @@ int graphsr_csr(int64_t edges, int64_t targets, const int64_t *restrict target, 
 }
 
 /* Distinct rows of a [rows, features] array of 32-bit words (float bits: rows equal bit for bit), in order of first
- * appearance, by an open-addressing hash table (linear probing): index [rows] (each row's distinct row) and first [distinct] (the
- * row where each first appears); returns the number of distinct rows, -1 out of memory. */
+ * appearance, by an open-addressing hash table (linear probing): index [rows] (each row's distinct row) and
+ * first [distinct] (the row where each first appears); returns the number of distinct rows, -1 out of memory. */
 int64_t graphsr_distinct_rows(int64_t rows, int64_t features, const uint32_t *restrict bits,
                               int64_t *restrict index, int64_t *restrict first)
 {
@@ -144,7 +145,8 @@ static inline void logits(const float *restrict q, const float *restrict k, cons
     }
 }
 
-int graphsr_attention_forward(int64_t targets, int64_t q_stride, int64_t kv_stride, const float *restrict q, const float *restrict kv,
+int graphsr_attention_forward(int64_t targets, int64_t q_stride, int64_t kv_stride, const float *restrict q,
+                              const float *restrict kv,
                               const float *restrict table, const int64_t *restrict source,
                               const int64_t *restrict row, const int64_t *restrict order,
                               const int64_t *restrict ptr, float scale, float *restrict out, float *restrict lse)
@@ -192,7 +194,8 @@ int graphsr_attention_forward(int64_t targets, int64_t q_stride, int64_t kv_stri
     return 0;
 }
 
-int graphsr_attention_backward(int64_t targets, int64_t q_stride, int64_t kv_stride, const float *restrict q, const float *restrict kv,
+int graphsr_attention_backward(int64_t targets, int64_t q_stride, int64_t kv_stride, const float *restrict q,
+                               const float *restrict kv,
                                const float *restrict table, const int64_t *restrict source,
                                const int64_t *restrict row, const int64_t *restrict order,
                                const int64_t *restrict ptr, float scale, const float *restrict out,
