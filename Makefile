@@ -80,11 +80,11 @@ demo: $(STAMP) $(DATA)/single_electron_2x.root
 	  --regression $(RUN)_regression/checkpoint.pt
 	@echo "demo done: report in $(REPORT)/report.md"
 
-# the multi-particle 4x setup on CPU (an electron plus 0-3 photons; 60-75 min on 2 cores): simulate, train flow
-# matching compiled on 12,000 events (~25 min: configs/multi_particle_4x_30min_cfm.yaml, the budget that splits fewest
-# showers per minute, docs/diffusion.md) and the regression baseline on the same events (3 min), the particle-flow
-# models (1,200 steps each: ~1.5, 7 and 8 min), then evaluate on 300 events of multi_particle_4x.root, a file no model
-# saw, with the downstream particle reconstruction (hand-written and learned): reports/multi_particle_4x/report.md
+# the multi-particle 4x setup on CPU (an electron plus 0-3 photons; about 40 min on 2 cores): simulate, train flow
+# matching compiled on 12,000 events (~25 min: configs/multi_particle_4x_30min_cfm.yaml, docs/diffusion.md) and the
+# regression baseline on the same events (3 min), the particle-flow models (1,200 steps each: ~1.5, 4 and 4 min),
+# then evaluate on 300 events of multi_particle_4x.root, a file no model saw, with the downstream particle
+# reconstruction (hand-written and learned): reports/multi_particle_4x/report.md
 MULTI_TRAIN := $(DATA)/multi_particle_4x_12k.root
 demo-multi: $(STAMP) $(DATA)/multi_particle_4x.root $(DATA)/multi_particle_4x_reco.root $(MULTI_TRAIN)
 	$(GRAPHSR) train --config configs/multi_particle_4x_30min_cfm.yaml --data $(MULTI_TRAIN) --out runs/multi_particle_4x \
